@@ -1,0 +1,707 @@
+"""The durable outbox: an event is *accepted* once it is committed to SQLite on disk.
+
+One writer thread owns the write connection and does **group commit**: whatever
+producers submitted while the previous commit was running goes into the next
+transaction, together with the deletions of events the broker acknowledged and any
+retention drops. Latency stays at one commit when idle; throughput grows with load.
+
+The publisher reads with its own connection (WAL lets readers run beside the writer)
+and hands acknowledgements back through :meth:`Outbox.ack`.
+
+Sequence numbers come from ``AUTOINCREMENT`` bookkeeping (``sqlite_sequence``), so a
+number is never reused, even after the newest rows were deleted or the process died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from storegate.core import events as ev
+from storegate.core.ids import Uuid7Generator
+from storegate.core.retention import DROP_ORDER, RetentionBudget, age_cutoff, excess
+from storegate.errors import (
+    OutboxClosedError,
+    OutboxError,
+    OutboxFullError,
+    OutboxNotOursError,
+    OutboxUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID: Final = 0x53475442  # "SGTB": marks a file as a storegate outbox
+SCHEMA_VERSION: Final = 1
+SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+MAX_BATCH_EVENTS: Final = 5000
+AGE_CHECK_INTERVAL_S: Final = 1.0
+
+Synchronous = Literal["full", "normal"]
+
+_SCHEMA: Final = """
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT    NOT NULL,
+    type        TEXT    NOT NULL,
+    priority    INTEGER NOT NULL,
+    topic       TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    accepted_at REAL    NOT NULL
+);
+CREATE INDEX events_droppable ON events (priority, seq) WHERE priority > 0;
+CREATE TABLE drops (
+    type   TEXT    NOT NULL,
+    reason TEXT    NOT NULL,
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (type, reason)
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What an accepted event became: its sequence number and CloudEvents id."""
+
+    sequence: int
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    sequence: int
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    sequence: int
+    id: str
+    type: str
+    priority: int
+    topic: str
+    size: int
+    accepted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: int
+    bytes: int
+    oldest_accepted_at: float | None
+    last_sequence: int
+    dropped: dict[str, int]  # "type/reason" -> count
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+@dataclass(slots=True)
+class _Submission:
+    drafts: Sequence[ev.EventDraft]
+    waiter: asyncio.Future[list[Accepted]] | concurrent.futures.Future[list[Accepted]]
+
+
+@dataclass(slots=True)
+class _Acks:
+    sequences: list[int]
+
+
+@dataclass(slots=True)
+class _Stop:
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+_Item = _Submission | _Acks | _Stop
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+
+
+def check_file(path: Path) -> None:
+    """Refuse a file at ``path`` that is not a SQLite database, without touching it."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise OutboxNotOursError(f"outbox path {path} exists and is not a regular file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise OutboxUnavailableError(f"cannot read outbox {path}: {exc.strerror}") from exc
+    if head and head != SQLITE_MAGIC:
+        raise OutboxNotOursError(
+            f"{path} is not a storegate outbox (not a SQLite database); refusing to "
+            "overwrite it. Move it away or set storage.path to another file."
+        )
+
+
+def take_writer_lock(path: Path) -> int:
+    """Take the single-writer lock beside ``path``; the fd holds it until closed."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as exc:
+        raise OutboxUnavailableError(
+            f"cannot write in storage directory {path.parent}: {exc.strerror}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise OutboxUnavailableError(
+            f"outbox {path} is in use by another storegate process "
+            "(stop it first, or give this one its own storage.path)"
+        ) from exc
+    return fd
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+    except sqlite3.Error as exc:
+        raise OutboxUnavailableError(f"cannot open outbox {path}: {exc}") from exc
+    return conn
+
+
+def _validate(conn: sqlite3.Connection, path: Path) -> bool:
+    """Check an opened database is ours; return False if it is new (empty)."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise OutboxNotOursError(
+            f"{path} is corrupt or not a storegate outbox ({exc}); refusing to use it. "
+            "Move it away or set storage.path to another file."
+        ) from exc
+    if app_id == 0 and tables == 0:
+        return False
+    if app_id != APPLICATION_ID:
+        raise OutboxNotOursError(
+            f"{path} is a SQLite database of another application (application_id "
+            f"{app_id:#x}); refusing to overwrite it. Set storage.path to another file."
+        )
+    if version > SCHEMA_VERSION:
+        raise OutboxNotOursError(
+            f"{path} was written by a newer storegate (schema {version}, this one reads "
+            f"{SCHEMA_VERSION}); upgrade storegate or move the file away."
+        )
+    try:
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        check = str(exc)
+    if check != "ok":
+        raise OutboxNotOursError(
+            f"{path} is corrupt ({check}); refusing to use it. Keep it for recovery "
+            "(sqlite3 .recover) and set storage.path to another file."
+        )
+    return True
+
+
+class Outbox:
+    """The SQLite outbox. Thread-safe entry points: :meth:`accept`,
+    :meth:`accept_blocking`, :meth:`submit`, :meth:`ack`, :meth:`close`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        source: str,
+        topic_for: Callable[[ev.EventType], str],
+        budget: RetentionBudget,
+        clock: Callable[[], float],
+        synchronous: Synchronous = "full",
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._source = source
+        self._topic_for = topic_for
+        self._budget = budget
+        self._clock = clock
+        self._synchronous = synchronous
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._ids = Uuid7Generator()
+        self._closed = False
+        self._accepting = True
+        self._lock_file: int | None = None
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending_acks: list[int] = []
+        self._next_seq = 1
+        self._rows = 0
+        self._bytes = 0
+        self._last_age_check = 0.0
+        self.session = 0
+        self.last_error: str | None = None
+        self.accepted_total = 0
+        self.failed_total = 0
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Validate or create the database, take the single-writer lock, start the
+        writer thread. Raises an :class:`OutboxError` naming the path on any problem."""
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxUnavailableError(
+                f"cannot create storage directory {path.parent}: {exc.strerror}"
+            ) from exc
+        check_file(path)
+        self._lock_file = take_writer_lock(path)
+        try:
+            conn = _connect(path, readonly=False)
+            is_ours = _validate(conn, path)
+            self._init(conn, is_ours)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._conn = conn
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self._thread.start()
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def _init(self, conn: sqlite3.Connection, existing: bool) -> None:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise OutboxUnavailableError(
+                    f"cannot put {self.path} in WAL mode (got {mode!r}); is the "
+                    "filesystem a network share?"
+                )
+            conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            if not existing:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executescript(_SCHEMA)  # executescript commits
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('session', 1) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + 1"
+            )
+            self.session = conn.execute("SELECT value FROM meta WHERE key='session'").fetchone()[0]
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if _is_full(exc):
+                raise OutboxFullError(f"cannot start: disk holding {self.path} is full") from exc
+            if "readonly" in str(exc) or "permission" in str(exc).lower():
+                raise OutboxUnavailableError(
+                    f"outbox {self.path} is not writable ({exc}); check the permissions "
+                    "of the file and its directory"
+                ) from exc
+            raise OutboxUnavailableError(f"cannot initialise outbox {self.path}: {exc}") from exc
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        self._next_seq = (row[0] if row else 0) + 1
+        self._rows, self._bytes = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM events"
+        ).fetchone()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, commit what was submitted, close the database cleanly."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            stop = _Stop()
+            self._queue.put(stop)
+            stop.done.wait(timeout)
+            self._thread.join(timeout)
+            self._thread = None
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.close()
+            self._conn = None
+        self._release_lock()
+
+    def stop_accepting(self) -> None:
+        """Refuse new events from now on; acknowledgements are still processed."""
+        self._accepting = False
+
+    @property
+    def depth(self) -> int:
+        """Events committed and not yet acknowledged (or dropped)."""
+        return self._rows
+
+    @property
+    def last_sequence(self) -> int:
+        """The newest sequence number committed (0 when none ever was)."""
+        return self._next_seq - 1
+
+    # --- producers -----------------------------------------------------------------
+
+    async def accept(self, draft: ev.EventDraft) -> Accepted:
+        """Accept one event: returns once it is committed to disk."""
+        return (await self.accept_many([draft]))[0]
+
+    async def accept_many(self, drafts: Sequence[ev.EventDraft]) -> list[Accepted]:
+        fut: asyncio.Future[list[Accepted]] = asyncio.get_running_loop().create_future()
+        self._put(_Submission(drafts, fut))
+        return await fut
+
+    def submit(self, drafts: Sequence[ev.EventDraft]) -> concurrent.futures.Future[list[Accepted]]:
+        """Thread-friendly form of :meth:`accept_many`."""
+        fut: concurrent.futures.Future[list[Accepted]] = concurrent.futures.Future()
+        self._put(_Submission(drafts, fut))
+        return fut
+
+    def accept_blocking(
+        self, drafts: Sequence[ev.EventDraft], timeout: float | None = None
+    ) -> list[Accepted]:
+        return self.submit(drafts).result(timeout)
+
+    def _put(self, item: _Submission) -> None:
+        if self._closed or not self._accepting or self._thread is None:
+            raise OutboxClosedError("the outbox is closed: event not accepted")
+        self._queue.put(item)
+
+    # --- publisher -----------------------------------------------------------------
+
+    def ack(self, sequences: list[int]) -> None:
+        """The broker acknowledged these: delete them in the next group commit."""
+        if sequences and not self._closed:
+            self._queue.put(_Acks(sequences))
+
+    # --- writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop: _Stop | None = None
+        while stop is None:
+            item = self._queue.get()
+            subs: list[_Submission] = []
+            n_events = 0
+            acks = self._pending_acks
+            self._pending_acks = []
+            while True:
+                if isinstance(item, _Submission):
+                    subs.append(item)
+                    n_events += len(item.drafts)
+                elif isinstance(item, _Acks):
+                    acks.extend(item.sequences)
+                else:
+                    stop = item
+                    break
+                if n_events >= MAX_BATCH_EVENTS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._commit(subs, acks)
+            except Exception:  # a bug must not kill the writer: fail the batch loudly
+                log.exception("outbox commit failed unexpectedly")
+                self._fail(subs, OutboxError("outbox commit failed unexpectedly; see log"))
+        # Closing: refuse what arrived after the stop.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Submission):
+                self._fail([item], OutboxClosedError("the outbox is closed: event not accepted"))
+        stop.done.set()
+
+    def _commit(self, subs: list[_Submission], acks: list[int]) -> None:
+        conn = self._conn
+        assert conn is not None
+        now = self._clock()
+        first_seq = self._next_seq
+        rows: list[tuple[int, str, str, int, str, bytes, int, float]] = []
+        results: list[list[Accepted]] = []
+        unix_ms = int(now * 1000)
+        rand = os.urandom(8 * sum(len(s.drafts) for s in subs))
+        r = 0
+        for sub in subs:
+            accepted: list[Accepted] = []
+            for draft in sub.drafts:
+                seq = self._next_seq
+                self._next_seq = seq + 1
+                event_id = self._ids.next(unix_ms, rand[r : r + 8])
+                r += 8
+                payload = ev.encode(
+                    ev.envelope(draft, event_id=event_id, source=self._source, sequence=seq)
+                )
+                t = draft.type
+                rows.append(
+                    (seq, event_id, t.name, int(t.priority), self._topic_for(t), payload,
+                     len(payload), now)
+                )
+                accepted.append(Accepted(seq, event_id))
+            results.append(accepted)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            freed_rows, freed_bytes = self._delete(conn, acks)
+            if rows:
+                conn.executemany(
+                    "INSERT INTO events (seq, id, type, priority, topic, payload, size, "
+                    "accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            rows_now = self._rows - freed_rows + len(rows)
+            bytes_now = self._bytes - freed_bytes + sum(row[6] for row in rows)
+            dropped_rows, dropped_bytes = self._enforce_budget(conn, rows_now, bytes_now, now)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._next_seq = first_seq
+            self._pending_acks = acks  # retry the deletions with the next commit
+            self.failed_total += len(rows)
+            if _is_full(exc):
+                err: OutboxError = OutboxFullError(
+                    f"disk holding {self.path} is full: {len(rows)} event(s) NOT accepted"
+                )
+            else:
+                err = OutboxError(f"outbox write to {self.path} failed: {exc}")
+            if self.last_error != str(err):
+                log.error("%s", err, extra={"outbox": str(self.path)})  # noqa: TRY400
+            self.last_error = str(err)
+            self._fail(subs, err)
+            return
+        self.last_error = None
+        self._rows = rows_now - dropped_rows
+        self._bytes = bytes_now - dropped_bytes
+        self.accepted_total += len(rows)
+        self._resolve(subs, results)
+        if rows and self._on_commit is not None:
+            self._on_commit(self._next_seq - 1)
+
+    def _delete(self, conn: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
+        freed_rows = freed_bytes = 0
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            sizes = conn.execute(
+                f"DELETE FROM events WHERE seq IN ({marks}) RETURNING size", chunk  # noqa: S608
+            ).fetchall()
+            freed_rows += len(sizes)
+            freed_bytes += sum(s for (s,) in sizes)
+        return freed_rows, freed_bytes
+
+    def _enforce_budget(
+        self, conn: sqlite3.Connection, rows: int, size: int, now: float
+    ) -> tuple[int, int]:
+        """Drop lowest-priority events while over budget; return (rows, bytes) dropped."""
+        dropped: dict[tuple[str, str], int] = {}
+        total_rows = total_bytes = 0
+        cutoff = age_cutoff(self._budget, now)
+        if cutoff is not None and now - self._last_age_check >= AGE_CHECK_INTERVAL_S:
+            self._last_age_check = now
+            for t, s in conn.execute(
+                "DELETE FROM events WHERE priority > 0 AND accepted_at < ? RETURNING type, size",
+                (cutoff,),
+            ).fetchall():
+                dropped[(t, "age")] = dropped.get((t, "age"), 0) + 1
+                total_rows += 1
+                total_bytes += s
+        over = excess(rows - total_rows, size - total_bytes, self._budget)
+        if over:
+            reason = "rows" if over.rows else "bytes"
+            need_rows, need_bytes = over.rows, over.bytes
+            for priority in DROP_ORDER:
+                if need_rows <= 0 and need_bytes <= 0:
+                    break
+                cur = conn.execute(
+                    "SELECT seq, type, size FROM events WHERE priority = ? ORDER BY seq",
+                    (int(priority),),
+                )
+                victims: list[int] = []
+                for seq, t, s in cur:
+                    if need_rows <= 0 and need_bytes <= 0:
+                        break
+                    victims.append(seq)
+                    dropped[(t, reason)] = dropped.get((t, reason), 0) + 1
+                    need_rows -= 1
+                    need_bytes -= s
+                    total_rows += 1
+                    total_bytes += s
+                cur.close()
+                self._delete(conn, victims)
+        if dropped:
+            conn.executemany(
+                "INSERT INTO drops (type, reason, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (type, reason) DO UPDATE SET count = count + excluded.count",
+                [(t, r, n) for (t, r), n in dropped.items()],
+            )
+            log.warning(
+                "outbox over its retention budget: dropped %d event(s) (%s)",
+                total_rows, ", ".join(f"{t} by {r}: {n}" for (t, r), n in dropped.items()),
+            )
+        return total_rows, total_bytes
+
+    @staticmethod
+    def _resolve(subs: list[_Submission], results: list[list[Accepted]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Accepted]],
+                                                           list[Accepted]]]] = {}
+        for sub, result in zip(subs, results, strict=True):
+            w = sub.waiter
+            if isinstance(w, asyncio.Future):
+                by_loop.setdefault(w.get_loop(), []).append((w, result))
+            elif w.set_running_or_notify_cancel():
+                w.set_result(result)
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, pairs)
+
+    @staticmethod
+    def _fail(subs: Iterable[_Submission], err: BaseException) -> None:
+        for sub in subs:
+            w = sub.waiter
+            if isinstance(w, asyncio.Future):
+                with contextlib.suppress(RuntimeError):
+                    w.get_loop().call_soon_threadsafe(_settle_error, w, err)
+            elif w.set_running_or_notify_cancel():
+                w.set_exception(err)
+
+
+def _settle(pairs: list[tuple[asyncio.Future[list[Accepted]], list[Accepted]]]) -> None:
+    for fut, result in pairs:
+        if not fut.done():
+            fut.set_result(result)
+
+
+def _settle_error(fut: asyncio.Future[list[Accepted]], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
+
+
+class OutboxReader:
+    """A read-only view of an outbox file: the publisher's feed and the CLI's window.
+
+    Never creates, locks or modifies the file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise OutboxUnavailableError(f"no outbox at {path} (has the gateway run yet?)")
+        check_file(path)
+        self.path = path
+        self._conn = _connect(path, readonly=True)
+        try:
+            _validate(self._conn, path)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def fetch_after(self, sequence: int, limit: int) -> list[StoredEvent]:
+        rows = self._conn.execute(
+            "SELECT seq, topic, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (sequence, limit),
+        ).fetchall()
+        return [StoredEvent(s, t, bytes(p)) for s, t, p in rows]
+
+    def fetch(self, sequences: Sequence[int]) -> list[StoredEvent]:
+        if not sequences:
+            return []
+        marks = ",".join("?" * len(sequences))
+        rows = self._conn.execute(
+            f"SELECT seq, topic, payload FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
+            list(sequences),
+        ).fetchall()
+        return [StoredEvent(s, t, bytes(p)) for s, t, p in rows]
+
+    def stats(self) -> OutboxStats:
+        c = self._conn
+        depth, size = c.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
+        oldest = c.execute("SELECT accepted_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        last = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        dropped = {
+            f"{t}/{r}": n for t, r, n in c.execute("SELECT type, reason, count FROM drops")
+        }
+        return OutboxStats(
+            depth=depth,
+            bytes=size,
+            oldest_accepted_at=oldest[0] if oldest else None,
+            last_sequence=last[0] if last else 0,
+            dropped=dropped,
+        )
+
+    def pending(self, limit: int, event_type: str | None = None) -> list[PendingEvent]:
+        sql = "SELECT seq, id, type, priority, topic, size, accepted_at FROM events"
+        params: list[object] = []
+        if event_type:
+            sql += " WHERE type = ?"
+            params.append(event_type)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        return [PendingEvent(*row) for row in self._conn.execute(sql, params)]
+
+    def count_by_type(self) -> dict[str, int]:
+        return dict(self._conn.execute("SELECT type, count(*) FROM events GROUP BY type"))
+
+
+def purge(path: Path, *, event_type: str | None) -> int:
+    """Delete pending events (all, or of one type) from a stopped gateway's outbox.
+
+    Takes the single-writer lock, so it refuses while a gateway runs on the file. Every
+    purged event is counted in the drops table with reason ``purge``.
+    """
+    if not path.exists():
+        raise OutboxUnavailableError(f"no outbox at {path}")
+    check_file(path)
+    lock = take_writer_lock(path)
+    try:
+        conn = _connect(path, readonly=False)
+        try:
+            _validate(conn, path)
+            conn.execute("BEGIN IMMEDIATE")
+            where, params = ("WHERE type = ?", [event_type]) if event_type else ("", [])
+            counts = conn.execute(
+                f"SELECT type, count(*) FROM events {where} GROUP BY type", params  # noqa: S608
+            ).fetchall()
+            conn.execute(f"DELETE FROM events {where}", params)  # noqa: S608
+            conn.executemany(
+                "INSERT INTO drops (type, reason, count) VALUES (?, 'purge', ?) "
+                "ON CONFLICT (type, reason) DO UPDATE SET count = count + excluded.count",
+                counts,
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise OutboxError(f"purge of {path} failed: {exc}") from exc
+        finally:
+            conn.close()
+    finally:
+        os.close(lock)
+    return sum(n for _, n in counts)

@@ -1,0 +1,308 @@
+"""The ``storegate`` command line.
+
+Every :class:`~storegate.errors.StoregateError` becomes one line on stderr and its exit
+code (2 for configuration errors); only a bug shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from storegate import __version__
+from storegate.adapters import status_file
+from storegate.adapters.outbox_sqlite import OutboxReader, purge
+from storegate.app import logs
+from storegate.config import ENV_CONFIG, Config, load, load_default, redacted
+from storegate.errors import ConfigError, StoregateError
+
+log = logging.getLogger("storegate")
+
+STATUS_STALE_S = 10.0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = getattr(args, "config", None) or os.environ.get(ENV_CONFIG)
+    return load(Path(path)) if path else load_default()
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from storegate.app.gateway import Gateway  # noqa: PLC0415 - keep --help fast
+
+    config = _config(args)
+    gateway = Gateway(config)
+    # Not drained (broker down) is normal at shutdown: the outbox keeps the events.
+    asyncio.run(gateway.run())
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load(Path(args.file))
+    print(
+        f"{args.file}: OK (store {config.store_id}, gateway {config.gateway_id}, "
+        f"broker {config.mqtt.host}:{config.mqtt.port}, outbox {config.storage.path})"
+    )
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(redacted(_config(args)), indent=2))
+    return 0
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def status_report(config: Config, now: float) -> dict[str, Any]:
+    """What ``storegate status`` shows: outbox facts from the database itself, live
+    facts from the running gateway's status file (if it is running)."""
+    report: dict[str, Any] = {"store_id": config.store_id, "gateway_id": config.gateway_id}
+    live = status_file.read(config.status_path)
+    running = bool(
+        live and status_file.process_alive(int(live.get("pid", 0)))
+        and now - float(live.get("updated_at", 0)) < STATUS_STALE_S
+    )
+    report["running"] = running
+    report["gateway"] = live if running else None
+    reader = OutboxReader(config.storage.path) if config.storage.path.exists() else None
+    if reader is None:
+        report["outbox"] = {"path": str(config.storage.path), "exists": False}
+    else:
+        try:
+            st = reader.stats()
+        finally:
+            reader.close()
+        report["outbox"] = {
+            "path": str(config.storage.path),
+            "exists": True,
+            "depth": st.depth,
+            "bytes": st.bytes,
+            "oldest_pending_age_s": None if st.oldest_accepted_at is None
+            else max(now - st.oldest_accepted_at, 0.0),
+            "last_sequence": st.last_sequence,
+            "dropped_total": st.dropped_total,
+            "dropped": st.dropped,
+        }
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    now = time.time()
+    rep = status_report(config, now)
+    connected = bool(rep["running"] and rep["gateway"]["broker"]
+                     and rep["gateway"]["broker"]["connected"])
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0 if connected else 1
+    g = rep["gateway"]
+    name = f"{config.store_id}/{config.gateway_id}"
+    if g:
+        print(f"gateway   {name}  running (pid {g['pid']}, session {g['session']}, "
+              f"up {_age(now - g['started_at'])})")
+        b = g["broker"] or {}
+        state = "connected" if b.get("connected") else "DISCONNECTED"
+        since = f" for {_age(now - b['since'])}" if b.get("since") else ""
+        print(f"broker    {b.get('url')}  {state}{since}"
+              + (f"  last error: {b['last_error']}" if b.get("last_error") else ""))
+        print(f"          published {b.get('published_total', 0)}, in flight "
+              f"{b.get('in_flight', 0)}, reconnects {b.get('reconnects_total', 0)}, "
+              f"rejected {b.get('rejected_total', 0)}")
+        if g["outbox"].get("last_error"):
+            print(f"accepting FAILING: {g['outbox']['last_error']}")
+    else:
+        print(f"gateway   {name}  not running")
+        print("broker    unknown (the gateway is not running)")
+    o = rep["outbox"]
+    if not o["exists"]:
+        print(f"outbox    {o['path']}: none yet")
+    else:
+        age = o["oldest_pending_age_s"]
+        print(f"outbox    {o['depth']} pending ({o['bytes']} bytes), oldest "
+              f"{'-' if age is None else _age(age)}, last sequence {o['last_sequence']}, "
+              f"{o['dropped_total']} dropped")
+        for key, n in sorted(o["dropped"].items()):
+            print(f"          dropped {key}: {n}")
+    return 0 if connected else 1
+
+
+def cmd_outbox_count(args: argparse.Namespace) -> int:
+    config = _config(args)
+    reader = OutboxReader(config.storage.path)
+    try:
+        counts = reader.count_by_type()
+    finally:
+        reader.close()
+    if args.json:
+        print(json.dumps({"total": sum(counts.values()), "by_type": counts}))
+    else:
+        print(sum(counts.values()))
+        for t, n in sorted(counts.items()):
+            print(f"  {t}: {n}")
+    return 0
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    reader = OutboxReader(config.storage.path)
+    try:
+        rows = reader.pending(args.limit, args.type)
+    finally:
+        reader.close()
+    now = time.time()
+    for r in rows:
+        if args.json:
+            print(json.dumps({"sequence": r.sequence, "id": r.id, "type": r.type,
+                              "topic": r.topic, "size": r.size, "accepted_at": r.accepted_at}))
+        else:
+            print(f"{r.sequence:>10}  {r.id}  {r.type:<32} {r.size:>6} B  "
+                  f"{_age(now - r.accepted_at)} ago")
+    return 0
+
+
+def cmd_outbox_purge(args: argparse.Namespace) -> int:
+    config = _config(args)
+    reader = OutboxReader(config.storage.path)
+    try:
+        counts = reader.count_by_type()
+    finally:
+        reader.close()
+    n = counts.get(args.type, 0) if args.type else sum(counts.values())
+    what = f"{n} pending {args.type or ''} event(s)".replace("  ", " ")
+    if n == 0:
+        print(f"nothing to purge in {config.storage.path}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"refusing to purge {what} without confirmation: add --yes",
+                  file=sys.stderr)
+            return 1
+        answer = input(f"Permanently delete {what} from {config.storage.path}? "
+                       "They will never reach central. Type 'purge' to confirm: ")
+        if answer.strip() != "purge":
+            print("not purged")
+            return 1
+    removed = purge(config.storage.path, event_type=args.type)
+    print(f"purged {removed} event(s); counted as dropped (reason 'purge')")
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"storegate {__version__}")
+    return 0
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    from storegate.contract import asyncapi  # noqa: PLC0415
+
+    docs = Path(args.dir)
+    if args.action == "write":
+        for path in asyncapi.write(docs):
+            print(path)
+        return 0
+    stale = [rel for rel, text in asyncapi.render().items()
+             if not (docs / rel).exists() or (docs / rel).read_text("utf-8") != text]
+    for rel in stale:
+        print(f"stale: {docs / rel} (run: storegate contract write {docs})", file=sys.stderr)
+    return 1 if stale else 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help=f"config file (default: ${ENV_CONFIG}, else the embedded demo store)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="storegate",
+        description="Edge gateway for physical stores: BLE presence and POS purchases, "
+        "published durably over MQTT.",
+    )
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
+                        help="auto: readable on a terminal, JSON lines otherwise")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway (the demo store if no config is given)")
+    _add_config(p)
+    p.set_defaults(func=cmd_run)
+
+    pc = sub.add_parser("config", help="check or show a configuration")
+    csub = pc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = csub.add_parser("check", help="validate a config file and exit (2 if broken)")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_config_check)
+    p = csub.add_parser("show", help="print the effective config, secrets masked")
+    _add_config(p)
+    p.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("status", help="outbox depth, oldest pending age, broker connection "
+                       "(exit 0 only when running and connected)")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    po = sub.add_parser("outbox", help="inspect or purge the durable outbox")
+    osub = po.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = osub.add_parser("count", help="pending events, by type")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_outbox_count)
+    p = osub.add_parser("list", help="pending events, oldest first")
+    _add_config(p)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--type", help="only this event type")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_outbox_list)
+    p = osub.add_parser("purge", help="delete pending events (gateway stopped; asks first)")
+    _add_config(p)
+    p.add_argument("--type", help="only this event type")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_outbox_purge)
+
+    p = sub.add_parser("contract", help="write or check docs/asyncapi.yaml and JSON Schemas")
+    p.add_argument("action", choices=["write", "check"])
+    p.add_argument("dir", nargs="?", default="docs")
+    p.set_defaults(func=cmd_contract)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"storegate: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StoregateError as exc:
+        print(f"storegate: {exc}", file=sys.stderr)
+        log.debug("details", exc_info=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,257 @@
+"""The composition root: builds the gateway's parts from one Config and runs them.
+
+Nothing else in storegate constructs adapters. The lifecycle:
+
+    start     open the outbox (validate, lock, recover), start the MQTT publisher
+    run       sources accept events into the outbox; the publisher drains it
+    SIGTERM   stop accepting -> drain to the broker within storage.shutdown_drain_s ->
+              publish the death certificate -> close the database cleanly
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from storegate import __version__
+from storegate.adapters import status_file
+from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
+from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
+from storegate.config import Config
+from storegate.core import events as ev
+from storegate.core import payloads as p
+from storegate.core.backoff import Backoff
+from storegate.core.ids import Uuid7Generator
+from storegate.core.retention import RetentionBudget
+from storegate.core.topics import Topics
+from storegate.errors import OutboxError
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE_INTERVAL_S = 2.0
+
+
+def mqtt_settings(config: Config) -> MqttSettings:
+    m = config.mqtt
+    tls = None
+    if m.tls is not None:
+        tls = TlsSettings(m.tls.ca_file, m.tls.cert_file, m.tls.key_file, m.tls.insecure)
+    return MqttSettings(
+        host=m.host,
+        port=m.port,
+        client_id=config.client_id,
+        protocol=m.protocol,
+        username=m.username,
+        password=m.password.get_secret_value() if m.password else None,
+        keepalive_s=m.keepalive_s,
+        session_expiry_s=m.session_expiry_s,
+        window=m.max_inflight,
+        connect_timeout_s=m.connect_timeout_s,
+        backoff=Backoff(m.reconnect_min_s, m.reconnect_max_s),
+        tls=tls,
+    )
+
+
+class Gateway:
+    """One store gateway: outbox, publisher and sources, wired from config."""
+
+    def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.topics = Topics(config.store_id, config.gateway_id)
+        self._wall = wall_clock
+        self.started_at = wall_clock()
+        self._ids = Uuid7Generator()
+        r = config.storage.retention
+        self.outbox = Outbox(
+            config.storage.path,
+            source=self.topics.source,
+            topic_for=lambda t: self.topics.events(t.kind),
+            budget=RetentionBudget(r.max_rows, r.max_bytes, r.max_age_s),
+            clock=wall_clock,
+            synchronous=config.storage.synchronous,
+            on_commit=self._on_commit,
+        )
+        self.publisher: MqttPublisher | None = None
+        self._reader: OutboxReader | None = None
+        self.state = "created"
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open storage and start publishing. Raises StoregateError subclasses."""
+        self.outbox.open()
+        try:
+            self._reader = OutboxReader(self.config.storage.path)
+            self.publisher = MqttPublisher(
+                mqtt_settings(self.config),
+                outbox_path=self.config.storage.path,
+                ack=self.outbox.ack,
+                status=StatusMessages(
+                    topic=self.topics.status,
+                    birth=lambda: self._status("online", "started"),
+                    will=lambda: self._status("offline", "connection-lost"),
+                    death=lambda: self._status("offline", "shutdown"),
+                ),
+                wall_clock=self._wall,
+            )
+            self.publisher.start(self.outbox.last_sequence)
+        except BaseException:
+            self.outbox.close()
+            raise
+        self.state = "running"
+        log.info(
+            "gateway %s/%s started (session %d, outbox %s, %d pending)",
+            self.config.store_id, self.config.gateway_id, self.outbox.session,
+            self.config.storage.path, self.outbox.depth,
+        )
+
+    def stop(self) -> bool:
+        """Graceful stop; returns True if the outbox was fully drained to the broker."""
+        if self.state != "running":
+            return False
+        self.state = "stopping"
+        self.outbox.stop_accepting()
+        drained = False
+        if self.publisher is not None:
+            drained = self.publisher.stop(self.config.storage.shutdown_drain_s)
+        self.write_status()
+        self.outbox.close()
+        if self._reader is not None:
+            self._reader.close()
+        self.state = "stopped"
+        status_file.remove(self.config.status_path)
+        log.info("gateway stopped (%s, %d event(s) left in the outbox)",
+                 "drained" if drained else "not drained", self.outbox.depth)
+        return drained
+
+    def _on_commit(self, sequence: int) -> None:
+        if self.publisher is not None:
+            self.publisher.notify_committed(sequence)
+
+    # --- events --------------------------------------------------------------------
+
+    async def accept(self, draft: ev.EventDraft) -> Accepted:
+        return await self.outbox.accept(draft)
+
+    def _status(self, state: str, reason: str) -> bytes:
+        now = self._wall()
+        data = p.GatewayStatus(
+            state=state,  # type: ignore[arg-type]
+            session=max(self.outbox.session, 1),
+            version=__version__,
+            started_at=ev.rfc3339(self.started_at),
+            reason=reason,  # type: ignore[arg-type]
+        )
+        draft = ev.EventDraft(ev.GATEWAY_STATUS, f"gateway/{self.config.gateway_id}", now, data)
+        event_id = self._ids.next(int(now * 1000), os.urandom(8))
+        return ev.encode(ev.envelope(draft, event_id=event_id, source=self.topics.source,
+                                     sequence=None))
+
+    def telemetry(self) -> p.GatewayTelemetry:
+        pub = self.publisher
+        oldest = None
+        dropped = 0
+        if self._reader is not None:
+            stats = self._reader.stats()
+            dropped = stats.dropped_total
+            if stats.oldest_accepted_at is not None:
+                oldest = max(self._wall() - stats.oldest_accepted_at, 0.0)
+        return p.GatewayTelemetry(
+            outbox_depth=self.outbox.depth,
+            oldest_pending_age_s=oldest,
+            dropped_total=dropped,
+            published_total=pub.published_total if pub else 0,
+            reconnects_total=pub.reconnects_total if pub else 0,
+        )
+
+    # --- status --------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        pub = self.publisher.snapshot() if self.publisher else None
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "store_id": self.config.store_id,
+            "gateway_id": self.config.gateway_id,
+            "version": __version__,
+            "session": self.outbox.session,
+            "started_at": self.started_at,
+            "updated_at": self._wall(),
+            "broker": None if pub is None else {
+                "url": pub.broker,
+                "connected": pub.connected,
+                "since": pub.since,
+                "last_error": pub.last_error,
+                "in_flight": pub.in_flight,
+                "published_total": pub.published_total,
+                "rejected_total": pub.rejected_total,
+                "reconnects_total": pub.reconnects_total,
+                "connect_failures": pub.connect_failures,
+            },
+            "outbox": {
+                "path": str(self.config.storage.path),
+                "accepted_total": self.outbox.accepted_total,
+                "failed_total": self.outbox.failed_total,
+                "last_error": self.outbox.last_error,
+                "depth": self.outbox.depth,
+                "last_sequence": self.outbox.last_sequence,
+            },
+        }
+
+    def write_status(self) -> None:
+        try:
+            status_file.write(self.config.status_path, self.status())
+        except OSError as exc:
+            log.debug("cannot write status file: %s", exc)
+
+    # --- run -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> bool:
+        """Run until ``stop`` is set or SIGTERM/SIGINT arrives; returns drained flag."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        self.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._status_loop(stop))
+                if self.config.sources.telemetry.enabled:
+                    tg.create_task(self._telemetry_loop(stop))
+                await stop.wait()
+        finally:
+            log.info("stopping: no new events accepted; draining the outbox")
+            drained = await asyncio.to_thread(self.stop)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        return drained
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.write_status()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATUS_FILE_INTERVAL_S)
+
+    async def _telemetry_loop(self, stop: asyncio.Event) -> None:
+        interval = self.config.sources.telemetry.interval_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+            draft = ev.EventDraft(
+                ev.GATEWAY_TELEMETRY, f"gateway/{self.config.gateway_id}", self._wall(),
+                self.telemetry(),
+            )
+            try:
+                await self.accept(draft)
+            except OutboxError as exc:  # disk full etc.: logged by the outbox; go on
+                log.debug("telemetry not accepted: %s", exc)

@@ -1,0 +1,242 @@
+"""The configuration: one TOML file, validated once at start, overridable by environment.
+
+Every problem is reported as a :class:`~storegate.errors.ConfigError` naming the file
+(or environment variable), the dotted key and what is wrong: never a traceback.
+
+Environment variables ``STOREGATE_<SECTION>__<KEY>`` override the file, ``__``
+separating levels: ``STOREGATE_MQTT__PASSWORD`` sets ``mqtt.password``. Secrets belong
+there (or in a systemd credential), not in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from storegate.core.topics import ID_RULE, is_valid_id
+from storegate.errors import ConfigError
+
+ENV_PREFIX: Final = "STOREGATE_"
+ENV_CONFIG: Final = "STOREGATE_CONFIG"  # names the file; not an override
+DEMO_CONFIG: Final = "demo.toml"
+MIB: Final = 1024 * 1024
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(Section):
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    key_file: Path | None = Field(default=None, description="Client private key (PEM).")
+    insecure: bool = Field(default=False, description="Skip host name check (testing only).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class MqttConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(
+        default=None, description="Defaults to storegate-<store_id>-<gateway_id>."
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    max_inflight: int = Field(
+        default=20, ge=1, le=1000,
+        description="Unacknowledged publishes at most (also capped by the broker).",
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    tls: TlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _backoff(self) -> MqttConfig:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
+class RetentionConfig(Section):
+    max_rows: int | None = Field(default=2_000_000, ge=1)
+    max_bytes: int | None = Field(default=1024 * MIB, ge=MIB)
+    max_age_s: float | None = Field(default=30 * 24 * 3600, gt=0)
+
+
+class StorageConfig(Section):
+    path: Path = Path("/var/lib/storegate/outbox.db")
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="'full' survives power loss; 'normal' survives a crashed process only.",
+    )
+    retention: RetentionConfig = RetentionConfig()
+    shutdown_drain_s: float = Field(
+        default=10.0, ge=0, description="On SIGTERM, publish what is pending for this long."
+    )
+
+
+class TelemetrySource(Section):
+    enabled: bool = True
+    interval_s: float = Field(default=60.0, ge=1)
+
+
+class SourcesConfig(Section):
+    telemetry: TelemetrySource = TelemetrySource()
+
+
+class Config(Section):
+    store_id: str
+    gateway_id: str
+    mqtt: MqttConfig = MqttConfig()
+    storage: StorageConfig = StorageConfig()
+    sources: SourcesConfig = SourcesConfig()
+
+    @field_validator("store_id", "gateway_id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if not is_valid_id(value):
+            raise ValueError(ID_RULE)
+        return value
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"storegate-{self.store_id}-{self.gateway_id}"
+
+    @property
+    def status_path(self) -> Path:
+        """Where the running gateway publishes its live status for ``storegate status``."""
+        p = self.storage.path
+        return p.with_name(p.name + ".status.json")
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, str]]:
+    """``STOREGATE_A__B=v`` -> {("a", "b"): ("STOREGATE_A__B", "v")}."""
+    out: dict[tuple[str, ...], tuple[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+            continue
+        parts = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        if all(parts):
+            out[parts] = (name, value)
+    return out
+
+
+def _apply(data: dict[str, Any], path: tuple[str, ...], value: str, var: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment variable {var}", f"{part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative file paths in the config are relative to the config file's folder."""
+
+    def fix(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            p = Path(section[key]).expanduser()
+            section[key] = str(p if p.is_absolute() else base / p)
+
+    fix(data.get("storage"), "path")
+    tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None
+    for key in ("ca_file", "cert_file", "key_file"):
+        fix(tls, key)
+
+
+def _format_errors(
+    exc: ValidationError, source: str, env: dict[tuple[str, ...], tuple[str, str]]
+) -> ConfigError:
+    problems: list[str] = []
+    first_key: str | None = None
+    for err in exc.errors():
+        loc = tuple(str(x) for x in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        first_key = first_key or key
+        where = source
+        if loc in env:
+            where = f"environment variable {env[loc][0]}"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (misspelt, or in the wrong section?)"
+        elif err["type"] != "missing" and "password" not in key:
+            shown = repr(err.get("input"))
+            msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+        problems.append(f"{where}: {key}: {msg}")
+    if len(problems) == 1:
+        src, key, problem = problems[0].split(": ", 2)
+        return ConfigError(src, problem, key)
+    return ConfigError(source, "\n  " + "\n  ".join(problems), None)
+
+
+def parse(
+    text: str, *, source: str, base: Path, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate TOML text; ``source`` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"not valid TOML: {exc}") from exc
+    env = _env_overrides(os.environ if environ is None else environ)
+    for path, (var, value) in env.items():
+        _apply(data, path, value, var)
+    _resolve_paths(data, base)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise _format_errors(exc, source, env) from exc
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Load a config file; every failure is a ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), "file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from exc
+    return parse(text, source=str(path), base=path.resolve().parent, environ=environ)
+
+
+def demo_text() -> str:
+    return resources.files("storegate.defaults").joinpath(DEMO_CONFIG).read_text("utf-8")
+
+
+def load_default(environ: Mapping[str, str] | None = None) -> Config:
+    """The embedded demo store, its storage under the user's state directory."""
+    env = os.environ if environ is None else environ
+    state = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return parse(demo_text(), source="<embedded demo config>", base=state / "storegate",
+                 environ=env)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, secrets masked (for ``config show``)."""
+    return config.model_dump(mode="json")  # SecretStr dumps as '**********'

@@ -1,0 +1,140 @@
+"""The event contract: the catalogue of event types and the CloudEvents envelope.
+
+Every event is a CloudEvents 1.0 structured-mode JSON message. Beside the required
+attributes it carries ``time`` (when it happened, not when it was sent), ``subject``,
+``datacontenttype`` and the ``sequence`` extension: a decimal string, zero-padded to
+20 digits so that it orders both lexicographically (as the CloudEvents sequence
+extension asks) and numerically. It is monotonic per gateway, never reused and survives
+restarts, so a consumer detects a gap as a missing number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any, Final
+
+from storegate.core import payloads as p
+
+SPEC_VERSION: Final = "1.0"
+CONTENT_TYPE: Final = "application/json"
+SEQUENCE_DIGITS: Final = 20
+
+
+class Priority(IntEnum):
+    """Retention priority: when the outbox budget is exceeded the highest number goes
+    first; ``CRITICAL`` (purchases) is never dropped."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    name: str  # the CloudEvents type, e.g. storegate.visit.entered.v1
+    kind: str  # the last topic level: storegate/v1/<store>/<gw>/events/<kind>
+    priority: Priority
+    model: type[p.Payload]
+    summary: str
+
+
+def _t(type_: str, kind: str, priority: Priority, model: type[p.Payload], summary: str) -> (
+    EventType
+):
+    return EventType(type_, kind, priority, model, summary)
+
+
+GATEWAY_STATUS: Final = _t(
+    "storegate.gateway.status.v1", "status", Priority.NORMAL, p.GatewayStatus,
+    "Birth and death certificate of a gateway session (retained on the status topic).",
+)
+GATEWAY_TELEMETRY: Final = _t(
+    "storegate.gateway.telemetry.v1", "telemetry", Priority.LOW, p.GatewayTelemetry,
+    "Periodic health figures of a gateway.",
+)
+VISIT_ENTERED: Final = _t(
+    "storegate.visit.entered.v1", "visit", Priority.HIGH, p.VisitEntered,
+    "A consenting customer entered the store or a zone.",
+)
+VISIT_DWELLED: Final = _t(
+    "storegate.visit.dwelled.v1", "visit", Priority.HIGH, p.VisitDwelled,
+    "A visit crossed a dwell threshold.",
+)
+VISIT_EXITED: Final = _t(
+    "storegate.visit.exited.v1", "visit", Priority.HIGH, p.VisitExited,
+    "A visit ended.",
+)
+PURCHASE_COMPLETED: Final = _t(
+    "storegate.purchase.completed.v1", "purchase", Priority.CRITICAL, p.PurchaseCompleted,
+    "A receipt closed at a lane.",
+)
+PURCHASE_VOIDED: Final = _t(
+    "storegate.purchase.voided.v1", "purchase", Priority.CRITICAL, p.PurchaseVoided,
+    "An open receipt was cancelled at a lane.",
+)
+
+CATALOGUE: Final[dict[str, EventType]] = {
+    t.name: t
+    for t in (
+        GATEWAY_STATUS, GATEWAY_TELEMETRY, VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED,
+        PURCHASE_COMPLETED, PURCHASE_VOIDED,
+    )
+}
+
+# Event types that travel through the outbox on events/<kind>; the status certificate
+# is published directly (retained) on the status topic.
+OUTBOX_TYPES: Final = tuple(t for t in CATALOGUE.values() if t is not GATEWAY_STATUS)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event as a producer hands it over: the outbox gives it id and sequence."""
+
+    type: EventType
+    subject: str
+    time: float  # epoch seconds when it happened
+    data: p.Payload
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, self.type.model):
+            raise TypeError(
+                f"{self.type.name} needs {self.type.model.__name__} data, "
+                f"got {type(self.data).__name__}"
+            )
+
+
+def rfc3339(epoch_s: float) -> str:
+    """UTC RFC 3339 with milliseconds: ``2026-11-28T10:15:00.123Z``."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def format_sequence(sequence: int) -> str:
+    return f"{sequence:0{SEQUENCE_DIGITS}d}"
+
+
+def envelope(draft: EventDraft, *, event_id: str, source: str, sequence: int | None) -> (
+    dict[str, Any]
+):
+    """The CloudEvents structured-mode object of a draft (``sequence`` None: status)."""
+    ce: dict[str, Any] = {
+        "specversion": SPEC_VERSION,
+        "id": event_id,
+        "source": source,
+        "type": draft.type.name,
+        "subject": draft.subject,
+        "time": rfc3339(draft.time),
+        "datacontenttype": CONTENT_TYPE,
+    }
+    if sequence is not None:
+        ce["sequence"] = format_sequence(sequence)
+    ce["data"] = draft.data.model_dump(mode="json")
+    return ce
+
+
+def encode(ce: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, the bytes that go on the wire and into the outbox."""
+    return json.dumps(ce, separators=(",", ":"), ensure_ascii=False).encode()

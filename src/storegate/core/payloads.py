@@ -1,0 +1,130 @@
+"""Typed ``data`` payloads of every event storegate publishes.
+
+These models are the contract: the JSON Schemas in ``docs/schemas/`` and the AsyncAPI
+document are generated from them. Money is integer minor units (never float), times
+are RFC 3339 UTC strings, people appear only as pseudonyms.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Payload(BaseModel):
+    """Base of all payloads: immutable, unknown fields rejected at the boundary."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Timestamp = str  # RFC 3339 UTC, millisecond precision, e.g. 2026-11-28T10:15:00.123Z
+
+
+# --- gateway -------------------------------------------------------------------------
+
+
+class GatewayStatus(Payload):
+    """Birth (online) and death (offline) certificate, retained on the status topic."""
+
+    state: Literal["online", "offline"]
+    session: int = Field(
+        ge=1,
+        description="Boot counter of this gateway, persisted: the death certificate of a "
+        "session carries the same number as its birth.",
+    )
+    version: str = Field(description="storegate version of the gateway.")
+    started_at: Timestamp = Field(description="When this session of the gateway started.")
+    reason: Literal["started", "shutdown", "connection-lost"] = Field(
+        description="Why the state is what it is: 'connection-lost' is the MQTT Last Will."
+    )
+
+
+class GatewayTelemetry(Payload):
+    """Periodic health figures of the gateway (low priority: dropped first when full)."""
+
+    outbox_depth: int = Field(ge=0, description="Events accepted but not yet acknowledged.")
+    oldest_pending_age_s: float | None = Field(
+        ge=0, description="Age of the oldest unacknowledged event, null when none."
+    )
+    dropped_total: int = Field(ge=0, description="Events dropped by the retention budget.")
+    published_total: int = Field(ge=0, description="Events acknowledged by the broker.")
+    reconnects_total: int = Field(ge=0, description="Successful reconnections since start.")
+
+
+# --- presence (completed by the presence issue) --------------------------------------
+
+
+class VisitBase(Payload):
+    visit_id: str = Field(description="Stable id of this visit (UUIDv7).")
+    customer: str | None = Field(
+        description="Pseudonymous customer id (consenting app users only); null for "
+        "anonymous footfall."
+    )
+    zone: str | None = Field(description="Zone id, or null for the store visit itself.")
+    entered_at: Timestamp
+
+
+class VisitEntered(VisitBase):
+    """A customer entered the store or a zone (after the minimum presence)."""
+
+
+class VisitDwelled(VisitBase):
+    """A dwell threshold was crossed during a visit."""
+
+    dwell_s: float = Field(ge=0, description="Dwell so far, in seconds.")
+
+
+class VisitExited(VisitBase):
+    """A visit ended; ``exited_at`` is the last evidence of presence, not the timeout."""
+
+    exited_at: Timestamp
+    dwell_s: float = Field(ge=0)
+
+
+# --- purchases (completed by the POS issue) ------------------------------------------
+
+
+class LineItem(Payload):
+    sku: str | None = None
+    name: str
+    quantity_milli: int = Field(description="Quantity in thousandths (1 piece = 1000).")
+    unit_price_minor: int = Field(description="Unit price in minor units (e.g. kopecks).")
+    amount_minor: int = Field(description="Extended amount in minor units.")
+    discount_minor: int = Field(default=0, ge=0)
+
+
+class Tender(Payload):
+    kind: Literal["cash", "card", "voucher", "other"]
+    amount_minor: int
+
+
+class PurchaseCompleted(Payload):
+    """A receipt closed at a lane."""
+
+    receipt: str = Field(description="Receipt or sequence number as printed by the till.")
+    lane: str
+    operator: str | None = None
+    items: list[LineItem]
+    tenders: list[Tender] = []
+    discount_minor: int = Field(default=0, ge=0)
+    total_minor: int
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+    loyalty_id: str | None = Field(default=None, description="Pseudonymous loyalty id.")
+    offer_tokens: list[str] = []
+    first_item_at: Timestamp | None = None
+    completed_at: Timestamp
+    totals_mismatch: bool = Field(
+        default=False,
+        description="Items minus discounts differ from the total printed: published as "
+        "read, never silently fixed.",
+    )
+
+
+class PurchaseVoided(Payload):
+    """An open receipt was cancelled at a lane."""
+
+    receipt: str | None
+    lane: str
+    voided_at: Timestamp
+    reason: str | None = None

@@ -1,0 +1,71 @@
+"""The typed errors a user of storegate can meet, each carrying what is needed to fix it.
+
+The CLI turns every ``StoregateError`` into one clear line and the error's exit code;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class StoregateError(Exception):
+    """Base of every error storegate reports to a user."""
+
+    exit_code: int = 1
+
+
+class ConfigError(StoregateError):
+    """The configuration file (or an environment override) is unusable.
+
+    ``source`` names the file or variable, ``key`` the dotted setting, ``problem`` what
+    is wrong with it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, source: str, problem: str, key: str | None = None) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"config error in {where}: {problem}")
+
+
+class OutboxError(StoregateError):
+    """The durable outbox cannot be used."""
+
+    exit_code = 3
+
+
+class OutboxNotOursError(OutboxError):
+    """The file at the outbox path is corrupt or belongs to something else.
+
+    storegate refuses to start rather than overwrite it.
+    """
+
+
+class OutboxUnavailableError(OutboxError):
+    """The storage path cannot be created, opened or written."""
+
+
+class OutboxFullError(OutboxError):
+    """The disk (or the database size limit) is full: the event was NOT accepted."""
+
+
+class OutboxClosedError(OutboxError):
+    """The outbox is shutting down and accepts nothing more."""
+
+
+class MqttError(StoregateError):
+    """The MQTT broker could not be used."""
+
+    exit_code = 4
+
+
+class MqttConnectError(MqttError):
+    """The broker refused or failed the connection; ``reason`` is its reason string."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        suffix = f" (code {code})" if code is not None else ""
+        super().__init__(f"broker refused the connection: {reason}{suffix}")
