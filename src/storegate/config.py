@@ -93,6 +93,11 @@ class StorageConfig(Section):
         description="'full' survives power loss; 'normal' survives a crashed process only.",
     )
     retention: RetentionConfig = RetentionConfig()
+    replay_window_s: float = Field(
+        default=3600.0, ge=0,
+        description="Keep acknowledged events this long to answer replay commands "
+        "(central asks when it sees a sequence gap, e.g. after a broker crash). 0: off.",
+    )
     shutdown_drain_s: float = Field(
         default=10.0, ge=0, description="On SIGTERM, publish what is pending for this long."
     )

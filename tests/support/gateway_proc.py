@@ -42,6 +42,16 @@ def start_driver(config: Path, *, start: int, count: int, log: Path, drain: bool
                             text=True)
 
 
+def start_run(config: Path, stderr: Path | None = None) -> subprocess.Popen[str]:
+    """`storegate run` as a real process (stop it with SIGTERM)."""
+    err = open(stderr, "a") if stderr else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "storegate", "--log-format", "json", "run", "--config",
+         str(config)],
+        cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=err, text=True,
+    )
+
+
 def storegate(*args: str, input_: str | None = None, timeout: float = 60,
               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real `storegate` CLI."""

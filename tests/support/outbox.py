@@ -30,8 +30,8 @@ def make_outbox(path: Path, budget: RetentionBudget | None = None,
 
 
 def telemetry(n: int = 0) -> ev.EventDraft:
-    data = p.GatewayTelemetry(outbox_depth=n, oldest_pending_age_s=None, dropped_total=0,
-                              published_total=0, reconnects_total=0)
+    data = p.GatewayTelemetry(last_sequence=n, outbox_depth=n, oldest_pending_age_s=None,
+                              dropped_total=0, published_total=0, reconnects_total=0)
     return ev.EventDraft(ev.GATEWAY_TELEMETRY, "gateway/g1", 1_795_000_000.0 + n, data)
 
 

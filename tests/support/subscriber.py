@@ -48,6 +48,8 @@ class Subscriber:
                 if msg.retain:
                     self.retained[msg.topic] = msg.payload
                 return
+            if "/events/" not in msg.topic:  # e.g. commands we sent ourselves
+                return
             try:
                 event_id = json.loads(msg.payload)["id"]
             except (ValueError, KeyError):
@@ -65,6 +67,35 @@ class Subscriber:
     def duplicates(self) -> int:
         with self.lock:
             return sum(len(v) - 1 for v in self.events.values())
+
+    def retained_state(self) -> str | None:
+        """The state in the latest status message (birth 'online' / death 'offline')."""
+        with self.lock:
+            return self.status[-1]["data"]["state"] if self.status else None
+
+    def sequences(self) -> set[int]:
+        with self.lock:
+            payloads = [v[0] for v in self.events.values()]
+        return {int(json.loads(b)["sequence"]) for b in payloads}
+
+    def gaps(self, last: int) -> list[int]:
+        """Sequence numbers up to ``last`` never received: what central would replay."""
+        have = self.sequences()
+        return [s for s in range(1, last + 1) if s not in have]
+
+    def request_replay(self, store: str, gateway: str, missing: list[int]) -> None:
+        """Ask for every gap, one command per contiguous range, like central does."""
+        runs: list[list[int]] = []
+        for n in missing:
+            if runs and runs[-1][1] == n - 1:
+                runs[-1][1] = n
+            else:
+                runs.append([n, n])
+        for first, last in runs:
+            body = {"gateway": gateway, "from_sequence": first, "to_sequence": last,
+                    "request_id": f"gap-{first}"}
+            self.client.publish(f"storegate/v1/{store}/commands/replay", json.dumps(body),
+                                qos=1)
 
     def close(self) -> None:
         self.client.loop_stop()

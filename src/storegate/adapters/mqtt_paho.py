@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import random
 import select
 import ssl
@@ -111,12 +112,17 @@ class MqttPublisher:
         outbox_path: Path,
         ack: Callable[[list[int]], None],
         status: StatusMessages,
+        subscriptions: tuple[str, ...] = (),
+        on_command: Callable[[str, bytes], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self._outbox_path = outbox_path
         self._ack = ack
         self._status_msgs = status
+        self._subscriptions = subscriptions
+        self._on_command = on_command
+        self._resend_inbox: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         self._wall = wall_clock
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -160,6 +166,12 @@ class MqttPublisher:
         self._committed = max(self._committed, sequence)
         self._wake()
 
+    def resend(self, sequences: list[int]) -> None:
+        """Publish these again (a replay request); thread-safe."""
+        if sequences:
+            self._resend_inbox.put(sequences)
+            self._wake()
+
     def _wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
@@ -202,7 +214,7 @@ class MqttPublisher:
     def _is_drained(self) -> bool:
         return (
             not self._in_flight and not self._resend and not self._buffer
-            and self._cursor >= self._committed
+            and self._resend_inbox.empty() and self._cursor >= self._committed
         )
 
     def _run(self) -> None:
@@ -282,6 +294,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         return client
 
     def _connect(self) -> None:
@@ -342,6 +355,16 @@ class MqttPublisher:
             self._status_msgs.topic, self._status_msgs.birth(), qos=1, retain=True
         )
         self._status_mid = info.mid
+        for topic in self._subscriptions:
+            self._client.subscribe(topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_command is None:
+            return
+        try:
+            self._on_command(msg.topic, bytes(msg.payload))
+        except Exception:  # a bad command must not take the publisher down
+            log.exception("command handler failed on %s", msg.topic)
 
     def _note_connect_failure(self) -> None:
         self.connect_failures += 1
@@ -434,8 +457,15 @@ class MqttPublisher:
             self._cursor = max(self._cursor, row.sequence)
 
     def _next_batch(self, reader: OutboxReader) -> bool:
+        while True:
+            try:
+                replay = self._resend_inbox.get_nowait()
+            except queue.Empty:
+                break
+            # Beyond the cursor they are published in the normal course anyway.
+            self._resend.extend(s for s in replay if s <= self._cursor)
         if self._resend:
-            resend, self._resend = self._resend, []
+            resend, self._resend = sorted(set(self._resend)), []
             self._buffer.extend(reader.fetch(resend))  # dropped by retention: gone
             if self._buffer:
                 return True

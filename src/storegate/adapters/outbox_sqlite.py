@@ -58,9 +58,10 @@ CREATE TABLE events (
     topic       TEXT    NOT NULL,
     payload     BLOB    NOT NULL,
     size        INTEGER NOT NULL,
-    accepted_at REAL    NOT NULL
+    accepted_at REAL    NOT NULL,
+    acked_at    REAL                -- NULL: pending; else kept for replay until trimmed
 );
-CREATE INDEX events_droppable ON events (priority, seq) WHERE priority > 0;
+CREATE INDEX events_droppable ON events (priority, seq) WHERE priority > 0 AND acked_at IS NULL;
 CREATE TABLE drops (
     type   TEXT    NOT NULL,
     reason TEXT    NOT NULL,
@@ -102,8 +103,9 @@ class PendingEvent:
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
-    depth: int
-    bytes: int
+    depth: int  # pending: accepted, not yet acknowledged by the broker
+    bytes: int  # of the pending events
+    retained: int  # acknowledged, kept for replay requests
     oldest_accepted_at: float | None
     last_sequence: int
     dropped: dict[str, int]  # "type/reason" -> count
@@ -125,11 +127,27 @@ class _Acks:
 
 
 @dataclass(slots=True)
+class _Requeue:
+    first: int
+    last: int
+    done: Callable[[list[int], list[int]], None]
+
+
+@dataclass(slots=True)
+class _Counts:
+    """Rows and bytes held (pending + kept for replay), and how many are pending."""
+
+    rows: int
+    bytes: int
+    pending: int
+
+
+@dataclass(slots=True)
 class _Stop:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-_Item = _Submission | _Acks | _Stop
+_Item = _Submission | _Acks | _Requeue | _Stop
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -238,6 +256,7 @@ class Outbox:
         budget: RetentionBudget,
         clock: Callable[[], float],
         synchronous: Synchronous = "full",
+        replay_window_s: float = 3600.0,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.path = path
@@ -246,6 +265,7 @@ class Outbox:
         self._budget = budget
         self._clock = clock
         self._synchronous = synchronous
+        self._replay_window_s = replay_window_s
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._ids = Uuid7Generator()
@@ -258,6 +278,7 @@ class Outbox:
         self._next_seq = 1
         self._rows = 0
         self._bytes = 0
+        self._pending = 0
         self._last_age_check = 0.0
         self.session = 0
         self.last_error: str | None = None
@@ -328,8 +349,8 @@ class Outbox:
             raise OutboxUnavailableError(f"cannot initialise outbox {self.path}: {exc}") from exc
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         self._next_seq = (row[0] if row else 0) + 1
-        self._rows, self._bytes = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM events"
+        self._rows, self._bytes, self._pending = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), count(*) - count(acked_at) FROM events"
         ).fetchone()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -357,7 +378,7 @@ class Outbox:
     @property
     def depth(self) -> int:
         """Events committed and not yet acknowledged (or dropped)."""
-        return self._rows
+        return self._pending
 
     @property
     def last_sequence(self) -> int:
@@ -394,9 +415,21 @@ class Outbox:
     # --- publisher -----------------------------------------------------------------
 
     def ack(self, sequences: list[int]) -> None:
-        """The broker acknowledged these: delete them in the next group commit."""
+        """The broker acknowledged these: mark them (or delete them, with no replay
+        window) in the next group commit."""
         if sequences and not self._closed:
             self._queue.put(_Acks(sequences))
+
+    def requeue(
+        self, first: int, last: int, done: Callable[[list[int], list[int]], None]
+    ) -> None:
+        """Make acknowledged events in [first, last] pending again (a replay request).
+
+        ``done(requeued, missing)`` runs on the writer thread after the commit, with the
+        sequences made pending again and those no longer held at all.
+        """
+        if not self._closed:
+            self._queue.put(_Requeue(first, last, done))
 
     # --- writer thread ---------------------------------------------------------------
 
@@ -405,6 +438,7 @@ class Outbox:
         while stop is None:
             item = self._queue.get()
             subs: list[_Submission] = []
+            requeues: list[_Requeue] = []
             n_events = 0
             acks = self._pending_acks
             self._pending_acks = []
@@ -414,6 +448,8 @@ class Outbox:
                     n_events += len(item.drafts)
                 elif isinstance(item, _Acks):
                     acks.extend(item.sequences)
+                elif isinstance(item, _Requeue):
+                    requeues.append(item)
                 else:
                     stop = item
                     break
@@ -424,7 +460,7 @@ class Outbox:
                 except queue.Empty:
                     break
             try:
-                self._commit(subs, acks)
+                self._commit(subs, acks, requeues)
             except Exception:  # a bug must not kill the writer: fail the batch loudly
                 log.exception("outbox commit failed unexpectedly")
                 self._fail(subs, OutboxError("outbox commit failed unexpectedly; see log"))
@@ -438,7 +474,9 @@ class Outbox:
                 self._fail([item], OutboxClosedError("the outbox is closed: event not accepted"))
         stop.done.set()
 
-    def _commit(self, subs: list[_Submission], acks: list[int]) -> None:
+    def _commit(
+        self, subs: list[_Submission], acks: list[int], requeues: list[_Requeue]
+    ) -> None:
         conn = self._conn
         assert conn is not None
         now = self._clock()
@@ -465,24 +503,31 @@ class Outbox:
                 )
                 accepted.append(Accepted(seq, event_id))
             results.append(accepted)
+        c = _Counts(self._rows, self._bytes, self._pending)
+        replies: list[tuple[_Requeue, list[int], list[int]]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            freed_rows, freed_bytes = self._delete(conn, acks)
+            self._acknowledge(conn, acks, now, c)
+            for rq in requeues:
+                replies.append((rq, *self._requeue(conn, rq, c)))
             if rows:
                 conn.executemany(
                     "INSERT INTO events (seq, id, type, priority, topic, payload, size, "
                     "accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-            rows_now = self._rows - freed_rows + len(rows)
-            bytes_now = self._bytes - freed_bytes + sum(row[6] for row in rows)
-            dropped_rows, dropped_bytes = self._enforce_budget(conn, rows_now, bytes_now, now)
+                c.rows += len(rows)
+                c.pending += len(rows)
+                c.bytes += sum(row[6] for row in rows)
+            self._enforce_budget(conn, now, c)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._next_seq = first_seq
-            self._pending_acks = acks  # retry the deletions with the next commit
+            self._pending_acks = acks  # retry the acknowledgements with the next commit
+            for rq in requeues:  # and the replay requests
+                self._queue.put(rq)
             self.failed_total += len(rows)
             if _is_full(exc):
                 err: OutboxError = OutboxFullError(
@@ -496,14 +541,58 @@ class Outbox:
             self._fail(subs, err)
             return
         self.last_error = None
-        self._rows = rows_now - dropped_rows
-        self._bytes = bytes_now - dropped_bytes
+        self._rows, self._bytes, self._pending = c.rows, c.bytes, c.pending
         self.accepted_total += len(rows)
         self._resolve(subs, results)
+        for rq, requeued, missing in replies:
+            try:
+                rq.done(requeued, missing)
+            except Exception:
+                log.exception("replay callback failed")
         if rows and self._on_commit is not None:
             self._on_commit(self._next_seq - 1)
 
-    def _delete(self, conn: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
+    def _acknowledge(
+        self, conn: sqlite3.Connection, seqs: list[int], now: float, c: _Counts
+    ) -> None:
+        """Acknowledged events leave the pending set: kept for replay, or deleted."""
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            if self._replay_window_s > 0:
+                cur = conn.execute(
+                    f"UPDATE events SET acked_at = ? WHERE seq IN ({marks}) "  # noqa: S608
+                    "AND acked_at IS NULL",
+                    [now, *chunk],
+                )
+                c.pending -= cur.rowcount
+            else:
+                n, size = self._delete(conn, chunk)
+                c.rows -= n
+                c.pending -= n
+                c.bytes -= size
+
+    def _requeue(
+        self, conn: sqlite3.Connection, rq: _Requeue, c: _Counts
+    ) -> tuple[list[int], list[int]]:
+        requeued = [
+            seq for (seq,) in conn.execute(
+                "UPDATE events SET acked_at = NULL WHERE seq BETWEEN ? AND ? "
+                "AND acked_at IS NOT NULL RETURNING seq",
+                (rq.first, rq.last),
+            )
+        ]
+        c.pending += len(requeued)
+        held = {seq for (seq,) in conn.execute(
+            "SELECT seq FROM events WHERE seq BETWEEN ? AND ?", (rq.first, rq.last)
+        )}
+        top = min(rq.last, self._next_seq - 1)
+        missing = [s for s in range(rq.first, top + 1) if s not in held]
+        return sorted(requeued), missing
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
+        """Delete by sequence; return (rows, bytes) deleted."""
         freed_rows = freed_bytes = 0
         for i in range(0, len(seqs), 500):
             chunk = seqs[i : i + 500]
@@ -515,34 +604,57 @@ class Outbox:
             freed_bytes += sum(s for (s,) in sizes)
         return freed_rows, freed_bytes
 
-    def _enforce_budget(
-        self, conn: sqlite3.Connection, rows: int, size: int, now: float
-    ) -> tuple[int, int]:
-        """Drop lowest-priority events while over budget; return (rows, bytes) dropped."""
+    def _enforce_budget(self, conn: sqlite3.Connection, now: float, c: _Counts) -> None:
+        """Trim the replay window, then drop pending events by age and by budget,
+        lowest priority first (never CRITICAL). Drops are counted per type and reason."""
         dropped: dict[tuple[str, str], int] = {}
-        total_rows = total_bytes = 0
-        cutoff = age_cutoff(self._budget, now)
-        if cutoff is not None and now - self._last_age_check >= AGE_CHECK_INTERVAL_S:
+        if now - self._last_age_check >= AGE_CHECK_INTERVAL_S:
             self._last_age_check = now
-            for t, s in conn.execute(
-                "DELETE FROM events WHERE priority > 0 AND accepted_at < ? RETURNING type, size",
-                (cutoff,),
+            for (s,) in conn.execute(
+                "DELETE FROM events WHERE acked_at IS NOT NULL AND acked_at < ? RETURNING size",
+                (now - self._replay_window_s,),
             ).fetchall():
-                dropped[(t, "age")] = dropped.get((t, "age"), 0) + 1
-                total_rows += 1
-                total_bytes += s
-        over = excess(rows - total_rows, size - total_bytes, self._budget)
+                c.rows -= 1
+                c.bytes -= s
+            cutoff = age_cutoff(self._budget, now)
+            if cutoff is not None:
+                for t, s in conn.execute(
+                    "DELETE FROM events WHERE priority > 0 AND acked_at IS NULL "
+                    "AND accepted_at < ? RETURNING type, size",
+                    (cutoff,),
+                ).fetchall():
+                    dropped[(t, "age")] = dropped.get((t, "age"), 0) + 1
+                    c.rows -= 1
+                    c.pending -= 1
+                    c.bytes -= s
+        over = excess(c.rows, c.bytes, self._budget)
         if over:
-            reason = "rows" if over.rows else "bytes"
             need_rows, need_bytes = over.rows, over.bytes
+            # Already delivered events (kept only for replay) go before anything pending.
+            victims: list[int] = []
+            cur = conn.execute(
+                "SELECT seq, size FROM events WHERE acked_at IS NOT NULL ORDER BY seq"
+            )
+            for seq, s in cur:
+                if need_rows <= 0 and need_bytes <= 0:
+                    break
+                victims.append(seq)
+                need_rows -= 1
+                need_bytes -= s
+            cur.close()
+            n, size = self._delete(conn, victims)
+            c.rows -= n
+            c.bytes -= size
+            reason = "rows" if over.rows else "bytes"
             for priority in DROP_ORDER:
                 if need_rows <= 0 and need_bytes <= 0:
                     break
                 cur = conn.execute(
-                    "SELECT seq, type, size FROM events WHERE priority = ? ORDER BY seq",
+                    "SELECT seq, type, size FROM events WHERE priority = ? "
+                    "AND acked_at IS NULL ORDER BY seq",
                     (int(priority),),
                 )
-                victims: list[int] = []
+                victims = []
                 for seq, t, s in cur:
                     if need_rows <= 0 and need_bytes <= 0:
                         break
@@ -550,10 +662,11 @@ class Outbox:
                     dropped[(t, reason)] = dropped.get((t, reason), 0) + 1
                     need_rows -= 1
                     need_bytes -= s
-                    total_rows += 1
-                    total_bytes += s
                 cur.close()
-                self._delete(conn, victims)
+                n, size = self._delete(conn, victims)
+                c.rows -= n
+                c.pending -= n
+                c.bytes -= size
         if dropped:
             conn.executemany(
                 "INSERT INTO drops (type, reason, count) VALUES (?, ?, ?) "
@@ -561,10 +674,10 @@ class Outbox:
                 [(t, r, n) for (t, r), n in dropped.items()],
             )
             log.warning(
-                "outbox over its retention budget: dropped %d event(s) (%s)",
-                total_rows, ", ".join(f"{t} by {r}: {n}" for (t, r), n in dropped.items()),
+                "outbox over its retention budget: dropped %d pending event(s) (%s)",
+                sum(dropped.values()),
+                ", ".join(f"{t} by {r}: {n}" for (t, r), n in dropped.items()),
             )
-        return total_rows, total_bytes
 
     @staticmethod
     def _resolve(subs: list[_Submission], results: list[list[Accepted]]) -> None:
@@ -625,7 +738,8 @@ class OutboxReader:
 
     def fetch_after(self, sequence: int, limit: int) -> list[StoredEvent]:
         rows = self._conn.execute(
-            "SELECT seq, topic, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, topic, payload FROM events WHERE seq > ? AND acked_at IS NULL "
+            "ORDER BY seq LIMIT ?",
             (sequence, limit),
         ).fetchall()
         return [StoredEvent(s, t, bytes(p)) for s, t, p in rows]
@@ -642,8 +756,14 @@ class OutboxReader:
 
     def stats(self) -> OutboxStats:
         c = self._conn
-        depth, size = c.execute("SELECT count(*), coalesce(sum(size), 0) FROM events").fetchone()
-        oldest = c.execute("SELECT accepted_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        depth, size, retained = c.execute(
+            "SELECT count(*) - count(acked_at), "
+            "coalesce(sum(CASE WHEN acked_at IS NULL THEN size END), 0), count(acked_at) "
+            "FROM events"
+        ).fetchone()
+        oldest = c.execute(
+            "SELECT accepted_at FROM events WHERE acked_at IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
         last = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         dropped = {
             f"{t}/{r}": n for t, r, n in c.execute("SELECT type, reason, count FROM drops")
@@ -651,23 +771,27 @@ class OutboxReader:
         return OutboxStats(
             depth=depth,
             bytes=size,
+            retained=retained,
             oldest_accepted_at=oldest[0] if oldest else None,
             last_sequence=last[0] if last else 0,
             dropped=dropped,
         )
 
     def pending(self, limit: int, event_type: str | None = None) -> list[PendingEvent]:
-        sql = "SELECT seq, id, type, priority, topic, size, accepted_at FROM events"
+        sql = ("SELECT seq, id, type, priority, topic, size, accepted_at FROM events "
+               "WHERE acked_at IS NULL")
         params: list[object] = []
         if event_type:
-            sql += " WHERE type = ?"
+            sql += " AND type = ?"
             params.append(event_type)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         return [PendingEvent(*row) for row in self._conn.execute(sql, params)]
 
     def count_by_type(self) -> dict[str, int]:
-        return dict(self._conn.execute("SELECT type, count(*) FROM events GROUP BY type"))
+        return dict(self._conn.execute(
+            "SELECT type, count(*) FROM events WHERE acked_at IS NULL GROUP BY type"
+        ))
 
 
 def purge(path: Path, *, event_type: str | None) -> int:
@@ -685,7 +809,8 @@ def purge(path: Path, *, event_type: str | None) -> int:
         try:
             _validate(conn, path)
             conn.execute("BEGIN IMMEDIATE")
-            where, params = ("WHERE type = ?", [event_type]) if event_type else ("", [])
+            where = "WHERE acked_at IS NULL" + (" AND type = ?" if event_type else "")
+            params = [event_type] if event_type else []
             counts = conn.execute(
                 f"SELECT type, count(*) FROM events {where} GROUP BY type", params  # noqa: S608
             ).fetchall()

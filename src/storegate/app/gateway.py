@@ -23,6 +23,7 @@ from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
 from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
+from storegate.app.commands import CommandHandler
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -75,9 +76,14 @@ class Gateway:
             budget=RetentionBudget(r.max_rows, r.max_bytes, r.max_age_s),
             clock=wall_clock,
             synchronous=config.storage.synchronous,
+            replay_window_s=config.storage.replay_window_s,
             on_commit=self._on_commit,
         )
         self.publisher: MqttPublisher | None = None
+        self.commands = CommandHandler(
+            gateway_id=config.gateway_id, outbox=self.outbox, resend=self._resend,
+            wall_clock=wall_clock,
+        )
         self._reader: OutboxReader | None = None
         self.state = "created"
 
@@ -98,6 +104,8 @@ class Gateway:
                     will=lambda: self._status("offline", "connection-lost"),
                     death=lambda: self._status("offline", "shutdown"),
                 ),
+                subscriptions=(self.topics.store_commands,),
+                on_command=self.commands,
                 wall_clock=self._wall,
             )
             self.publisher.start(self.outbox.last_sequence)
@@ -129,6 +137,10 @@ class Gateway:
         log.info("gateway stopped (%s, %d event(s) left in the outbox)",
                  "drained" if drained else "not drained", self.outbox.depth)
         return drained
+
+    def _resend(self, sequences: list[int]) -> None:
+        if self.publisher is not None:
+            self.publisher.resend(sequences)
 
     def _on_commit(self, sequence: int) -> None:
         if self.publisher is not None:
@@ -163,6 +175,7 @@ class Gateway:
             if stats.oldest_accepted_at is not None:
                 oldest = max(self._wall() - stats.oldest_accepted_at, 0.0)
         return p.GatewayTelemetry(
+            last_sequence=self.outbox.last_sequence,
             outbox_depth=self.outbox.depth,
             oldest_pending_age_s=oldest,
             dropped_total=dropped,
@@ -201,6 +214,10 @@ class Gateway:
                 "last_error": self.outbox.last_error,
                 "depth": self.outbox.depth,
                 "last_sequence": self.outbox.last_sequence,
+            },
+            "commands": {
+                "accepted_total": self.commands.accepted_total,
+                "rejected_total": self.commands.rejected_total,
             },
         }
 

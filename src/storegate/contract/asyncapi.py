@@ -14,6 +14,7 @@ from typing import Any, Final
 from storegate.contract import yaml
 from storegate.core import events as ev
 from storegate.core import topics
+from storegate.core.commands import COMMANDS
 
 CONTRACT_VERSION: Final = "1.0.0"
 _REF: Final = "#/components/schemas/{model}"
@@ -140,6 +141,34 @@ def asyncapi() -> dict[str, Any]:
             "messages": [
                 {"$ref": f"#/channels/{cid}/messages/{_camel(t.name)}"} for t in types
             ],
+        }
+    for name, model in COMMANDS.items():
+        data = model.model_json_schema(ref_template=_REF)
+        _collect(data, schemas)
+        schemas[model.__name__] = data
+        mid = f"{name}Command"
+        cid = f"commands{name[:1].upper()}{name[1:]}"
+        address = "storegate/v1/{store}/commands/" + name
+        messages[mid] = {
+            "name": mid,
+            "title": f"{name} command",
+            "summary": (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+        }
+        channels[cid] = {
+            "address": address,
+            "description": "Central -> the gateways of one store (QoS 1). Invalid commands "
+            "are counted and logged, never acted on.",
+            "parameters": {"store": params["store"]},
+            "messages": {mid: {"$ref": f"#/components/messages/{mid}"}},
+        }
+        operations[f"receive{cid[:1].upper()}{cid[1:]}"] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/{cid}"},
+            "summary": f"The gateway subscribes to {address}",
+            "bindings": {"mqtt": {"qos": 1, "bindingVersion": "0.2.0"}},
+            "messages": [{"$ref": f"#/channels/{cid}/messages/{mid}"}],
         }
     return {
         "asyncapi": "3.0.0",

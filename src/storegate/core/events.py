@@ -56,6 +56,10 @@ GATEWAY_TELEMETRY: Final = _t(
     "storegate.gateway.telemetry.v1", "telemetry", Priority.LOW, p.GatewayTelemetry,
     "Periodic health figures of a gateway.",
 )
+GATEWAY_REPLAYED: Final = _t(
+    "storegate.gateway.replayed.v1", "gateway", Priority.NORMAL, p.GatewayReplayed,
+    "Answer to a replay command: events re-published and ranges no longer held.",
+)
 VISIT_ENTERED: Final = _t(
     "storegate.visit.entered.v1", "visit", Priority.HIGH, p.VisitEntered,
     "A consenting customer entered the store or a zone.",
@@ -80,7 +84,8 @@ PURCHASE_VOIDED: Final = _t(
 CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
     for t in (
-        GATEWAY_STATUS, GATEWAY_TELEMETRY, VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED,
+        GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED,
+        VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED,
         PURCHASE_COMPLETED, PURCHASE_VOIDED,
     )
 }

@@ -43,6 +43,9 @@ class GatewayStatus(Payload):
 class GatewayTelemetry(Payload):
     """Periodic health figures of the gateway (low priority: dropped first when full)."""
 
+    last_sequence: int = Field(
+        ge=0, description="Newest sequence accepted: lets central see a gap at the tail."
+    )
     outbox_depth: int = Field(ge=0, description="Events accepted but not yet acknowledged.")
     oldest_pending_age_s: float | None = Field(
         ge=0, description="Age of the oldest unacknowledged event, null when none."
@@ -50,6 +53,19 @@ class GatewayTelemetry(Payload):
     dropped_total: int = Field(ge=0, description="Events dropped by the retention budget.")
     published_total: int = Field(ge=0, description="Events acknowledged by the broker.")
     reconnects_total: int = Field(ge=0, description="Successful reconnections since start.")
+
+
+class GatewayReplayed(Payload):
+    """The answer to a replay command: what was re-published and what was gone."""
+
+    request_id: str | None
+    from_sequence: int
+    to_sequence: int
+    republished: int = Field(ge=0, description="Events queued for publishing again.")
+    unavailable: list[list[int]] = Field(
+        description="Inclusive [first, last] sequence ranges no longer held (past the "
+        "replay window or dropped by retention): lost to this gateway."
+    )
 
 
 # --- presence (completed by the presence issue) --------------------------------------

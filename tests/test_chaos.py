@@ -1,0 +1,140 @@
+"""Chaos: events accepted while the broker crashes and the gateway is SIGKILLed.
+
+The gateway runs as real processes (tests/support/driver.py, the real Gateway); the
+broker is a real mosquitto killed with SIGKILL and restarted; an independent subscriber
+with a persistent session checks that every accepted event arrived, intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from storegate.adapters.outbox_sqlite import OutboxReader
+from tests.support.driver import expected_data
+from tests.support.gateway_proc import read_log, start_driver, start_run, write_config
+from tests.support.mosquitto import Mosquitto
+from tests.support.subscriber import Subscriber
+from tests.support.waiting import wait_for
+
+TOTAL = 20_000
+BROKER_KILLS = 6
+GATEWAY_KILLS = 2
+
+
+class BrokerChaos(threading.Thread):
+    """Kill and restart the broker every ``period`` seconds until stopped."""
+
+    def __init__(self, broker: Mosquitto, period: float, down: float) -> None:
+        super().__init__(daemon=True)
+        self.broker, self.period, self.down = broker, period, down
+        self.kills = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.period):
+            self.broker.kill()
+            self.kills += 1
+            time.sleep(self.down)  # the outage itself, not a synchronisation
+            self.broker.start()
+
+
+@pytest.mark.slow
+def test_nothing_lost_under_broker_crashes_and_gateway_sigkill(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber
+) -> None:
+    wait_for(lambda: subscriber.connects >= 1, 10, "subscriber connected")
+    # A clean broker stop persists the subscriber's session, so that from here on every
+    # crash-restart restores it (otherwise the first crash could lose the subscription).
+    broker.stop()
+    broker.start()
+    wait_for(lambda: subscriber.connects >= 2, 10, "subscriber reconnected")
+    config = write_config(tmp_path / "gw.toml", port=broker.port,
+                          storage=tmp_path / "data" / "outbox.db")
+    log = tmp_path / "accepted.log"
+    stderr = tmp_path / "gateway.log"
+    chaos = BrokerChaos(broker, period=0.7, down=0.3)
+    chaos.start()
+    gateway_kills = 0
+    try:
+        # Two gateway processes SIGKILLed mid-stream, then one that finishes the job.
+        for stop_at in (TOTAL // 4, TOTAL // 2):
+            start = max(read_log(log).values(), default=-1) + 1
+            proc = start_driver(config, start=start, count=TOTAL, log=log, rate=4000,
+                                stderr=stderr)
+            wait_for(lambda s=stop_at: len(read_log(log)) >= s, 60,
+                     f"{stop_at} events accepted")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            gateway_kills += 1
+        start = max(read_log(log).values()) + 1
+        proc = start_driver(config, start=start, count=TOTAL - len(read_log(log)) + 1, log=log,
+                            rate=4000, drain=True, stderr=stderr)
+        wait_for(lambda: len(read_log(log)) >= TOTAL, 60, f"{TOTAL} events accepted")
+        wait_for(lambda: chaos.kills >= BROKER_KILLS, 60, f"{BROKER_KILLS} broker kills")
+    finally:
+        chaos.halt.set()
+        chaos.join(10)
+    if not broker.running:
+        broker.start()
+    assert proc.wait(120) == 0, stderr.read_text()[-3000:]
+
+    accepted = read_log(log)
+    assert len(accepted) >= TOTAL
+    assert gateway_kills >= GATEWAY_KILLS
+    assert chaos.kills >= BROKER_KILLS
+    reader = OutboxReader(tmp_path / "data" / "outbox.db")
+    last = reader.stats().last_sequence
+    reader.close()
+    # Wait for the stream to settle, then do what central does with a sequence gap: a
+    # crashed broker can lose messages it had already acknowledged, so ask the gateway
+    # to replay them (it keeps acknowledged events for storage.replay_window_s).
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not subscriber.gaps(last), 15, "no sequence gaps")
+    missing = subscriber.gaps(last)
+    gw = start_run(config, stderr)
+    try:
+        wait_for(lambda: subscriber.retained_state() == "online", 30, "gateway online")
+        if missing:
+            subscriber.request_replay("s1", "g1", missing)
+            wait_for(lambda: not subscriber.gaps(last), 60, "replayed gaps to arrive")
+        wait_for(lambda: accepted.keys() <= subscriber.ids(), 30,
+                 "every accepted event at the subscriber")
+    except AssertionError:
+        lost = sorted(n for i, n in accepted.items() if i not in subscriber.ids())
+        raise AssertionError(
+            f"{len(lost)} of {len(accepted)} accepted events never arrived, e.g. "
+            f"{lost[:30]}; sequence gaps before replay: {missing[:30]}; gateway log tail: "
+            f"{stderr.read_text()[-2000:]}"
+        ) from None
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(30) == 0
+
+    # Every payload intact; duplicates only as byte-identical re-sends of the same id.
+    with subscriber.lock:
+        received = {k: list(v) for k, v in subscriber.events.items()}
+    dups = 0
+    for event_id, n in accepted.items():
+        copies = received[event_id]
+        assert all(c == copies[0] for c in copies), f"copies of {event_id} differ"
+        dups += len(copies) - 1
+        ce = json.loads(copies[0])
+        assert ce["id"] == event_id
+        assert ce["type"] == "storegate.purchase.completed.v1"
+        assert ce["data"] == expected_data(n), f"payload of purchase {n} damaged"
+    # Sequences are unique per event: a sequence is never reused for another id.
+    seqs: dict[str, str] = {}
+    for event_id, copies in received.items():
+        seq = json.loads(copies[0])["sequence"]
+        assert seqs.setdefault(seq, event_id) == event_id, f"sequence {seq} reused"
+    print(f"\nchaos: {len(accepted)} accepted, {len(received)} distinct received, "
+          f"{dups} duplicate deliveries, broker kills {chaos.kills}, "
+          f"gateway SIGKILLs {gateway_kills}, {len(missing)} lost by the crashing broker "
+          f"and replayed")
