@@ -100,3 +100,26 @@ def test_topics() -> None:
     for bad in ("", "a/b", "+", "#", "$SYS", "x" * 65, "ä"):
         with pytest.raises(ValueError):
             Topics(bad, "gw")
+
+
+@pytest.mark.parametrize("sequence", [1, 10**15, None])
+def test_fast_encoder_matches_the_envelope(sequence: int | None) -> None:
+    data = p.PurchaseCompleted(
+        receipt='R"1\\', lane="lane 1",
+        items=[p.LineItem(name="Молоко 2,5% \u2028", quantity_milli=1500,
+                          unit_price_minor=8990, amount_minor=13485)],
+        total_minor=13485, currency="RUB", completed_at=ev.rfc3339(1_795_000_000.999),
+    )
+    draft = ev.EventDraft(ev.PURCHASE_COMPLETED, 'receipt/"R1" ж', 1_795_000_000.0005, data)
+    fast = ev.encode_event(draft, event_id="i", source_json=json.dumps("storegate://s/g"),
+                           sequence=sequence)
+    slow = ev.envelope(draft, event_id="i", source="storegate://s/g", sequence=sequence)
+    assert json.loads(fast) == slow
+    assert list(json.loads(fast)) == list(slow)  # same attribute order
+
+
+def test_rfc3339_rounding_and_second_cache() -> None:
+    assert ev.rfc3339(1_795_000_000.9996) == "2026-11-18T11:06:41.000Z"
+    assert ev.rfc3339(1_795_000_000.0) == "2026-11-18T11:06:40.000Z"
+    assert ev.rfc3339(1_795_000_000.123) == "2026-11-18T11:06:40.123Z"
+    assert ev.rfc3339(0.0) == "1970-01-01T00:00:00.000Z"

@@ -217,40 +217,57 @@ class MqttPublisher:
             and self._resend_inbox.empty() and self._cursor >= self._committed
         )
 
+    def _done(self) -> bool:
+        """Stop requested, and either nothing is left to publish or time is up."""
+        return self._stopping() and (self._is_drained() or self._past_deadline())
+
     def _run(self) -> None:
         reader = OutboxReader(self._outbox_path)
-        attempt = 0
         try:
-            while not self._stopping():
+            while not self._done():
                 try:
-                    self._connect()
-                except _Disconnected:
-                    self._note_connect_failure()
-                    self._sleep(self.settings.backoff.delay(attempt, random.random()))
-                    attempt += 1
-                    continue
-                attempt = 0
-                try:
-                    self._serve(reader)
-                except _Disconnected:
+                    self._connect_and_serve(reader)
+                except Exception:  # a bug must not stop publishing for good
+                    log.exception("MQTT publisher failed; restarting it (events stay in "
+                                  "the outbox)")
+                    self.last_error = "publisher failed and restarted (see log)"
                     self._on_lost()
-                    continue
-                break  # stopping, connected: say goodbye below
-            if self.connected:
-                self._goodbye()
-        except Exception:  # a bug must not silently stop publishing: log it loudly
-            log.exception("MQTT publisher crashed; events stay in the outbox")
-            self.last_error = "publisher crashed (see log)"
+                    self._sleep(1.0)
         finally:
             if self._is_drained():
                 self.drained.set()
             self._drop_client()
             reader.close()
 
+    def _connect_and_serve(self, reader: OutboxReader) -> None:
+        """Connect with backoff, publish until stopped; on stop say goodbye.
+
+        While stopping, keep trying until the drain deadline: a broker that comes back
+        during shutdown still gets what is pending."""
+        attempt = 0
+        while not self._done():
+            try:
+                self._connect()
+            except _Disconnected:
+                self._note_connect_failure()
+                self._sleep(self.settings.backoff.delay(attempt, random.random()))
+                attempt += 1
+                continue
+            attempt = 0
+            try:
+                self._serve(reader)
+            except _Disconnected:
+                self._on_lost()
+                continue
+            self._goodbye()
+            return
+
     def _sleep(self, seconds: float) -> None:
-        """Wait, but wake early for a stop request."""
+        """Wait, waking early for a stop request and never past the drain deadline."""
         end = time.monotonic() + seconds
-        while not self._stopping():
+        while True:
+            if self._stop_at is not None:
+                end = min(end, self._stop_at)
             left = end - time.monotonic()
             if left <= 0:
                 return
@@ -316,7 +333,7 @@ class MqttPublisher:
         deadline = time.monotonic() + s.connect_timeout_s
         while self._connack is None:
             left = deadline - time.monotonic()
-            if left <= 0 or self._stopping():
+            if left <= 0 or self._past_deadline():
                 self._error(f"broker {s.url} did not answer CONNECT within "
                             f"{s.connect_timeout_s:g} s")
                 raise _Disconnected
@@ -410,7 +427,7 @@ class MqttPublisher:
         client = self._client
         assert client is not None
         while True:
-            if self._stopping() and (self._is_drained() or self._past_deadline()):
+            if self._done():
                 return
             self._fill_window(client, reader)
             self._io(client, IDLE_TICK_S)
@@ -484,6 +501,8 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         if mid == self._status_mid:
+            # Forget the id at once: paho reuses message ids after 65,535 publishes.
+            self._status_mid = None
             self._status_acked = True
             return
         seq = self._in_flight.pop(mid, None)

@@ -18,11 +18,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,8 @@ SCHEMA_VERSION: Final = 1
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 MAX_BATCH_EVENTS: Final = 5000
 AGE_CHECK_INTERVAL_S: Final = 1.0
+ACK_COALESCE_S: Final = 0.05
+ACK_BATCH: Final = 2000
 
 Synchronous = Literal["full", "normal"]
 
@@ -173,6 +177,29 @@ def check_file(path: Path) -> None:
         )
 
 
+_INSERT_CHUNKS: Final = (256, 32, 4, 1)
+
+
+def _insert_sql(n: int) -> str:
+    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)  # placeholders only
+    cols = "seq, id, type, priority, topic, payload, size, accepted_at"
+    return f"INSERT INTO events ({cols}) VALUES {values}"  # noqa: S608
+
+
+_INSERT_SQL: Final = {n: _insert_sql(n) for n in _INSERT_CHUNKS}
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Insert with few multi-row statements: each statement is one trip into SQLite
+    (one GIL release), where ``executemany`` makes one per row; a handful of fixed
+    chunk sizes keeps every statement in the connection's cache."""
+    i = 0
+    for size in _INSERT_CHUNKS:
+        while len(rows) - i >= size:
+            conn.execute(_INSERT_SQL[size], [v for row in rows[i : i + size] for v in row])
+            i += size
+
+
 def take_writer_lock(path: Path) -> int:
     """Take the single-writer lock beside ``path``; the fd holds it until closed."""
     lock_path = path.with_name(path.name + ".lock")
@@ -261,6 +288,7 @@ class Outbox:
     ) -> None:
         self.path = path
         self._source = source
+        self._source_json = json.dumps(source, ensure_ascii=False)
         self._topic_for = topic_for
         self._budget = budget
         self._clock = clock
@@ -442,6 +470,7 @@ class Outbox:
             n_events = 0
             acks = self._pending_acks
             self._pending_acks = []
+            ack_deadline: float | None = None
             while True:
                 if isinstance(item, _Submission):
                     subs.append(item)
@@ -457,6 +486,20 @@ class Outbox:
                     break
                 try:
                     item = self._queue.get_nowait()
+                    continue
+                except queue.Empty:
+                    pass
+                # Nothing queued. Events and replays commit now; acknowledgements alone
+                # wait a little for more: losing them costs only a duplicate re-send,
+                # and one commit per PUBACK would cost the publisher its CPU.
+                if subs or requeues or len(acks) >= ACK_BATCH:
+                    break
+                now = time.monotonic()
+                ack_deadline = ack_deadline or now + ACK_COALESCE_S
+                if now >= ack_deadline:
+                    break
+                try:
+                    item = self._queue.get(timeout=ack_deadline - now)
                 except queue.Empty:
                     break
             try:
@@ -493,8 +536,8 @@ class Outbox:
                 self._next_seq = seq + 1
                 event_id = self._ids.next(unix_ms, rand[r : r + 8])
                 r += 8
-                payload = ev.encode(
-                    ev.envelope(draft, event_id=event_id, source=self._source, sequence=seq)
+                payload = ev.encode_event(
+                    draft, event_id=event_id, source_json=self._source_json, sequence=seq
                 )
                 t = draft.type
                 rows.append(
@@ -511,11 +554,7 @@ class Outbox:
             for rq in requeues:
                 replies.append((rq, *self._requeue(conn, rq, c)))
             if rows:
-                conn.executemany(
-                    "INSERT INTO events (seq, id, type, priority, topic, payload, size, "
-                    "accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                _insert(conn, rows)
                 c.rows += len(rows)
                 c.pending += len(rows)
                 c.bytes += sum(row[6] for row in rows)

@@ -112,9 +112,19 @@ class EventDraft:
             )
 
 
+_second_cache: list[object] = [None, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]
+
+
 def rfc3339(epoch_s: float) -> str:
-    """UTC RFC 3339 with milliseconds: ``2026-11-28T10:15:00.123Z``."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """UTC RFC 3339 with milliseconds: ``2026-11-28T10:15:00.123Z``.
+
+    On the per-event hot path: the date-time text of the current second is cached."""
+    ms_total = round(epoch_s * 1000)
+    sec, ms = divmod(ms_total, 1000)
+    if _second_cache[0] != sec:
+        text = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0], _second_cache[1] = sec, text
+    return f"{_second_cache[1]}.{ms:03d}Z"
 
 
 def format_sequence(sequence: int) -> str:
@@ -138,6 +148,27 @@ def envelope(draft: EventDraft, *, event_id: str, source: str, sequence: int | N
         ce["sequence"] = format_sequence(sequence)
     ce["data"] = draft.data.model_dump(mode="json")
     return ce
+
+
+def encode_event(
+    draft: EventDraft, *, event_id: str, source_json: str, sequence: int | None
+) -> bytes:
+    """The same bytes as ``encode(envelope(...))``, built without an intermediate dict.
+
+    The outbox writer calls this for every event; ``source_json`` is the JSON string
+    literal of the source (constant per gateway, so encoded once by the caller).
+    """
+    seq = f',"sequence":"{sequence:0{SEQUENCE_DIGITS}d}"' if sequence is not None else ""
+    head = (
+        f'{{"specversion":"{SPEC_VERSION}","id":"{event_id}","source":{source_json},'
+        f'"type":"{draft.type.name}","subject":{_json_str(draft.subject)},'
+        f'"time":"{rfc3339(draft.time)}","datacontenttype":"{CONTENT_TYPE}"{seq},"data":'
+    )
+    return head.encode() + draft.data.model_dump_json().encode() + b"}"
+
+
+def _json_str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def encode(ce: dict[str, Any]) -> bytes:
