@@ -337,7 +337,12 @@ class MqttPublisher:
                 self._error(f"broker {s.url} did not answer CONNECT within "
                             f"{s.connect_timeout_s:g} s")
                 raise _Disconnected
-            self._io(client, min(left, IDLE_TICK_S))
+            try:
+                self._io(client, min(left, IDLE_TICK_S))
+            except _Disconnected:
+                if self._connack is None or not self._connack.is_failure:
+                    raise
+                break  # paho drops the connection after a refusing CONNACK: say why
         if self._connack.is_failure:
             self._error(f"broker {s.url} refused the connection: {self._connack} "
                         f"(code {self._connack.value})")

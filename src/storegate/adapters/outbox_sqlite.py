@@ -767,10 +767,13 @@ class OutboxReader:
         self.path = path
         self._conn = _connect(path, readonly=True)
         try:
-            _validate(self._conn, path)
+            initialised = _validate(self._conn, path)
         except BaseException:
             self._conn.close()
             raise
+        if not initialised:
+            self._conn.close()
+            raise OutboxUnavailableError(f"outbox {path} is not initialised yet")
 
     def close(self) -> None:
         self._conn.close()
