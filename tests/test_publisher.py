@@ -63,6 +63,19 @@ def test_events_arrive_in_order_between_birth_and_death(
     assert death["data"]["reason"] == "shutdown"
     assert death["data"]["session"] == birth["data"]["session"]
     assert subscriber.by_topic["storegate/v1/s1/g1/events/purchase"] == 300
+    # CloudEvents MQTT binding, structured mode, MQTT 5: the content type says so
+    assert set(subscriber.content_types) == {"application/cloudevents+json; charset=UTF-8"}
+
+
+def test_mqtt_311_is_selectable(tmp_path: Path, broker: Mosquitto,
+                                subscriber: Subscriber) -> None:
+    cfg = config(tmp_path, broker.port, env={"STOREGATE_MQTT__PROTOCOL": "3.1.1"})
+    with running(cfg) as gw:
+        gw.outbox.accept_blocking([purchase(i) for i in range(50)])
+        wait_for(lambda: gw.outbox.depth == 0, 10, "published over MQTT 3.1.1")
+        wait_for(lambda: subscriber.retained_state() == "online", 10, "birth")
+    assert arrival_sequences(subscriber) == list(range(1, 51))
+    wait_for(lambda: subscriber.retained_state() == "offline", 10, "death")
 
 
 def test_outage_backlog_drains_oldest_first(

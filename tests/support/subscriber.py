@@ -13,6 +13,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from storegate.core.commands import ranges
+
 
 class Subscriber:
     def __init__(self, port: int, topic: str = "storegate/#", client_id: str = "test-sub"):
@@ -23,6 +25,7 @@ class Subscriber:
         self.status: list[dict[str, Any]] = []
         self.by_topic: dict[str, int] = defaultdict(int)
         self.connects = 0
+        self.content_types: dict[str, int] = defaultdict(int)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
@@ -43,6 +46,7 @@ class Subscriber:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             self.by_topic[msg.topic] += 1
+            self.content_types[str(getattr(msg.properties, "ContentType", None))] += 1
             if msg.topic.endswith("/status"):
                 self.status.append(json.loads(msg.payload))
                 if msg.retain:
@@ -85,13 +89,7 @@ class Subscriber:
 
     def request_replay(self, store: str, gateway: str, missing: list[int]) -> None:
         """Ask for every gap, one command per contiguous range, like central does."""
-        runs: list[list[int]] = []
-        for n in missing:
-            if runs and runs[-1][1] == n - 1:
-                runs[-1][1] = n
-            else:
-                runs.append([n, n])
-        for first, last in runs:
+        for first, last in ranges(missing):
             body = {"gateway": gateway, "from_sequence": first, "to_sequence": last,
                     "request_id": f"gap-{first}"}
             self.client.publish(f"storegate/v1/{store}/commands/replay", json.dumps(body),

@@ -46,6 +46,7 @@ FETCH_BATCH: Final = 1000
 IDLE_TICK_S: Final = 1.0
 STATUS_ACK_WAIT_S: Final = 2.0
 DEFAULT_BACKOFF: Final = Backoff(0.5, 30.0)
+CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json; charset=UTF-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class MqttPublisher:
         self._cursor = 0
         self._acked: list[int] = []
         self._status_mid: int | None = None
+        self._publish_props: Properties | None = None
         self._status_acked = False
         # observable state (written by the thread, read by anyone)
         self.connected = False
@@ -175,7 +177,7 @@ class MqttPublisher:
     def _wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
-            with contextlib.suppress(BlockingIOError):
+            with contextlib.suppress(OSError):  # full pipe: already woken; closed: stopped
                 os.write(self._wake_w, b"!")
 
     def stop(self, drain_timeout_s: float) -> bool:
@@ -307,11 +309,23 @@ class MqttPublisher:
             )
             if t.insecure:
                 client.tls_insecure_set(True)
-        client.will_set(self._status_msgs.topic, self._status_msgs.will(), qos=1, retain=True)
+        will_props = None
+        if v5:
+            will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            will_props.ContentType = CLOUDEVENTS_CONTENT_TYPE
+        client.will_set(self._status_msgs.topic, self._status_msgs.will(), qos=1, retain=True,
+                        properties=will_props)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        self._publish_props = None
+        if v5:
+            # CloudEvents MQTT binding, structured mode: say so in the MQTT 5 properties.
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = CLOUDEVENTS_CONTENT_TYPE
+            props.PayloadFormatIndicator = 1  # UTF-8
+            self._publish_props = props
         return client
 
     def _connect(self) -> None:
@@ -374,7 +388,8 @@ class MqttPublisher:
         self.connect_failures = 0
         self._status_acked = False
         info = self._client.publish(
-            self._status_msgs.topic, self._status_msgs.birth(), qos=1, retain=True
+            self._status_msgs.topic, self._status_msgs.birth(), qos=1, retain=True,
+            properties=self._publish_props,
         )
         self._status_mid = info.mid
         for topic in self._subscriptions:
@@ -470,7 +485,8 @@ class MqttPublisher:
             if not self._buffer and not self._next_batch(reader):
                 return
             row = self._buffer.popleft()
-            info = client.publish(row.topic, row.payload, qos=1)
+            info = client.publish(row.topic, row.payload, qos=1,
+                                  properties=self._publish_props)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._buffer.appendleft(row)
                 self._check(info.rc)
@@ -539,7 +555,7 @@ class MqttPublisher:
             return
         try:
             info = client.publish(self._status_msgs.topic, self._status_msgs.death(), qos=1,
-                                  retain=True)
+                                  retain=True, properties=self._publish_props)
             self._status_mid = info.mid
             self._status_acked = False
             end = time.monotonic() + STATUS_ACK_WAIT_S

@@ -668,41 +668,26 @@ class Outbox:
                     c.bytes -= s
         over = excess(c.rows, c.bytes, self._budget)
         if over:
-            need_rows, need_bytes = over.rows, over.bytes
+            need = [over.rows, over.bytes]
             # Already delivered events (kept only for replay) go before anything pending.
-            victims: list[int] = []
-            cur = conn.execute(
-                "SELECT seq, size FROM events WHERE acked_at IS NOT NULL ORDER BY seq"
-            )
-            for seq, s in cur:
-                if need_rows <= 0 and need_bytes <= 0:
-                    break
-                victims.append(seq)
-                need_rows -= 1
-                need_bytes -= s
-            cur.close()
-            n, size = self._delete(conn, victims)
+            victims = _take(conn.execute(
+                "SELECT seq, size, type FROM events WHERE acked_at IS NOT NULL ORDER BY seq"
+            ), need)
+            n, size = self._delete(conn, [seq for seq, _ in victims])
             c.rows -= n
             c.bytes -= size
             reason = "rows" if over.rows else "bytes"
             for priority in DROP_ORDER:
-                if need_rows <= 0 and need_bytes <= 0:
+                if need[0] <= 0 and need[1] <= 0:
                     break
-                cur = conn.execute(
-                    "SELECT seq, type, size FROM events WHERE priority = ? "
+                victims = _take(conn.execute(
+                    "SELECT seq, size, type FROM events WHERE priority = ? "
                     "AND acked_at IS NULL ORDER BY seq",
                     (int(priority),),
-                )
-                victims = []
-                for seq, t, s in cur:
-                    if need_rows <= 0 and need_bytes <= 0:
-                        break
-                    victims.append(seq)
+                ), need)
+                for _, t in victims:
                     dropped[(t, reason)] = dropped.get((t, reason), 0) + 1
-                    need_rows -= 1
-                    need_bytes -= s
-                cur.close()
-                n, size = self._delete(conn, victims)
+                n, size = self._delete(conn, [seq for seq, _ in victims])
                 c.rows -= n
                 c.pending -= n
                 c.bytes -= size
@@ -739,8 +724,22 @@ class Outbox:
             if isinstance(w, asyncio.Future):
                 with contextlib.suppress(RuntimeError):
                     w.get_loop().call_soon_threadsafe(_settle_error, w, err)
-            elif w.set_running_or_notify_cancel():
+            elif not w.done() and w.set_running_or_notify_cancel():
                 w.set_exception(err)
+
+
+def _take(cur: sqlite3.Cursor, need: list[int]) -> list[tuple[int, str]]:
+    """Take (seq, type) rows from ``cur`` until ``need`` = [rows, bytes] is met (both
+    counted down in place)."""
+    out: list[tuple[int, str]] = []
+    for seq, size, type_ in cur:
+        if need[0] <= 0 and need[1] <= 0:
+            break
+        out.append((seq, type_))
+        need[0] -= 1
+        need[1] -= size
+    cur.close()
+    return out
 
 
 def _settle(pairs: list[tuple[asyncio.Future[list[Accepted]], list[Accepted]]]) -> None:
