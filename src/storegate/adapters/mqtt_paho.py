@@ -334,13 +334,14 @@ class MqttPublisher:
         self._connack = None
         client = self._make_client()
         self._client = client
-        props: Properties | None = None
-        if s.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.session_expiry_s
         try:
-            client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=False,
-                           properties=props)
+            if s.protocol == "5":
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = s.session_expiry_s
+                client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=False,
+                               properties=props)
+            else:  # 3.1.1: the persistent session is clean_session=False on the client
+                client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ValueError) as exc:
             self._error(f"cannot reach broker {s.url}: {_describe(exc)}")
             raise _Disconnected from exc
