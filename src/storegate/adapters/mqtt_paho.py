@@ -101,6 +101,24 @@ class PublisherStatus:
     connect_failures: int
 
 
+class _PackedOnce(Properties):
+    """Publish properties serialised once.
+
+    paho re-serialises properties on every publish by walking all ~40 property names
+    (measured: ~15 % of publishing throughput); ours never change after ``freeze``."""
+
+    def freeze(self) -> _PackedOnce:
+        packed = super().pack()  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_packed", packed)  # paho guards __setattr__
+        return self
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = bytes(super().pack())  # type: ignore[no-untyped-call]
+        return packed
+
+
 class _Disconnected(Exception):  # noqa: N818 - internal control flow, never escapes
     pass
 
@@ -322,10 +340,10 @@ class MqttPublisher:
         self._publish_props = None
         if v5:
             # CloudEvents MQTT binding, structured mode: say so in the MQTT 5 properties.
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = CLOUDEVENTS_CONTENT_TYPE
             props.PayloadFormatIndicator = 1  # UTF-8
-            self._publish_props = props
+            self._publish_props = props.freeze()
         return client
 
     def _connect(self) -> None:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from storegate.core import events as ev
 from storegate.core.ids import Uuid7Generator
@@ -87,8 +87,9 @@ class Accepted:
     id: str
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """An event as the publisher reads it (a tuple: cheap on the per-event path)."""
+
     sequence: int
     topic: str
     payload: bytes
@@ -783,7 +784,7 @@ class OutboxReader:
             "ORDER BY seq LIMIT ?",
             (sequence, limit),
         ).fetchall()
-        return [StoredEvent(s, t, bytes(p)) for s, t, p in rows]
+        return list(map(StoredEvent._make, rows))
 
     def fetch(self, sequences: Sequence[int]) -> list[StoredEvent]:
         if not sequences:
@@ -793,7 +794,7 @@ class OutboxReader:
             f"SELECT seq, topic, payload FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
             list(sequences),
         ).fetchall()
-        return [StoredEvent(s, t, bytes(p)) for s, t, p in rows]
+        return list(map(StoredEvent._make, rows))
 
     def stats(self) -> OutboxStats:
         c = self._conn
