@@ -97,6 +97,7 @@ def status_report(config: Config, now: float) -> dict[str, Any]:
             "oldest_pending_age_s": None if st.oldest_accepted_at is None
             else max(now - st.oldest_accepted_at, 0.0),
             "last_sequence": st.last_sequence,
+            "retained_for_replay": st.retained,
             "dropped_total": st.dropped_total,
             "dropped": st.dropped,
         }
@@ -137,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         age = o["oldest_pending_age_s"]
         print(f"outbox    {o['depth']} pending ({o['bytes']} bytes), oldest "
               f"{'-' if age is None else _age(age)}, last sequence {o['last_sequence']}, "
-              f"{o['dropped_total']} dropped")
+              f"{o['dropped_total']} dropped, {o['retained_for_replay']} kept for replay")
         for key, n in sorted(o["dropped"].items()):
             print(f"          dropped {key}: {n}")
     return 0 if connected else 1
