@@ -778,6 +778,12 @@ class OutboxReader:
     def close(self) -> None:
         self._conn.close()
 
+    def __enter__(self) -> OutboxReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def fetch_after(self, sequence: int, limit: int) -> list[StoredEvent]:
         rows = self._conn.execute(
             "SELECT seq, topic, payload FROM events WHERE seq > ? AND acked_at IS NULL "

@@ -81,14 +81,11 @@ def status_report(config: Config, now: float) -> dict[str, Any]:
     )
     report["running"] = running
     report["gateway"] = live if running else None
-    reader = OutboxReader(config.storage.path) if config.storage.path.exists() else None
-    if reader is None:
+    if not config.storage.path.exists():
         report["outbox"] = {"path": str(config.storage.path), "exists": False}
     else:
-        try:
+        with OutboxReader(config.storage.path) as reader:
             st = reader.stats()
-        finally:
-            reader.close()
         report["outbox"] = {
             "path": str(config.storage.path),
             "exists": True,
@@ -146,11 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_outbox_count(args: argparse.Namespace) -> int:
     config = _config(args)
-    reader = OutboxReader(config.storage.path)
-    try:
+    with OutboxReader(config.storage.path) as reader:
         counts = reader.count_by_type()
-    finally:
-        reader.close()
     if args.json:
         print(json.dumps({"total": sum(counts.values()), "by_type": counts}))
     else:
@@ -162,11 +156,8 @@ def cmd_outbox_count(args: argparse.Namespace) -> int:
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
     config = _config(args)
-    reader = OutboxReader(config.storage.path)
-    try:
+    with OutboxReader(config.storage.path) as reader:
         rows = reader.pending(args.limit, args.type)
-    finally:
-        reader.close()
     now = time.time()
     for r in rows:
         if args.json:
@@ -180,11 +171,8 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 def cmd_outbox_purge(args: argparse.Namespace) -> int:
     config = _config(args)
-    reader = OutboxReader(config.storage.path)
-    try:
+    with OutboxReader(config.storage.path) as reader:
         counts = reader.count_by_type()
-    finally:
-        reader.close()
     n = counts.get(args.type, 0) if args.type else sum(counts.values())
     what = f"{n} pending {args.type or ''} event(s)".replace("  ", " ")
     if n == 0:
