@@ -1,0 +1,126 @@
+"""Eddystone-EID: compute rotating ids and resolve them to consenting customers.
+
+The computation follows google/eddystone ``eid-computation.md``:
+
+    temporary key = AES-128(IK, 00*11 | FF | 00 00 | top 16 bits of the beacon time)
+    EID           = AES-128(temporary key, 00*11 | K | beacon time, low K bits cleared)[:8]
+
+A resolver holds, per enrolled identity, its identity key, rotation exponent K and the
+beacon clock at registration. It precomputes the EIDs of the previous, current and next
+periods (more when clock drift could exceed a period), so resolving an advert is one
+dictionary lookup however many identities are enrolled. Pure: time is passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+DRIFT_PPM: Final = 150  # beacon clocks may run this far off (spec)
+MAX_ROTATION_EXPONENT: Final = 15
+
+
+def _aes(key: bytes, block: bytes) -> bytes:
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 - one block
+    return enc.update(block) + enc.finalize()
+
+
+def temporary_key(identity_key: bytes, beacon_time: int) -> bytes:
+    block = b"\x00" * 11 + b"\xff" + b"\x00\x00" + ((beacon_time >> 16) & 0xFFFF).to_bytes(2, "big")
+    return _aes(identity_key, block)
+
+
+def compute_eid(identity_key: bytes, rotation_exponent: int, beacon_time: int) -> bytes:
+    """The 8-byte EID a beacon advertises at ``beacon_time`` (seconds, 32-bit)."""
+    t = (beacon_time & 0xFFFFFFFF) >> rotation_exponent << rotation_exponent
+    block = b"\x00" * 11 + bytes([rotation_exponent]) + t.to_bytes(4, "big")
+    return _aes(temporary_key(identity_key, t), block)[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One consenting customer's beacon parameters (from central or the registry file)."""
+
+    customer: str  # pseudonym
+    identity_key: bytes  # 16 bytes
+    rotation_exponent: int  # K, 0..15
+    beacon_time_at_registration: int
+    registered_at: float  # epoch seconds
+
+    def __post_init__(self) -> None:
+        if len(self.identity_key) != 16:
+            raise ValueError("identity_key must be 16 bytes (32 hex characters)")
+        if not 0 <= self.rotation_exponent <= MAX_ROTATION_EXPONENT:
+            raise ValueError(f"rotation_exponent must be 0..{MAX_ROTATION_EXPONENT}")
+
+    def beacon_time(self, now: float) -> int:
+        return int(self.beacon_time_at_registration + (now - self.registered_at))
+
+
+class EidResolver:
+    """EID -> customer, for every enrolled identity, kept current by :meth:`advance`."""
+
+    def __init__(self) -> None:
+        self._by_eid: dict[bytes, str] = {}
+        self._identities: dict[str, Identity] = {}
+        self._eids_of: dict[str, list[bytes]] = {}
+        self._due: list[tuple[float, str]] = []  # (epoch when the window must move, customer)
+
+    def __len__(self) -> int:
+        return len(self._identities)
+
+    def enroll(self, identity: Identity, now: float) -> None:
+        self.remove(identity.customer)
+        self._identities[identity.customer] = identity
+        self._compute(identity, now)
+
+    def remove(self, customer: str) -> None:
+        """Forget a customer (consent withdrawn, erasure): their EIDs stop resolving."""
+        self._identities.pop(customer, None)
+        for e in self._eids_of.pop(customer, []):
+            if self._by_eid.get(e) == customer:
+                del self._by_eid[e]
+
+    def enroll_all(self, identities: Iterable[Identity], now: float) -> None:
+        for identity in identities:
+            self.enroll(identity, now)
+
+    def resolve(self, eid: bytes) -> str | None:
+        return self._by_eid.get(eid)
+
+    def advance(self, now: float) -> int:
+        """Move every identity whose period rolled over; returns how many moved."""
+        moved = 0
+        while self._due and self._due[0][0] <= now:
+            _, customer = heapq.heappop(self._due)
+            identity = self._identities.get(customer)
+            if identity is None:
+                continue  # removed since
+            for e in self._eids_of.pop(customer, []):
+                if self._by_eid.get(e) == customer:
+                    del self._by_eid[e]
+            self._compute(identity, now)
+            moved += 1
+        return moved
+
+    def _compute(self, identity: Identity, now: float) -> None:
+        k = identity.rotation_exponent
+        period = 1 << k
+        bt = identity.beacon_time(now)
+        drift = abs(now - identity.registered_at) * DRIFT_PPM / 1e6
+        spread = 1 + int(drift // period)  # periods either side to cover drift
+        quantum = bt >> k
+        eids = []
+        for q in range(quantum - spread, quantum + spread + 1):
+            if q < 0:
+                continue
+            e = compute_eid(identity.identity_key, k, q << k)
+            self._by_eid[e] = identity.customer
+            eids.append(e)
+        self._eids_of[identity.customer] = eids
+        next_boundary = now + (((quantum + 1) << k) - bt)
+        heapq.heappush(self._due, (next_boundary, identity.customer))
