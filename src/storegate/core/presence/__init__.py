@@ -1,0 +1,1 @@
+"""Presence: adverts in, store and zone visits out (pure, clock passed in)."""

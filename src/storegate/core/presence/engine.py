@@ -1,0 +1,188 @@
+"""The presence engine: resolved adverts in, visit events out. Pure and clock-injected.
+
+Per consenting customer (an Eddystone-EID resolved to a pseudonym):
+
+* **RSSI per scanner** is the median of the samples of the last ``window_s`` seconds,
+  counted only with ``min_samples`` of them: robust to the single-sample outliers and
+  deep fades of indoor radio, where a mean or a single reading flaps.
+* **Zone**: the zone whose scanners hear the customer strongest, above the zone's own
+  floor. A challenger takes over only when stronger by ``switch_margin_db`` for
+  ``switch_hold_s`` (hysteresis: no room flapping).
+* **Visits** (the store, and each zone): ``entered`` once presence has lasted the
+  minimum (passers-by never count), ``dwelled`` at each threshold, ``exited`` after
+  ``exit_after_s`` of absence with the exit time set to the last evidence, not to the
+  moment the timeout fired.
+
+Unresolved adverts never reach this engine as people: the caller counts them
+anonymously; nothing about them is kept here.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from storegate.core import events as ev
+from storegate.core import payloads as p
+from storegate.core.ids import Uuid7Generator
+from storegate.core.presence.settings import PresenceSettings
+
+
+@dataclass(slots=True)
+class _Visit:
+    visit_id: str
+    zone: str | None
+    first: float
+    last: float
+    entered: bool = False
+    dwell_index: int = 0
+
+
+@dataclass(slots=True)
+class _Track:
+    samples: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+    store: _Visit | None = None
+    zone: _Visit | None = None
+    challenger: str | None = None
+    challenger_since: float = 0.0
+
+
+class PresenceEngine:
+    def __init__(self, settings: PresenceSettings, rand: Callable[[int], bytes]) -> None:
+        self.s = settings
+        self._rand = rand
+        self._ids = Uuid7Generator()
+        self._tracks: dict[str, _Track] = {}
+
+    @property
+    def tracked(self) -> int:
+        return len(self._tracks)
+
+    def _new_visit(self, zone: str | None, ts: float) -> _Visit:
+        return _Visit(self._ids.next(int(ts * 1000), self._rand(8)), zone, ts, ts)
+
+    # --- input ---------------------------------------------------------------------
+
+    def observe(self, customer: str, scanner: str, rssi: int, ts: float) -> list[ev.EventDraft]:
+        """One sighting of a consenting customer by one scanner."""
+        if rssi < self.s.store_min_rssi_dbm:
+            return []
+        out: list[ev.EventDraft] = []
+        track = self._tracks.get(customer)
+        if track is None:
+            track = self._tracks[customer] = _Track()
+        q = track.samples.get(scanner)
+        if q is None:
+            q = track.samples[scanner] = deque(maxlen=32)
+        q.append((ts, rssi))
+        if track.store is None:
+            track.store = self._new_visit(None, ts)
+        track.store.last = max(track.store.last, ts)
+        self._progress(customer, track.store, self.s.min_presence_s, out)
+        self._assign_zone(customer, track, ts, out)
+        return out
+
+    def _strength(self, track: _Track, now: float) -> dict[str, float]:
+        """Robust RSSI per zone (best of its scanners), over the recent window."""
+        horizon = now - self.s.window_s
+        best: dict[str, float] = {}
+        for scanner, q in track.samples.items():
+            while q and q[0][0] < horizon:
+                q.popleft()
+            zone = self.s.scanner_zone.get(scanner)
+            if len(q) < self.s.min_samples or zone is None:
+                continue  # a lone reflection is not a position
+            level = statistics.median(r for _, r in q)
+            if level > best.get(zone, -999.0):
+                best[zone] = level
+        floors = {z.id: z.min_rssi_dbm for z in self.s.zones}
+        return {z: v for z, v in best.items() if v >= floors[z]}
+
+    def _assign_zone(self, customer: str, track: _Track, ts: float,
+                     out: list[ev.EventDraft]) -> None:
+        levels = self._strength(track, ts)
+        if not levels:
+            return  # no zone evidence now: the current zone visit may time out
+        leader = max(levels, key=lambda z: levels[z])
+        zv = track.zone
+        if zv is not None and zv.zone in levels:
+            zv.last = ts
+            current_level = levels[zv.zone]
+            if leader == zv.zone or levels[leader] < current_level + self.s.switch_margin_db:
+                track.challenger = None
+                self._progress(customer, zv, self.s.zone_min_presence_s, out)
+                return
+            if track.challenger != leader:
+                track.challenger, track.challenger_since = leader, ts
+                return
+            if ts - track.challenger_since < self.s.switch_hold_s:
+                return
+        # Switch (or first zone). The new zone's visit starts when it began to lead;
+        # the old one ends there too (or at its last evidence, if earlier): no overlap.
+        start = track.challenger_since if track.challenger == leader else ts
+        if track.zone is not None:
+            track.zone.last = max(track.zone.first, min(track.zone.last, start))
+            self._close(customer, track.zone, out)
+        track.zone = self._new_visit(leader, start)
+        track.challenger = None
+        self._progress(customer, track.zone, self.s.zone_min_presence_s, out)
+
+    def _progress(self, customer: str, v: _Visit, min_presence: float,
+                  out: list[ev.EventDraft]) -> None:
+        if v.zone is not None:  # a zone visit counts only inside an entered store visit
+            store = self._tracks[customer].store
+            if store is None or not store.entered:
+                return
+        if not v.entered and v.last - v.first >= min_presence:
+            v.entered = True
+            out.append(self._draft(ev.VISIT_ENTERED, customer, v, v.last))
+        while (v.entered and v.dwell_index < len(self.s.dwell_thresholds_s)
+               and v.last - v.first >= self.s.dwell_thresholds_s[v.dwell_index]):
+            out.append(self._draft(ev.VISIT_DWELLED, customer, v, v.last,
+                                   dwell=self.s.dwell_thresholds_s[v.dwell_index]))
+            v.dwell_index += 1
+
+    def _close(self, customer: str, v: _Visit, out: list[ev.EventDraft]) -> None:
+        if v.entered:  # a candidate that never reached the minimum was a passer-by
+            out.append(self._draft(ev.VISIT_EXITED, customer, v, v.last))
+
+    # --- time ----------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[ev.EventDraft]:
+        """Close visits whose evidence is older than ``exit_after_s``."""
+        out: list[ev.EventDraft] = []
+        gone: list[str] = []
+        for customer, track in self._tracks.items():
+            if track.zone is not None and now - track.zone.last >= self.s.exit_after_s:
+                self._close(customer, track.zone, out)
+                track.zone = None
+            if track.store is not None and now - track.store.last >= self.s.exit_after_s:
+                self._close(customer, track.store, out)
+                gone.append(customer)
+        for customer in gone:
+            del self._tracks[customer]
+        return out
+
+    def forget(self, customer: str) -> None:
+        """Consent withdrawn or erasure: drop all state, emit nothing more."""
+        self._tracks.pop(customer, None)
+
+    # --- output --------------------------------------------------------------------
+
+    def _draft(self, t: ev.EventType, customer: str, v: _Visit, at: float,
+               dwell: float | None = None) -> ev.EventDraft:
+        entered_at = ev.rfc3339(v.first)
+        data: p.Payload
+        if t is ev.VISIT_ENTERED:
+            data = p.VisitEntered(visit_id=v.visit_id, customer=customer, zone=v.zone,
+                                  entered_at=entered_at)
+        elif t is ev.VISIT_DWELLED:
+            data = p.VisitDwelled(visit_id=v.visit_id, customer=customer, zone=v.zone,
+                                  entered_at=entered_at, dwell_s=dwell or 0.0)
+        else:
+            data = p.VisitExited(visit_id=v.visit_id, customer=customer, zone=v.zone,
+                                 entered_at=entered_at, exited_at=ev.rfc3339(v.last),
+                                 dwell_s=round(v.last - v.first, 3))
+        return ev.EventDraft(t, f"visit/{v.visit_id}", at, data)
