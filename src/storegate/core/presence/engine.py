@@ -55,6 +55,7 @@ class PresenceEngine:
         self._rand = rand
         self._ids = Uuid7Generator()
         self._tracks: dict[str, _Track] = {}
+        self._floors = {z.id: z.min_rssi_dbm for z in settings.zones}
 
     @property
     def tracked(self) -> int:
@@ -77,15 +78,23 @@ class PresenceEngine:
         if q is None:
             q = track.samples[scanner] = deque(maxlen=32)
         q.append((ts, rssi))
-        if track.store is None:
-            track.store = self._new_visit(None, ts)
+        medians = self._strength(track, ts)
+        if not medians or max(medians.values()) < self.s.inside_min_rssi_dbm:
+            # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
+            # being inside; an idle track is dropped by tick().
+            return out
+        if track.store is None:  # it began with the first sample of the evidence window
+            first = min(q[0][0] for q in track.samples.values() if q)
+            track.store = self._new_visit(None, first)
         track.store.last = max(track.store.last, ts)
         self._progress(customer, track.store, self.s.min_presence_s, out)
-        self._assign_zone(customer, track, ts, out)
+        levels = {z: v for z, v in medians.items() if v >= self._floors[z]}
+        if levels:  # no zone close enough: the current zone visit may time out
+            self._assign_zone(customer, track, levels, ts, out)
         return out
 
     def _strength(self, track: _Track, now: float) -> dict[str, float]:
-        """Robust RSSI per zone (best of its scanners), over the recent window."""
+        """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
         horizon = now - self.s.window_s
         best: dict[str, float] = {}
         for scanner, q in track.samples.items():
@@ -97,14 +106,10 @@ class PresenceEngine:
             level = statistics.median(r for _, r in q)
             if level > best.get(zone, -999.0):
                 best[zone] = level
-        floors = {z.id: z.min_rssi_dbm for z in self.s.zones}
-        return {z: v for z, v in best.items() if v >= floors[z]}
+        return best
 
-    def _assign_zone(self, customer: str, track: _Track, ts: float,
+    def _assign_zone(self, customer: str, track: _Track, levels: dict[str, float], ts: float,
                      out: list[ev.EventDraft]) -> None:
-        levels = self._strength(track, ts)
-        if not levels:
-            return  # no zone evidence now: the current zone visit may time out
         leader = max(levels, key=lambda z: levels[z])
         zv = track.zone
         if zv is not None and zv.zone in levels:
@@ -161,6 +166,10 @@ class PresenceEngine:
             if track.store is not None and now - track.store.last >= self.s.exit_after_s:
                 self._close(customer, track.store, out)
                 gone.append(customer)
+            elif track.store is None and all(
+                not q or now - q[-1][0] >= self.s.exit_after_s for q in track.samples.values()
+            ):
+                gone.append(customer)  # only ever heard from outside
         for customer in gone:
             del self._tracks[customer]
         return out

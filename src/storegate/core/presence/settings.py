@@ -15,9 +15,10 @@ class Zone:
 @dataclass(frozen=True, slots=True)
 class PresenceSettings:
     zones: tuple[Zone, ...]
-    store_min_rssi_dbm: float = -85.0  # weaker evidence is outside (the pavement)
+    store_min_rssi_dbm: float = -90.0  # single samples weaker than this are ignored
+    inside_min_rssi_dbm: float = -82.0  # a scanner's median at least this: inside
     min_presence_s: float = 20.0  # store visit: passers-by stay shorter
-    zone_min_presence_s: float = 8.0
+    zone_min_presence_s: float = 15.0  # walking through a zone is not visiting it
     exit_after_s: float = 10.0  # absence that ends a visit; exit time = last evidence
     dwell_thresholds_s: tuple[float, ...] = (60.0, 300.0, 900.0)
     window_s: float = 6.0  # RSSI samples kept per scanner for the robust estimate
