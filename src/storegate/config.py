@@ -112,12 +112,47 @@ class SourcesConfig(Section):
     telemetry: TelemetrySource = TelemetrySource()
 
 
+class ZoneConfig(Section):
+    id: str = Field(min_length=1, max_length=64)
+    scanners: list[str] = Field(min_length=1, description="Scanners placed in this zone.")
+    min_rssi_dbm: float = Field(default=-80.0, ge=-120, le=0,
+                                description="Closer than this to count as in the zone.")
+
+
+class PresenceConfig(Section):
+    """Presence tuning; defaults are the values measured on the simulated store."""
+
+    identities_file: Path | None = Field(
+        default=None, description="JSON list of enrolled identities (consenting customers)."
+    )
+    zones: list[ZoneConfig] = []
+    min_presence_s: float = Field(default=20.0, ge=0)
+    zone_min_presence_s: float = Field(default=15.0, ge=0)
+    exit_after_s: float = Field(default=10.0, gt=0)
+    dwell_thresholds_s: list[float] = [60.0, 300.0, 900.0]
+    inside_min_rssi_dbm: float = Field(default=-82.0, ge=-120, le=0)
+    window_s: float = Field(default=6.0, gt=0)
+    switch_margin_db: float = Field(default=4.0, ge=0)
+    switch_hold_s: float = Field(default=3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PresenceConfig:
+        seen: dict[str, str] = {}
+        for z in self.zones:
+            for s in z.scanners:
+                if s in seen:
+                    raise ValueError(f"scanner {s!r} is in zones {seen[s]!r} and {z.id!r}")
+                seen[s] = z.id
+        return self
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
     mqtt: MqttConfig = MqttConfig()
     storage: StorageConfig = StorageConfig()
     sources: SourcesConfig = SourcesConfig()
+    presence: PresenceConfig = PresenceConfig()
 
     @field_validator("store_id", "gateway_id")
     @classmethod
@@ -171,6 +206,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             section[key] = str(p if p.is_absolute() else base / p)
 
     fix(data.get("storage"), "path")
+    fix(data.get("presence"), "identities_file")
     tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None
     for key in ("ca_file", "cert_file", "key_file"):
         fix(tls, key)

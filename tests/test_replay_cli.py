@@ -1,0 +1,71 @@
+"""`storegate simulate` and `storegate replay` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.support.gateway_proc import storegate
+
+
+def test_simulate_then_replay_writes_cloudevents(tmp_path: Path) -> None:
+    r = storegate("simulate", "--out-dir", str(tmp_path), "--duration", "600",
+                  "--app-users", "6", "--passers-by", "3", "--other-devices", "4")
+    assert r.returncode == 0, r.stderr
+    capture = tmp_path / "capture.jsonl"
+    with capture.open("a") as f:  # damage: bad lines must be reported, never fatal
+        f.write("{broken\n")
+        f.write('{"ts": 1, "scanner": "x", "address": "y", "rssi": "loud"}\n')
+    n_lines = len(capture.read_text().splitlines())
+    out = tmp_path / "events.jsonl"
+    r = storegate("replay", str(capture), "-c", str(tmp_path / "store.toml"),
+                  "--events-out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "2 bad line(s)" in r.stderr
+    assert f"bad line {n_lines - 1}: not JSON" in r.stderr
+    assert f"bad line {n_lines}: rssi must be an integer" in r.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    types = {e["type"] for e in events}
+    assert {"storegate.visit.entered.v1", "storegate.visit.exited.v1"} <= types
+    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
+    customers = {e["data"]["customer"] for e in events}
+    assert customers and all(c.startswith("cust-") for c in customers)  # no passers-by
+    # every store visit that entered also exited, at or after its entry
+    entered = {e["data"]["visit_id"]: e for e in events
+               if e["type"] == "storegate.visit.entered.v1"}
+    exited = {e["data"]["visit_id"]: e for e in events
+              if e["type"] == "storegate.visit.exited.v1"}
+    assert entered.keys() == exited.keys()
+    for vid, e in exited.items():
+        assert e["data"]["exited_at"] >= entered[vid]["data"]["entered_at"]
+    # nothing resembling a MAC address leaves in an event
+    assert ":" not in "".join(str(e["data"].get("customer")) for e in events)
+
+
+def test_replay_without_identities_counts_everyone_as_anonymous(tmp_path: Path) -> None:
+    storegate("simulate", "--out-dir", str(tmp_path), "--duration", "300",
+              "--app-users", "3", "--passers-by", "0", "--other-devices", "2")
+    (tmp_path / "none.json").write_text("[]")
+    out = tmp_path / "events.jsonl"
+    r = storegate("replay", str(tmp_path / "capture.jsonl"), "-c", str(tmp_path / "store.toml"),
+                  "--identities", str(tmp_path / "none.json"), "--events-out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "(0 of enrolled customers" in r.stderr
+    assert out.read_text() == ""
+
+
+def test_bad_identity_registry_is_a_config_error(tmp_path: Path) -> None:
+    storegate("simulate", "--out-dir", str(tmp_path), "--duration", "60",
+              "--app-users", "1", "--passers-by", "0", "--other-devices", "0")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"customer": "c1", "identity_key": "00" * 16,
+                                "rotation_exponent": 10, "beacon_time_at_registration": 0,
+                                "registered_at": 0},
+                               {"customer": "c2", "identity_key": "xyz",
+                                "rotation_exponent": 10, "beacon_time_at_registration": 0,
+                                "registered_at": 0}]))
+    r = storegate("replay", str(tmp_path / "capture.jsonl"), "-c", str(tmp_path / "store.toml"),
+                  "--identities", str(bad), "--events-out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 2
+    assert f"{bad}: [1].identity_key:" in r.stderr
+    assert "Traceback" not in r.stderr
