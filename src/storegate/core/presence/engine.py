@@ -19,8 +19,7 @@ anonymously; nothing about them is kept here.
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,13 +39,43 @@ class _Visit:
     dwell_index: int = 0
 
 
+class _Samples:
+    """Recent (time, RSSI) samples of one scanner, compact: a phone is heard by many
+    scanners and a busy store tracks thousands of phones."""
+
+    __slots__ = ("rssi", "ts")
+
+    def __init__(self) -> None:
+        self.ts = array("d")
+        self.rssi = array("h")
+
+    def add(self, ts: float, rssi: int, cap: int) -> None:
+        self.ts.append(ts)
+        self.rssi.append(rssi)
+        if len(self.ts) > cap:
+            del self.ts[0], self.rssi[0]
+
+    def expire(self, horizon: float) -> None:
+        n = 0
+        while n < len(self.ts) and self.ts[n] < horizon:
+            n += 1
+        if n:
+            del self.ts[:n], self.rssi[:n]
+
+    def median(self) -> float:
+        values = sorted(self.rssi)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 @dataclass(slots=True)
 class _Track:
-    samples: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+    samples: dict[str, _Samples] = field(default_factory=dict)
     store: _Visit | None = None
     zone: _Visit | None = None
     challenger: str | None = None
     challenger_since: float = 0.0
+    evaluated: float = float("-inf")
 
 
 class PresenceEngine:
@@ -76,15 +105,23 @@ class PresenceEngine:
             track = self._tracks[customer] = _Track()
         q = track.samples.get(scanner)
         if q is None:
-            q = track.samples[scanner] = deque(maxlen=32)
-        q.append((ts, rssi))
+            q = track.samples[scanner] = _Samples()
+        q.add(ts, rssi, self.s.max_samples)
+        if ts - track.evaluated < self.s.evaluate_every_s:
+            # Within one evaluation step: the sample is kept, the decision waits. A
+            # phone heard by many scanners would otherwise cost a full re-evaluation
+            # per advert for no change in outcome.
+            if track.store is not None:
+                track.store.last = max(track.store.last, ts)
+            return out
+        track.evaluated = ts
         medians = self._strength(track, ts)
         if not medians or max(medians.values()) < self.s.inside_min_rssi_dbm:
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
             # being inside; an idle track is dropped by tick().
             return out
         if track.store is None:  # it began with the first sample of the evidence window
-            first = min(q[0][0] for q in track.samples.values() if q)
+            first = min(q.ts[0] for q in track.samples.values() if q.ts)
             track.store = self._new_visit(None, first)
         track.store.last = max(track.store.last, ts)
         self._progress(customer, track.store, self.s.min_presence_s, out)
@@ -98,12 +135,11 @@ class PresenceEngine:
         horizon = now - self.s.window_s
         best: dict[str, float] = {}
         for scanner, q in track.samples.items():
-            while q and q[0][0] < horizon:
-                q.popleft()
+            q.expire(horizon)
             zone = self.s.scanner_zone.get(scanner)
-            if len(q) < self.s.min_samples or zone is None:
+            if len(q.ts) < self.s.min_samples or zone is None:
                 continue  # a lone reflection is not a position
-            level = statistics.median(r for _, r in q)
+            level = q.median()
             if level > best.get(zone, -999.0):
                 best[zone] = level
         return best
@@ -167,7 +203,8 @@ class PresenceEngine:
                 self._close(customer, track.store, out)
                 gone.append(customer)
             elif track.store is None and all(
-                not q or now - q[-1][0] >= self.s.exit_after_s for q in track.samples.values()
+                not q.ts or now - q.ts[-1] >= self.s.exit_after_s
+                for q in track.samples.values()
             ):
                 gone.append(customer)  # only ever heard from outside
         for customer in gone:

@@ -22,6 +22,8 @@ class PresenceSettings:
     exit_after_s: float = 10.0  # absence that ends a visit; exit time = last evidence
     dwell_thresholds_s: tuple[float, ...] = (60.0, 300.0, 900.0)
     window_s: float = 6.0  # RSSI samples kept per scanner for the robust estimate
+    evaluate_every_s: float = 0.25  # re-assess a customer at most this often
+    max_samples: int = 16  # per scanner, newest kept (bounds memory per phone)
     min_samples: int = 3  # fewer samples in the window: that scanner does not count
     switch_margin_db: float = 4.0  # a challenger zone must be this much stronger...
     switch_hold_s: float = 3.0  # ...for this long, to take over (no flapping)
