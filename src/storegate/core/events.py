@@ -72,6 +72,10 @@ VISIT_EXITED: Final = _t(
     "storegate.visit.exited.v1", "visit", Priority.HIGH, p.VisitExited,
     "A visit ended.",
 )
+FOOTFALL_COUNTED: Final = _t(
+    "storegate.footfall.counted.v1", "footfall", Priority.LOW, p.FootfallCounted,
+    "Anonymous distinct devices per zone and period (aggregate, no identifiers).",
+)
 PURCHASE_COMPLETED: Final = _t(
     "storegate.purchase.completed.v1", "purchase", Priority.CRITICAL, p.PurchaseCompleted,
     "A receipt closed at a lane.",
@@ -85,7 +89,7 @@ CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
     for t in (
         GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED,
-        VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED,
+        VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED,
         PURCHASE_COMPLETED, PURCHASE_VOIDED,
     )
 }

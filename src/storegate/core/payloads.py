@@ -98,6 +98,18 @@ class VisitExited(VisitBase):
     dwell_s: float = Field(ge=0)
 
 
+class FootfallCounted(Payload):
+    """Anonymous footfall: distinct devices heard inside a zone (or the store) in a
+    period. Devices are counted by a keyed hash that rotates daily; no address, hash or
+    payload leaves the box. Phones change their address about every 15 minutes, so a
+    device staying longer than a period may be counted again in the next one."""
+
+    period_start: Timestamp
+    period_end: Timestamp
+    zone: str | None = Field(description="Zone id, or null for the whole store.")
+    devices: int = Field(ge=0)
+
+
 # --- purchases (completed by the POS issue) ------------------------------------------
 
 

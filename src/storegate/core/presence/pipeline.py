@@ -14,6 +14,7 @@ from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, EddystoneEid, decode_eddystone
 from storegate.core.ble.eid import EidResolver
 from storegate.core.presence.engine import PresenceEngine
+from storegate.core.presence.footfall import Footfall
 from storegate.core.presence.settings import PresenceSettings
 
 TICK_S = 1.0
@@ -29,9 +30,10 @@ class PipelineCounters:
 
 class PresencePipeline:
     def __init__(self, settings: PresenceSettings, resolver: EidResolver,
-                 rand: Callable[[int], bytes]) -> None:
+                 rand: Callable[[int], bytes], footfall_secret: bytes | None = None) -> None:
         self.resolver = resolver
         self.engine = PresenceEngine(settings, rand)
+        self.footfall = Footfall(settings, footfall_secret or rand(32))
         self.counters = PipelineCounters()
         self._next_tick = float("-inf")
 
@@ -41,6 +43,7 @@ class PresencePipeline:
         out: list[ev.EventDraft] = []
         if a.ts >= self._next_tick:
             out += self.tick(a.ts)
+        out += self.footfall.observe(a.address, a.scanner, a.rssi, a.ts)  # everyone, anonymously
         eddy = a.service_data.get(EDDYSTONE_UUID)
         frame = decode_eddystone(eddy) if eddy is not None else None
         if isinstance(frame, EddystoneEid):
@@ -57,4 +60,4 @@ class PresencePipeline:
         """Roll EIDs over and close visits that timed out; call at least every second."""
         self._next_tick = now + TICK_S
         self.resolver.advance(now)
-        return self.engine.tick(now)
+        return self.engine.tick(now) + self.footfall.flush(now)
