@@ -35,7 +35,7 @@ def test_asyncapi_yaml_is_valid_yaml_of_the_generated_document() -> None:
     assert "storegate/v1/{store}/{gateway}/status" in addresses
     # every message referenced by a channel is defined, every type has a message
     names = {m["name"] for m in doc["components"]["messages"].values()}
-    assert names == set(ev.CATALOGUE) | {"replayCommand"}
+    assert names == set(ev.CATALOGUE) | {"replayCommand", "identitiesCommand"}
     assert doc["operations"]["receiveCommandsReplay"]["action"] == "receive"
 
 

@@ -34,6 +34,7 @@ ENV_PREFIX: Final = "STOREGATE_"
 ENV_CONFIG: Final = "STOREGATE_CONFIG"  # names the file; not an override
 DEMO_CONFIG: Final = "demo.toml"
 MIB: Final = 1024 * 1024
+PACKAGE_PREFIX: Final = "package:"  # a path shipped inside storegate (the demo store's)
 
 
 class Section(BaseModel):
@@ -108,8 +109,77 @@ class TelemetrySource(Section):
     interval_s: float = Field(default=60.0, ge=1)
 
 
+class BleAdapterConfig(Section):
+    adapter: str = Field(default="hci0", min_length=1, description="BlueZ adapter name.")
+    scanner: str = Field(min_length=1, description="Scanner name, as zones list it.")
+
+
+class BleSource(Section):
+    """The box's own Bluetooth adapters, read with bleak (BlueZ)."""
+
+    enabled: bool = False
+    mode: Literal["active", "passive"] = Field(
+        default="active",
+        description="active: scan requests (more data, more airtime); passive: BlueZ "
+        "advertisement monitor (silent; needs BlueZ experimental features on older kernels).",
+    )
+    adapters: list[BleAdapterConfig] = Field(default=[], description="One scan per adapter.")
+    stall_after_s: float = Field(
+        default=60.0, ge=0,
+        description="No adverts for this long: restart discovery (a store is never silent). "
+        "0: off.",
+    )
+    restart_min_s: float = Field(default=1.0, gt=0)
+    restart_max_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _adapters(self) -> BleSource:
+        if self.enabled and not self.adapters:
+            raise ValueError("enabled without adapters: add [[sources.ble.adapters]]")
+        names = [a.adapter for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError("an adapter is listed twice")
+        if self.restart_min_s > self.restart_max_s:
+            raise ValueError("restart_min_s is above restart_max_s")
+        return self
+
+
+class ScannerNodesSource(Section):
+    """ESP32 scanner nodes reporting over the store's MQTT broker (the [mqtt] one)."""
+
+    enabled: bool = False
+    espresense_topic: str | None = Field(
+        default="espresense/devices/#",
+        description="ESPresense device reports; the room is the scanner. null: off.",
+    )
+    raw_adverts: bool = Field(
+        default=True,
+        description="Raw adverts on storegate/v1/<store>/scanners/<node>/adverts.",
+    )
+    max_clock_skew_s: float = Field(
+        default=5.0, ge=0, description="A node timestamp further off uses the receive time."
+    )
+    silent_after_s: float = Field(
+        default=60.0, gt=0, description="A node not heard for this long shows as silent."
+    )
+
+
+class SimulatorSource(Section):
+    """Simulated shoppers walking the demo store (for the demo and for trying things)."""
+
+    enabled: bool = False
+    app_users: int = Field(default=30, ge=0, le=10_000)
+    other_devices: int = Field(default=40, ge=0, le=10_000)
+    passers_by: int = Field(default=20, ge=0, le=10_000)
+    hour_s: float = Field(default=600.0, ge=60, description="Length of one simulated run.")
+    seed: int = 1
+
+
 class SourcesConfig(Section):
     telemetry: TelemetrySource = TelemetrySource()
+    ble: BleSource = BleSource()
+    scanner_nodes: ScannerNodesSource = ScannerNodesSource()
+    simulator: SimulatorSource = SimulatorSource()
 
 
 class ZoneConfig(Section):
@@ -125,7 +195,13 @@ class PresenceConfig(Section):
     identities_file: Path | None = Field(
         default=None, description="JSON list of enrolled identities (consenting customers)."
     )
+    beacons_file: Path | None = Field(
+        default=None,
+        description="The store's infrastructure beacons (firmware-configs/<store>/beacons.toml).",
+    )
     zones: list[ZoneConfig] = []
+    footfall_period_s: float = Field(default=300.0, ge=60, le=86400)
+    occupancy_interval_s: float = Field(default=60.0, ge=5, le=3600)
     min_presence_s: float = Field(default=20.0, ge=0)
     zone_min_presence_s: float = Field(default=15.0, ge=0)
     exit_after_s: float = Field(default=10.0, gt=0)
@@ -166,6 +242,12 @@ class Config(Section):
         return self.mqtt.client_id or f"storegate-{self.store_id}-{self.gateway_id}"
 
     @property
+    def identities_path(self) -> Path:
+        """The box's copy of consenting customers' identity keys (next to the outbox)."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".identities.db")
+
+    @property
     def status_path(self) -> Path:
         """Where the running gateway publishes its live status for ``storegate status``."""
         p = self.storage.path
@@ -202,11 +284,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 
     def fix(section: Any, key: str) -> None:
         if isinstance(section, dict) and isinstance(section.get(key), str):
-            p = Path(section[key]).expanduser()
+            value: str = section[key]
+            if value.startswith(PACKAGE_PREFIX):  # shipped with storegate (the demo store)
+                section[key] = str(defaults_dir() / value.removeprefix(PACKAGE_PREFIX))
+                return
+            p = Path(value).expanduser()
             section[key] = str(p if p.is_absolute() else base / p)
 
     fix(data.get("storage"), "path")
     fix(data.get("presence"), "identities_file")
+    fix(data.get("presence"), "beacons_file")
     tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None
     for key in ("ca_file", "cert_file", "key_file"):
         fix(tls, key)
@@ -264,6 +351,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), f"cannot read: {exc}") from exc
     return parse(text, source=str(path), base=path.resolve().parent, environ=environ)
+
+
+def defaults_dir() -> Path:
+    return Path(str(resources.files("storegate.defaults")))
 
 
 def demo_text() -> str:

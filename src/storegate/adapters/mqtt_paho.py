@@ -101,6 +101,32 @@ class PublisherStatus:
     connect_failures: int
 
 
+def base_client(s: MqttSettings, client_id: str, *, reconnect_on_failure: bool,
+                clean_session: bool | None) -> mqtt.Client:
+    """A paho client with the connection settings (protocol, credentials, TLS) applied."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311,
+        clean_session=clean_session,
+        reconnect_on_failure=reconnect_on_failure,
+    )
+    client.connect_timeout = s.connect_timeout_s
+    if s.username is not None:
+        client.username_pw_set(s.username, s.password)
+    if s.tls is not None:
+        t = s.tls
+        client.tls_set(
+            ca_certs=str(t.ca_file) if t.ca_file else None,
+            certfile=str(t.cert_file) if t.cert_file else None,
+            keyfile=str(t.key_file) if t.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        if t.insecure:
+            client.tls_insecure_set(True)
+    return client
+
+
 class _PackedOnce(Properties):
     """Publish properties serialised once.
 
@@ -305,28 +331,10 @@ class MqttPublisher:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         v5 = s.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-            reconnect_on_failure=False,
-        )
+        client = base_client(s, s.client_id, reconnect_on_failure=False,
+                             clean_session=None if v5 else False)
         client.max_inflight_messages_set(max(s.window, 1))
         client.max_queued_messages_set(0)
-        client.connect_timeout = s.connect_timeout_s
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls is not None:
-            t = s.tls
-            client.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if t.insecure:
-                client.tls_insecure_set(True)
         will_props = None
         if v5:
             will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]

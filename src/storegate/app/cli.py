@@ -244,8 +244,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from storegate.app.presence_files import load_identities, presence_settings  # noqa: PLC0415
+    from storegate.app.presence_files import (  # noqa: PLC0415
+        load_beacons,
+        load_identities,
+        presence_settings,
+    )
     from storegate.core import events as ev  # noqa: PLC0415
+    from storegate.core.presence.infrastructure import Infrastructure  # noqa: PLC0415
     from storegate.core.ble.capture import BadLine, read_capture  # noqa: PLC0415
     from storegate.core.ble.eid import EidResolver  # noqa: PLC0415
     from storegate.core.ids import Uuid7Generator  # noqa: PLC0415
@@ -260,7 +265,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise ConfigError(str(args.config or "<config>"), "no zones configured",
                           "presence.zones")
     resolver = EidResolver()
-    pipe = PresencePipeline(settings, resolver, os.urandom)
+    p = config.presence
+    beacons = Infrastructure(load_beacons(p.beacons_file) if p.beacons_file else [])
+    pipe = PresencePipeline(settings, resolver, os.urandom, infrastructure=beacons,
+                            footfall_period_s=p.footfall_period_s,
+                            occupancy_interval_s=p.occupancy_interval_s)
     source_json = json.dumps(Topics(config.store_id, config.gateway_id).source)
     ids = Uuid7Generator()
     bad: list[BadLine] = []
@@ -299,7 +308,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         emit(pipe.tick(last + settings.exit_after_s + 1))  # close what is still open
     c = pipe.counters
     print(f"replayed {c.adverts} adverts ({c.resolved} of enrolled customers, "
-          f"{c.anonymous} anonymous), {len(bad)} bad line(s); wrote {seq} event(s) to "
+          f"{c.anonymous} anonymous, {sum(c.infrastructure.values())} from the store's "
+          f"beacons), {len(bad)} bad line(s); wrote {seq} event(s) to "
           f"{args.events_out}", file=sys.stderr)
     for t, n in sorted(counts.items()):
         print(f"  {t}: {n}", file=sys.stderr)

@@ -13,7 +13,13 @@ from storegate.adapters.outbox_sqlite import Outbox
 from storegate.app.logs import LogOnce
 from storegate.core import events as ev
 from storegate.core import payloads as p
-from storegate.core.commands import CommandRejected, ReplayCommand, parse_command, ranges
+from storegate.core.commands import (
+    CommandRejected,
+    IdentitiesCommand,
+    ReplayCommand,
+    parse_command,
+    ranges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +32,13 @@ class CommandHandler:
         outbox: Outbox,
         resend: Callable[[list[int]], None],
         wall_clock: Callable[[], float],
+        identities: Callable[[IdentitiesCommand], None] | None = None,
     ) -> None:
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._resend = resend
         self._wall = wall_clock
+        self._identities = identities
         self._warn = LogOnce(log)
         self.accepted_total = 0
         self.rejected_total = 0
@@ -42,6 +50,15 @@ class CommandHandler:
             self.rejected_total += 1
             self._warn(f"{name}:{cmd.reason}", "invalid command on %s ignored: %s",
                        topic, cmd.reason, topic=topic, bytes=len(payload))
+            return
+        if isinstance(cmd, IdentitiesCommand):
+            if self._identities is None:
+                self.rejected_total += 1
+                self._warn("identities:off", "identities command ignored: this gateway "
+                           "keeps no identities", topic=topic)
+                return
+            self.accepted_total += 1
+            self._identities(cmd)
             return
         if isinstance(cmd, ReplayCommand):
             if cmd.gateway != self._gateway_id:

@@ -21,14 +21,20 @@ from typing import Any
 
 from storegate import __version__
 from storegate.adapters import status_file
+from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
 from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
 from storegate.app.commands import CommandHandler
+from storegate.app.presence import PresenceService, build_sources, presence_enabled
+from storegate.app.presence_files import load_beacons, load_identities
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
+from storegate.core.ble.eid import Identity
+from storegate.core.commands import IdentitiesCommand
 from storegate.core.ids import Uuid7Generator
+from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
 from storegate.errors import OutboxError
@@ -82,10 +88,24 @@ class Gateway:
         self.publisher: MqttPublisher | None = None
         self.commands = CommandHandler(
             gateway_id=config.gateway_id, outbox=self.outbox, resend=self._resend,
-            wall_clock=wall_clock,
+            wall_clock=wall_clock, identities=self._on_identities,
         )
         self._reader: OutboxReader | None = None
+        self.identities: IdentityStore | None = None
+        self.presence: PresenceService | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.state = "created"
+        # Files the presence pipeline needs are read now: a broken one stops the start
+        # with a clear error, before anything is opened.
+        p = config.presence
+        self._registry: list[Identity] = (
+            load_identities(p.identities_file) if p.identities_file else [])
+        self._beacons = Infrastructure(load_beacons(p.beacons_file) if p.beacons_file else [])
+        zones = {z.id for z in p.zones}
+        for b in self._beacons.beacons:
+            if b.zone is not None and b.zone not in zones:
+                log.warning("beacon %s names zone %r, which is not in [presence.zones]",
+                            b.label, b.zone)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -93,6 +113,7 @@ class Gateway:
         """Open storage and start publishing. Raises StoregateError subclasses."""
         self.outbox.open()
         try:
+            self.identities = IdentityStore(self.config.identities_path)
             self._reader = OutboxReader(self.config.storage.path)
             self.publisher = MqttPublisher(
                 mqtt_settings(self.config),
@@ -110,6 +131,8 @@ class Gateway:
             )
             self.publisher.start(self.outbox.last_sequence)
         except BaseException:
+            if self.identities is not None:
+                self.identities.close()
             self.outbox.close()
             raise
         self.state = "running"
@@ -132,11 +155,45 @@ class Gateway:
         self.outbox.close()
         if self._reader is not None:
             self._reader.close()
+        if self.identities is not None:
+            self.identities.close()
         self.state = "stopped"
         status_file.remove(self.config.status_path)
         log.info("gateway stopped (%s, %d event(s) left in the outbox)",
                  "drained" if drained else "not drained", self.outbox.depth)
         return drained
+
+    def _on_identities(self, cmd: IdentitiesCommand) -> None:
+        """On the publisher thread: hand the consent change to the event loop."""
+        loop = self._loop
+        if loop is None:
+            log.warning("identities command arrived while not running; ignored")
+            return
+        loop.call_soon_threadsafe(self._apply_identities, cmd)
+
+    def _apply_identities(self, cmd: IdentitiesCommand) -> None:
+        try:
+            if self.presence is not None:
+                self.presence.apply_identities(cmd)
+            elif self.identities is not None:  # no presence here: keep the copy current
+                given = [r.identity() for r in cmd.identities]
+                if cmd.op == "upsert":
+                    self.identities.upsert(given)
+                elif cmd.op == "remove":
+                    self.identities.remove(cmd.customers)
+                else:
+                    self.identities.replace(given)
+        except Exception:
+            log.exception("identities command %s (request %s) failed", cmd.op, cmd.request_id)
+
+    def _submit(self, drafts: list[ev.EventDraft]) -> None:
+        """Events from the pipeline into the outbox, without waiting for the commit."""
+        try:
+            fut = self.outbox.submit(drafts)
+        except OutboxError as exc:
+            log.debug("presence events not accepted: %s", exc)
+            return
+        fut.add_done_callback(_log_failure)
 
     def _resend(self, sequences: list[int]) -> None:
         if self.publisher is not None:
@@ -219,6 +276,7 @@ class Gateway:
                 "accepted_total": self.commands.accepted_total,
                 "rejected_total": self.commands.rejected_total,
             },
+            "presence": None if self.presence is None else self.presence.snapshot(),
         }
 
     def write_status(self) -> None:
@@ -236,9 +294,19 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        self._loop = loop
         self.start()
         try:
+            if presence_enabled(self.config) and self.identities is not None:
+                self.presence = PresenceService.build(
+                    self.config, identities=self.identities, submit=self._submit,
+                    extra=self._registry, beacons=self._beacons, wall_clock=self._wall)
+                self.presence.sources = build_sources(
+                    self.config, mqtt_settings(self.config), on_advert=self.presence.feed,
+                    enroll=self.presence.enroll)
             async with asyncio.TaskGroup() as tg:
+                if self.presence is not None:
+                    tg.create_task(self.presence.run(stop))
                 tg.create_task(self._status_loop(stop))
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
@@ -246,6 +314,7 @@ class Gateway:
         finally:
             log.info("stopping: no new events accepted; draining the outbox")
             drained = await asyncio.to_thread(self.stop)
+            self._loop = None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -272,3 +341,9 @@ class Gateway:
                 await self.accept(draft)
             except OutboxError as exc:  # disk full etc.: logged by the outbox; go on
                 log.debug("telemetry not accepted: %s", exc)
+
+
+def _log_failure(fut: Any) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.debug("presence events not accepted: %s", exc)  # the outbox logged it once

@@ -9,37 +9,26 @@ The registry is a JSON list of enrolled identities (consenting customers only):
 from __future__ import annotations
 
 import json
+import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from storegate.config import PresenceConfig
 from storegate.core.ble.eid import Identity
+from storegate.core.commands import IdentityRecord
+from storegate.core.presence.infrastructure import Beacon, Kind
 from storegate.core.presence.settings import PresenceSettings, Zone
 from storegate.errors import ConfigError
-
-
-class IdentityRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    customer: str = Field(min_length=1, max_length=128)
-    identity_key: str = Field(pattern=r"^[0-9a-fA-F]{32}$")
-    rotation_exponent: int = Field(ge=0, le=15)
-    beacon_time_at_registration: int = Field(ge=0, lt=1 << 32)
-    registered_at: float
-
-    @field_validator("customer")
-    @classmethod
-    def _pseudonym(cls, v: str) -> str:
-        if ":" in v and len(v) == 17:
-            raise ValueError("looks like a MAC address: customers are pseudonyms")
-        return v
-
-    def identity(self) -> Identity:
-        return Identity(self.customer, bytes.fromhex(self.identity_key),
-                        self.rotation_exponent, self.beacon_time_at_registration,
-                        self.registered_at)
 
 
 def parse_identities(raw: Any, source: str) -> list[Identity]:
@@ -67,10 +56,99 @@ def load_identities(path: Path) -> list[Identity]:
 
 
 def identity_records(identities: list[Identity]) -> list[dict[str, Any]]:
-    return [{"customer": i.customer, "identity_key": i.identity_key.hex(),
-             "rotation_exponent": i.rotation_exponent,
-             "beacon_time_at_registration": i.beacon_time_at_registration,
-             "registered_at": i.registered_at} for i in identities]
+    return [IdentityRecord.of(i).model_dump() for i in identities]
+
+
+# --- infrastructure beacons (firmware-configs/<store>/beacons.toml) ------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IBeaconMatch(_Strict):
+    uuid: str
+    major: int | None = Field(default=None, ge=0, le=0xFFFF)
+    minor: int | None = Field(default=None, ge=0, le=0xFFFF)
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, v: str) -> str:
+        return str(uuid.UUID(v))
+
+    @model_validator(mode="after")
+    def _minor_needs_major(self) -> IBeaconMatch:
+        if self.minor is not None and self.major is None:
+            raise ValueError("minor without major: give both, or major alone")
+        return self
+
+
+class EddystoneUidMatch(_Strict):
+    namespace: str = Field(pattern=r"^[0-9a-fA-F]{20}$")
+    instance: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{12}$")
+
+
+class AltBeaconMatch(_Strict):
+    id: str = Field(pattern=r"^[0-9a-fA-F]{40}$", description="Beacon id, 20 bytes hex.")
+
+
+class BeaconRecord(_Strict):
+    label: str = Field(min_length=1, max_length=64)
+    kind: Kind
+    zone: str | None = None
+    ibeacon: IBeaconMatch | None = None
+    eddystone_uid: EddystoneUidMatch | None = None
+    altbeacon: AltBeaconMatch | None = None
+
+    @model_validator(mode="after")
+    def _one_match(self) -> BeaconRecord:
+        given = [m for m in (self.ibeacon, self.eddystone_uid, self.altbeacon) if m]
+        if len(given) != 1:
+            raise ValueError("give exactly one of ibeacon, eddystone_uid, altbeacon")
+        return self
+
+    def beacon(self) -> Beacon:
+        ib, uid, alt = self.ibeacon, self.eddystone_uid, self.altbeacon
+        return Beacon(
+            label=self.label, kind=self.kind, zone=self.zone,
+            ibeacon_uuid=ib.uuid if ib else None, major=ib.major if ib else None,
+            minor=ib.minor if ib else None,
+            eddystone_namespace=uid.namespace.lower() if uid else None,
+            eddystone_instance=uid.instance.lower() if uid and uid.instance else None,
+            altbeacon_id=alt.id.lower() if alt else None,
+        )
+
+
+def load_beacons(path: Path) -> list[Beacon]:
+    """The ``[[beacon]]`` tables of a beacons.toml; errors name the file and the entry."""
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), "file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    unknown = set(data) - {"beacon"}
+    if unknown:
+        raise ConfigError(str(path), f"unknown table(s) {sorted(unknown)}: only [[beacon]]")
+    records = data.get("beacon", [])
+    if not isinstance(records, list):
+        raise ConfigError(str(path), "beacons are [[beacon]] tables")
+    out: list[Beacon] = []
+    labels: set[str] = set()
+    for i, rec in enumerate(records):
+        try:
+            b = BeaconRecord.model_validate(rec).beacon()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(x) for x in first["loc"]) or "entry"
+            raise ConfigError(str(path), first["msg"], f"beacon[{i}].{key}") from exc
+        if b.label in labels:
+            raise ConfigError(str(path), f"label {b.label!r} is used twice", f"beacon[{i}]")
+        labels.add(b.label)
+        out.append(b)
+    return out
 
 
 def presence_settings(cfg: PresenceConfig) -> PresenceSettings:

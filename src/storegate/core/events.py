@@ -76,6 +76,10 @@ FOOTFALL_COUNTED: Final = _t(
     "storegate.footfall.counted.v1", "footfall", Priority.LOW, p.FootfallCounted,
     "Anonymous distinct devices per zone and period (aggregate, no identifiers).",
 )
+OCCUPANCY_MEASURED: Final = _t(
+    "storegate.occupancy.measured.v1", "occupancy", Priority.LOW, p.OccupancyMeasured,
+    "Devices and consenting customers present per zone (aggregate, no identifiers).",
+)
 PURCHASE_COMPLETED: Final = _t(
     "storegate.purchase.completed.v1", "purchase", Priority.CRITICAL, p.PurchaseCompleted,
     "A receipt closed at a lane.",
@@ -89,7 +93,7 @@ CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
     for t in (
         GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED,
-        VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED,
+        VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED, OCCUPANCY_MEASURED,
         PURCHASE_COMPLETED, PURCHASE_VOIDED,
     )
 }

@@ -110,6 +110,18 @@ class FootfallCounted(Payload):
     devices: int = Field(ge=0)
 
 
+class OccupancyMeasured(Payload):
+    """How many are in a zone (or the store): anonymous devices heard inside during the
+    interval, and consenting customers with an open visit at its end. A snapshot for
+    live dashboards; ``footfall.counted`` is the one to add up over a day."""
+
+    period_start: Timestamp
+    period_end: Timestamp
+    zone: str | None = Field(description="Zone id, or null for the whole store.")
+    devices: int = Field(ge=0, description="Distinct devices heard inside in the interval.")
+    customers: int = Field(ge=0, description="Consenting customers present at the end.")
+
+
 # --- purchases (completed by the POS issue) ------------------------------------------
 
 

@@ -4,6 +4,8 @@
     storegate/v1/<store>/<gateway>/status          retained birth / death certificate
     storegate/v1/<store>/commands/<command>        central -> one store
     storegate/v1/central/<command>                 central -> every store
+    storegate/v1/<store>/scanners/<node>/adverts   ESP32 scanner nodes -> gateways (local
+                                                   to the store broker, never bridged)
 
 ``v1`` is the namespace version: it changes only with an incompatible change of layout;
 payload versions live in the CloudEvents ``type`` (``...v1``).
@@ -60,6 +62,11 @@ class Topics:
     def central_commands(self) -> str:
         """Subscription filter for commands addressed to every store."""
         return f"{CENTRAL}/#"
+
+    @property
+    def scanner_adverts(self) -> str:
+        """Subscription filter for raw adverts from this store's scanner nodes."""
+        return f"{ROOT}/{self.store}/scanners/+/adverts"
 
     @property
     def source(self) -> str:

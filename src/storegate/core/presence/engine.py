@@ -211,6 +211,16 @@ class PresenceEngine:
             del self._tracks[customer]
         return out
 
+    def present(self) -> dict[str | None, int]:
+        """Customers with an entered visit, per zone; ``None`` counts the store."""
+        out: dict[str | None, int] = {None: 0}
+        for track in self._tracks.values():
+            if track.store is not None and track.store.entered:
+                out[None] += 1
+            if track.zone is not None and track.zone.entered:
+                out[track.zone.zone] = out.get(track.zone.zone, 0) + 1
+        return out
+
     def forget(self, customer: str) -> None:
         """Consent withdrawn or erasure: drop all state, emit nothing more."""
         self._tracks.pop(customer, None)

@@ -19,11 +19,12 @@ from storegate.core import payloads as p
 from storegate.core.presence.settings import PresenceSettings
 
 PERIOD_S = 300.0
+OCCUPANCY_S = 60.0
 
 
 class Footfall:
     def __init__(self, settings: PresenceSettings, secret: bytes, period_s: float = PERIOD_S,
-                 subject: str = "footfall") -> None:
+                 subject: str = "footfall", occupancy_s: float = OCCUPANCY_S) -> None:
         if len(secret) < 16:
             raise ValueError("the footfall secret needs at least 16 bytes")
         self.s = settings
@@ -35,6 +36,9 @@ class Footfall:
         self._day_key = b""
         self._period_end = -math.inf
         self._zone_hits: dict[tuple[str, bytes], int] = {}
+        self._occupancy_s = occupancy_s
+        self._interval: int | None = None
+        self._recent: dict[tuple[str, bytes], int] = {}  # this occupancy interval
 
     def day_key(self, ts: float) -> bytes:
         """The hash key of the UTC day of ``ts``: yesterday's hashes do not link."""
@@ -58,7 +62,43 @@ class Footfall:
             return out
         key = (zone, blake2b(address.encode(), key=self.day_key(ts), digest_size=8).digest())
         self._zone_hits[key] = self._zone_hits.get(key, 0) + 1
+        self._recent[key] = self._recent.get(key, 0) + 1
+        if self._interval is None:
+            self._interval = math.floor(ts / self._occupancy_s)
         return out
+
+    def occupancy(self, now: float, customers: dict[str | None, int]) -> list[ev.EventDraft]:
+        """Occupancy of the interval that ended before ``now`` (zone + store events);
+        ``customers`` is the engine's count of open visits per zone (None: the store)."""
+        if self._interval is None:
+            self._interval = math.floor(now / self._occupancy_s)
+            return []
+        if math.floor(now / self._occupancy_s) == self._interval:
+            return []
+        start = self._interval * self._occupancy_s
+        end = start + self._occupancy_s
+        counts = self._count(self._recent)
+        self._recent = {}
+        self._interval = math.floor(now / self._occupancy_s)
+        return [
+            ev.EventDraft(ev.OCCUPANCY_MEASURED, f"occupancy/{zone or 'store'}", end,
+                          p.OccupancyMeasured(
+                period_start=ev.rfc3339(start), period_end=ev.rfc3339(end), zone=zone,
+                devices=n, customers=customers.get(zone, 0)))
+            for zone, n in counts
+        ]
+
+    def _count(self, hits_by_key: dict[tuple[str, bytes], int]) -> list[tuple[str | None, int]]:
+        """(None, store devices), then (zone, devices) for every zone, in config order."""
+        k = self.s.min_samples
+        per_zone = {z.id: 0 for z in self.s.zones}
+        store_hits: dict[bytes, int] = {}
+        for (zone, h), hits in hits_by_key.items():
+            store_hits[h] = store_hits.get(h, 0) + hits
+            if hits >= k:
+                per_zone[zone] += 1
+        return [(None, sum(1 for hits in store_hits.values() if hits >= k)),
+                *per_zone.items()]
 
     def flush(self, now: float) -> list[ev.EventDraft]:
         """Counts of the period that ended before ``now`` (one event per zone + store)."""
@@ -66,22 +106,13 @@ class Footfall:
             return []
         start = self._period * self._period_s
         end = start + self._period_s
-        k = self.s.min_samples
-        per_zone = {z.id: 0 for z in self.s.zones}
-        store_hits: dict[bytes, int] = {}
-        for (zone, h), hits in self._zone_hits.items():
-            store_hits[h] = store_hits.get(h, 0) + hits
-            if hits >= k:
-                per_zone[zone] += 1
-        counts: list[tuple[str | None, int]] = [
-            (None, sum(1 for hits in store_hits.values() if hits >= k)),
-            *per_zone.items(),
-        ]
+        counts = self._count(self._zone_hits)
         self._zone_hits.clear()
         self._period = math.floor(now / self._period_s)
         self._period_end = (self._period + 1) * self._period_s
         return [
-            ev.EventDraft(ev.FOOTFALL_COUNTED, self._subject, end, p.FootfallCounted(
+            ev.EventDraft(ev.FOOTFALL_COUNTED, f"{self._subject}/{zone or 'store'}", end,
+                          p.FootfallCounted(
                 period_start=ev.rfc3339(start), period_end=ev.rfc3339(end), zone=zone,
                 devices=n))
             for zone, n in counts

@@ -1,20 +1,23 @@
 """The presence pipeline: adverts in, visit events out (pure; time from the adverts).
 
-decode -> resolve (Eddystone-EID of consenting customers) -> presence engine. Everything
-unresolved is anonymous: counted, never tracked as a person, never published as such.
+classify (the store's own beacons) -> decode -> resolve (Eddystone-EID of consenting
+customers) -> presence engine. Infrastructure beacons are counted by kind and never
+treated as shoppers. Everything unresolved is anonymous: counted for footfall and
+occupancy through keyed hashes, never tracked as a person, never published as such.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from storegate.core import events as ev
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, EddystoneEid, decode_eddystone
-from storegate.core.ble.eid import EidResolver
+from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.presence.engine import PresenceEngine
-from storegate.core.presence.footfall import Footfall
+from storegate.core.presence.footfall import OCCUPANCY_S, PERIOD_S, Footfall
+from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.settings import PresenceSettings
 
 TICK_S = 1.0
@@ -26,14 +29,29 @@ class PipelineCounters:
     resolved: int = 0  # adverts of consenting customers
     unresolved_eid: int = 0  # EID frames of nobody enrolled here
     anonymous: int = 0  # everything else
+    infrastructure: dict[str, int] = field(default_factory=dict)  # adverts, by beacon kind
+    unknown_scanner: int = 0  # adverts from a scanner in no zone (placed nowhere)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"adverts": self.adverts, "resolved": self.resolved,
+                "unresolved_eid": self.unresolved_eid, "anonymous": self.anonymous,
+                "infrastructure": dict(self.infrastructure),
+                "unknown_scanner": self.unknown_scanner}
 
 
 class PresencePipeline:
     def __init__(self, settings: PresenceSettings, resolver: EidResolver,
-                 rand: Callable[[int], bytes], footfall_secret: bytes | None = None) -> None:
+                 rand: Callable[[int], bytes], footfall_secret: bytes | None = None, *,
+                 infrastructure: Infrastructure | None = None,
+                 footfall_period_s: float = PERIOD_S,
+                 occupancy_interval_s: float = OCCUPANCY_S) -> None:
+        self.settings = settings
         self.resolver = resolver
         self.engine = PresenceEngine(settings, rand)
-        self.footfall = Footfall(settings, footfall_secret or rand(32))
+        self.footfall = Footfall(settings, footfall_secret or rand(32), footfall_period_s,
+                                 occupancy_s=occupancy_interval_s)
+        self.infrastructure = infrastructure or Infrastructure(())
+        self.beacons_last_heard: dict[str, float] = {}  # infrastructure label -> ts
         self.counters = PipelineCounters()
         self._next_tick = float("-inf")
 
@@ -43,7 +61,15 @@ class PresencePipeline:
         out: list[ev.EventDraft] = []
         if a.ts >= self._next_tick:
             out += self.tick(a.ts)
-        out += self.footfall.observe(a.address, a.scanner, a.rssi, a.ts)  # everyone, anonymously
+        if a.scanner not in self.settings.scanner_zone:
+            c.unknown_scanner += 1
+        if self.infrastructure and (a.manufacturer_data or a.service_data):
+            beacon = self.infrastructure.classify(a.manufacturer_data, a.service_data)
+            if beacon is not None:
+                c.infrastructure[beacon.kind] = c.infrastructure.get(beacon.kind, 0) + 1
+                self.beacons_last_heard[beacon.label] = a.ts
+                return out
+        out += self.footfall.observe(a.address, a.scanner, a.rssi, a.ts)  # anonymously
         eddy = a.service_data.get(EDDYSTONE_UUID)
         frame = decode_eddystone(eddy) if eddy is not None else None
         if isinstance(frame, EddystoneEid):
@@ -57,7 +83,32 @@ class PresencePipeline:
         return out
 
     def tick(self, now: float) -> list[ev.EventDraft]:
-        """Roll EIDs over and close visits that timed out; call at least every second."""
+        """Roll EIDs over, close visits that timed out, emit the aggregates that are due;
+        call at least every second (``feed`` does it too, from the adverts' time)."""
         self._next_tick = now + TICK_S
         self.resolver.advance(now)
-        return self.engine.tick(now) + self.footfall.flush(now)
+        out = self.engine.tick(now)
+        out += self.footfall.flush(now)
+        out += self.footfall.occupancy(now, self.engine.present())
+        return out
+
+    # --- consent -------------------------------------------------------------------
+
+    def enroll(self, identities: Iterable[Identity], now: float) -> int:
+        """Add or replace identities (consent given or key rotated)."""
+        n = 0
+        for identity in identities:
+            self.resolver.remove(identity.customer)
+            self.resolver.enroll(identity, now)
+            n += 1
+        return n
+
+    def withdraw(self, customers: Iterable[str]) -> int:
+        """Consent withdrawn or erasure: forget the keys and every bit of tracking state;
+        an open visit ends without an event (nothing more is said about them)."""
+        n = 0
+        for customer in customers:
+            self.resolver.remove(customer)
+            self.engine.forget(customer)
+            n += 1
+        return n

@@ -1,0 +1,112 @@
+"""The box's copy of consenting customers' identity keys, and the footfall secret.
+
+SQLite, file mode 0600, ``secure_delete`` on: when a customer withdraws consent or is
+erased, the key's bytes are overwritten in the file, and the write-ahead log is
+truncated, so no copy is left behind on the box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from storegate.core.ble.eid import Identity
+from storegate.errors import ConfigError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities (
+    customer TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL,
+    rotation_exponent INTEGER NOT NULL,
+    beacon_time_at_registration INTEGER NOT NULL,
+    registered_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+"""
+_UPSERT = "INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, ?)"
+
+
+def _row(i: Identity) -> tuple[str, bytes, int, int, float]:
+    return (i.customer, i.identity_key, i.rotation_exponent, i.beacon_time_at_registration,
+            i.registered_at)
+
+
+class IdentityStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.chmod(path, 0o600)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA secure_delete = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(str(path), f"cannot open the identity store: {exc}") from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    def load(self) -> list[Identity]:
+        rows = self._db.execute("SELECT * FROM identities ORDER BY customer").fetchall()
+        return [Identity(c, bytes(k), r, b, t) for c, k, r, b, t in rows]
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM identities").fetchone()[0])
+
+    def upsert(self, identities: Iterable[Identity]) -> None:
+        with self._tx():
+            self._db.executemany(_UPSERT, (_row(i) for i in identities))
+
+    def remove(self, customers: Iterable[str]) -> int:
+        with self._tx():
+            cur = self._db.executemany("DELETE FROM identities WHERE customer = ?",
+                                       ((c,) for c in customers))
+            removed = cur.rowcount
+        self._scrub()
+        return removed
+
+    def replace(self, identities: Iterable[Identity]) -> list[str]:
+        """Exactly these afterwards; returns the customers that were removed."""
+        new = list(identities)
+        keep = {i.customer for i in new}
+        with self._tx():
+            old = [c for (c,) in self._db.execute("SELECT customer FROM identities")]
+            gone = [c for c in old if c not in keep]
+            self._db.executemany("DELETE FROM identities WHERE customer = ?",
+                                 ((c,) for c in gone))
+            self._db.executemany(_UPSERT, (_row(i) for i in new))
+        if gone:
+            self._scrub()
+        return gone
+
+    def secret(self, name: str, size: int = 32) -> bytes:
+        """A random secret created on first use and kept (e.g. the footfall hash key)."""
+        row = self._db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        value = os.urandom(size)
+        with self._tx():
+            self._db.execute("INSERT OR IGNORE INTO secrets VALUES (?, ?)", (name, value))
+        return self.secret(name, size)
+
+    def _scrub(self) -> None:
+        """Move the WAL into the file and truncate it: deleted keys leave no copy."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")

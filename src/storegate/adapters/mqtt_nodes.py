@@ -1,0 +1,171 @@
+"""ESP32 scanner nodes over MQTT: ESPresense reports and raw adverts in, adverts out.
+
+A paho client of its own (QoS 0, clean session: adverts are perishable; a lost one is
+replaced by the next within a second), on paho's network thread. Parsing is pure
+(:mod:`storegate.core.ble.nodes`); adverts cross to the event loop in batches, so a
+busy store costs one loop wake-up per batch, not per advert. A bad message is counted
+per node and logged once with its reason; it never stops the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from storegate.adapters.mqtt_paho import MqttSettings, base_client
+from storegate.app.logs import LogOnce
+from storegate.core.ble.capture import Advert
+from storegate.core.ble.nodes import NodeRejected, parse_espresense, parse_raw_adverts
+
+log = logging.getLogger(__name__)
+
+MAX_BACKLOG = 50_000  # adverts waiting for the loop; beyond, the oldest are shed (counted)
+
+
+class ScannerNodesSource:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        raw_topic: str | None,
+        espresense_topic: str | None,
+        on_advert: Callable[[Advert], None],
+        max_skew_s: float = 5.0,
+        silent_after_s: float = 60.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = "scanner-nodes"
+        self._settings = settings
+        self._raw_topic = raw_topic
+        self._espresense_topic = espresense_topic
+        self._on_advert = on_advert
+        self._skew = max_skew_s
+        self._silent_after = silent_after_s
+        self._wall = wall_clock
+        self._warn = LogOnce(log)
+        self._lock = threading.Lock()
+        self._pending: collections.deque[Advert] = collections.deque()
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connected = False
+        self.last_error: str | None = None
+        self.adverts_total = 0
+        self.rejected_total = 0
+        self.shed_total = 0
+        self.nodes: dict[str, dict[str, Any]] = {}  # node -> {last_seen, adverts, rejected}
+
+    # --- paho thread ---------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused: {reason}"
+            return
+        self.connected = True
+        self.last_error = None
+        for topic in (self._raw_topic, self._espresense_topic):
+            if topic:
+                client.subscribe(topic, qos=0)
+        log.info("scanner nodes: listening on %s",
+                 ", ".join(t for t in (self._raw_topic, self._espresense_topic) if t))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason: ReasonCode, properties: Any) -> None:
+        if self.connected:
+            log.warning("scanner nodes: broker connection lost (%s); reconnecting", reason)
+        self.connected = False
+        self.last_error = str(reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = self._wall()
+        topic = msg.topic
+        payload = bytes(msg.payload)
+        if self._espresense_topic and mqtt.topic_matches_sub(self._espresense_topic, topic):
+            one = parse_espresense(topic, payload, now)
+            adverts, bad = ([], [one]) if isinstance(one, NodeRejected) else ([one], [])
+        else:
+            adverts, bad = parse_raw_adverts(topic, payload, now, self._skew)
+        node = adverts[0].scanner if adverts else (bad[0].node if bad else "?")
+        with self._lock:
+            stats = self.nodes.get(node)
+            if stats is None:
+                stats = self.nodes[node] = {"last_seen": now, "adverts": 0, "rejected": 0}
+                log.info("scanner node %s: first message (topic %s)", node, topic)
+            stats["last_seen"] = now
+            stats["adverts"] += len(adverts)
+            stats["rejected"] += len(bad)
+        for b in bad:
+            self.rejected_total += 1
+            self._warn(f"{b.node}:{b.reason[:40]}", "scanner node %s: message rejected: %s",
+                       b.node, b.reason, topic=topic, bytes=len(msg.payload))
+        if adverts:
+            self._hand_over(adverts)
+
+    def _hand_over(self, adverts: list[Advert]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with self._lock:
+            self._pending.extend(adverts)
+            over = len(self._pending) - MAX_BACKLOG
+            for _ in range(max(over, 0)):
+                self._pending.popleft()
+            if over > 0:
+                self.shed_total += over
+                self._warn("backlog", "scanner nodes: the pipeline is behind; %d advert(s) "
+                           "shed", over)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # loop closed: shutting down
+            loop.call_soon_threadsafe(self._drain)
+
+    # --- event loop ----------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+        self.adverts_total += len(batch)
+        for a in batch:
+            self._on_advert(a)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        s = self._settings
+        client = base_client(s, f"{s.client_id}-nodes", reconnect_on_failure=True,
+                             clean_session=True if s.protocol != "5" else None)
+        client.reconnect_delay_set(int(max(s.backoff.min_s, 1)), int(max(s.backoff.max_s, 1)))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.loop_start()
+        try:
+            await stop.wait()
+        finally:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+            self._loop = None
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self._wall()
+        with self._lock:
+            nodes = {node: dict(st) for node, st in sorted(self.nodes.items())}
+        return {
+            "kind": "scanner-nodes", "state": "connected" if self.connected else "connecting",
+            "last_error": self.last_error, "adverts_total": self.adverts_total,
+            "rejected_total": self.rejected_total, "shed_total": self.shed_total,
+            "nodes": {node: {**st, "silent": now - st["last_seen"] >= self._silent_after}
+                      for node, st in nodes.items()},
+        }

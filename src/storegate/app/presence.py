@@ -1,0 +1,186 @@
+"""Presence, wired: advert sources -> the pure pipeline -> the outbox.
+
+Everything here runs on the gateway's event loop: sources call :meth:`feed` there (the
+MQTT node source hops threads in batches), a tick every second closes visits and emits
+the aggregates, and consent changes from central are applied between two adverts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from storegate.adapters.ble_bleak import BleakSource
+from storegate.adapters.identities_sqlite import IdentityStore
+from storegate.adapters.mqtt_nodes import ScannerNodesSource
+from storegate.adapters.mqtt_paho import MqttSettings
+from storegate.app.presence_files import presence_settings
+from storegate.config import Config
+from storegate.core import events as ev
+from storegate.core.backoff import Backoff
+from storegate.core.ble.capture import Advert
+from storegate.core.ble.eid import EidResolver, Identity
+from storegate.core.commands import IdentitiesCommand
+from storegate.core.presence.infrastructure import Infrastructure
+from storegate.core.presence.pipeline import PresencePipeline
+from storegate.core.topics import Topics
+from storegate.sim.live import SimulatedStore
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+
+
+class AdvertSource(Protocol):
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+def presence_enabled(config: Config) -> bool:
+    s = config.sources
+    return s.ble.enabled or s.scanner_nodes.enabled or s.simulator.enabled
+
+
+def build_sources(config: Config, mqtt: MqttSettings, *, on_advert: Callable[[Advert], None],
+                  enroll: Callable[[list[Identity], float], None]) -> list[AdvertSource]:
+    """The advert sources the config enables (shared by ``run`` and ``capture``)."""
+    s = config.sources
+    out: list[AdvertSource] = []
+    if s.ble.enabled:
+        for a in s.ble.adapters:
+            out.append(BleakSource(
+                adapter=a.adapter, scanner=a.scanner, mode=s.ble.mode, on_advert=on_advert,
+                stall_after_s=s.ble.stall_after_s,
+                backoff=Backoff(s.ble.restart_min_s, s.ble.restart_max_s),
+            ))
+    if s.scanner_nodes.enabled:
+        n = s.scanner_nodes
+        out.append(ScannerNodesSource(
+            mqtt, on_advert=on_advert, espresense_topic=n.espresense_topic,
+            raw_topic=Topics(config.store_id, config.gateway_id).scanner_adverts
+            if n.raw_adverts else None,
+            max_skew_s=n.max_clock_skew_s, silent_after_s=n.silent_after_s,
+        ))
+    if s.simulator.enabled:
+        m = s.simulator
+        out.append(SimulatedStore(
+            on_advert=on_advert, enroll=enroll, app_users=m.app_users,
+            other_devices=m.other_devices, passers_by=m.passers_by, hour_s=m.hour_s,
+            seed=m.seed,
+        ))
+    return out
+
+
+class PresenceService:
+    def __init__(
+        self,
+        pipeline: PresencePipeline,
+        *,
+        identities: IdentityStore,
+        submit: Callable[[list[ev.EventDraft]], None],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pipeline = pipeline
+        self.identities = identities
+        self._submit = submit
+        self._wall = wall_clock
+        self.sources: list[AdvertSource] = []
+        self.commands_applied = 0
+
+    @classmethod
+    def build(cls, config: Config, *, identities: IdentityStore,
+              submit: Callable[[list[ev.EventDraft]], None],
+              extra: Sequence[Identity] = (), beacons: Infrastructure | None = None,
+              wall_clock: Callable[[], float] = time.time) -> PresenceService:
+        p = config.presence
+        pipeline = PresencePipeline(
+            presence_settings(p), EidResolver(), os.urandom,
+            footfall_secret=identities.secret("footfall"), infrastructure=beacons,
+            footfall_period_s=p.footfall_period_s, occupancy_interval_s=p.occupancy_interval_s,
+        )
+        now = wall_clock()
+        stored = identities.load()
+        pipeline.enroll(stored, now)
+        pipeline.enroll(extra, now)
+        if stored or extra:
+            log.info("presence: %d consenting customer(s) enrolled (%d from the store, %d "
+                     "from the registry file)", len(pipeline.resolver), len(stored), len(extra))
+        return cls(pipeline, identities=identities, submit=submit, wall_clock=wall_clock)
+
+    # --- input (event loop) ----------------------------------------------------------
+
+    def feed(self, advert: Advert) -> None:
+        drafts = self.pipeline.feed(advert)
+        if drafts:
+            self._submit(drafts)
+
+    def enroll(self, identities: list[Identity], now: float) -> None:
+        """Identities given by a trusted local source (the simulator): not persisted."""
+        self.pipeline.enroll(identities, now)
+
+    def apply_identities(self, cmd: IdentitiesCommand) -> None:
+        """A consent change from central: persisted first, then applied."""
+        now = self._wall()
+        given = [r.identity() for r in cmd.identities]
+        if cmd.op == "upsert":
+            self.identities.upsert(given)
+            self.pipeline.enroll(given, now)
+        elif cmd.op == "remove":
+            self.identities.remove(cmd.customers)
+            self.pipeline.withdraw(cmd.customers)
+        else:
+            gone = self.identities.replace(given)
+            self.pipeline.withdraw(gone)
+            self.pipeline.enroll(given, now)
+        self.commands_applied += 1
+        log.info("identities %s applied (request %s): %d given, %d removed, %d enrolled now",
+                 cmd.op, cmd.request_id, len(given), len(cmd.customers),
+                 len(self.pipeline.resolver))
+
+    # --- run -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for src in self.sources:
+                tg.create_task(self._guard(src, stop), name=src.name)
+            tg.create_task(self._tick(stop))
+
+    async def _guard(self, src: AdvertSource, stop: asyncio.Event) -> None:
+        """A source that crashes is logged and restarted; it never takes the gateway."""
+        while not stop.is_set():
+            try:
+                await src.run(stop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("presence source %s failed; restarting it in 5 s", src.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5.0)
+
+    async def _tick(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+            drafts = self.pipeline.tick(self._wall())
+            if drafts:
+                self._submit(drafts)
+
+    def snapshot(self) -> dict[str, Any]:
+        p = self.pipeline
+        return {
+            "enrolled": len(p.resolver),
+            "tracked": p.engine.tracked,
+            "present": {("store" if k is None else k): v for k, v in p.engine.present().items()},
+            "counters": p.counters.as_dict(),
+            "beacons_last_heard": dict(p.beacons_last_heard),
+            "commands_applied": self.commands_applied,
+            "sources": [s.snapshot() for s in self.sources],
+        }

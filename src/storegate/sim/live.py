@@ -1,0 +1,59 @@
+"""The simulated store as a live source: simulated shoppers' adverts in real time.
+
+For the demo (a box without radios still shows visits) and for trying settings. The
+simulated app users are enrolled as consenting customers, as central would do. Each
+run lasts ``hour_s``; the next starts with a new seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from storegate.core.ble.capture import Advert
+from storegate.core.ble.eid import Identity
+from storegate.sim.store import Simulation, adverts, build
+
+
+class SimulatedStore:
+    def __init__(self, *, on_advert: Callable[[Advert], None],
+                 enroll: Callable[[list[Identity], float], None],
+                 app_users: int, other_devices: int, passers_by: int, hour_s: float,
+                 seed: int, wall_clock: Callable[[], float] = time.time) -> None:
+        self.name = "simulator"
+        self._on_advert = on_advert
+        self._enroll = enroll
+        self._shape = {"app_users": app_users, "other_devices": other_devices,
+                       "passers_by": passers_by, "duration_s": hour_s}
+        self._seed = seed
+        self._wall = wall_clock
+        self.runs = 0
+        self.adverts_total = 0
+
+    def simulation(self, start: float) -> Simulation:
+        return build(self._seed + self.runs, start=start, **self._shape)  # type: ignore[arg-type]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sim = self.simulation(self._wall())
+            self._enroll(sim.identities(), sim.start)
+            for a in adverts(sim, seed=self._seed + self.runs):
+                if stop.is_set():
+                    return
+                lag = a.ts - self._wall()
+                if lag > 0.02:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), lag)
+                    if stop.is_set():
+                        return
+                self.adverts_total += 1
+                self._on_advert(dataclasses.replace(a, ts=max(a.ts, self._wall() - 1)))
+            self.runs += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"kind": "simulator", "state": "running", "runs": self.runs,
+                "adverts_total": self.adverts_total}
