@@ -250,10 +250,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         presence_settings,
     )
     from storegate.core import events as ev  # noqa: PLC0415
-    from storegate.core.presence.infrastructure import Infrastructure  # noqa: PLC0415
     from storegate.core.ble.capture import BadLine, read_capture  # noqa: PLC0415
     from storegate.core.ble.eid import EidResolver  # noqa: PLC0415
     from storegate.core.ids import Uuid7Generator  # noqa: PLC0415
+    from storegate.core.presence.infrastructure import Infrastructure  # noqa: PLC0415
     from storegate.core.presence.pipeline import PresencePipeline  # noqa: PLC0415
     from storegate.core.topics import Topics  # noqa: PLC0415
 
