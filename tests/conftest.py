@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.bluez import BluezMock
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 
@@ -32,3 +33,11 @@ def subscriber(broker: Mosquitto) -> Iterator[Subscriber]:
     s = Subscriber(broker.port)
     yield s
     s.close()
+
+
+@pytest.fixture
+def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BluezMock]:
+    """A mocked bluetoothd (adapters hci0, hci1) on a private system bus, for real bleak."""
+    with BluezMock.running(tmp_path / "bluez", adapters=("hci0", "hci1")) as mock:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", mock.address)
+        yield mock

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,13 +45,6 @@ EDDYSTONE_UID = (bytes([0x00, 0xEC]) + bytes.fromhex("00112233445566778899")
                  + bytes.fromhex("aabbccddeeff") + b"\x00\x00")
 PASSIVE = {"or_patterns": [OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA,
                                      b"\x4c\x00")]}
-
-
-@pytest.fixture
-def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BluezMock]:
-    with BluezMock.running(tmp_path / "bluez", adapters=("hci0", "hci1")) as mock:
-        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", mock.address)
-        yield mock
 
 
 def scanner(detections: Detections, adapter: str = "hci0", **kwargs: object) -> BleakScanner:

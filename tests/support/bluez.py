@@ -3,25 +3,41 @@
 No radio, no bluetoothd, no root. ``BluezMock.running(workdir)`` starts
 
 * a private ``dbus-daemon`` (allow-everything policy, socket in a short /tmp directory);
-  point bleak at it with ``DBUS_SYSTEM_BUS_ADDRESS=mock.address`` (the pytest fixture in
-  the tests does that with ``monkeypatch``), and
+  bleak's BlueZ backend connects to ``DBUS_SYSTEM_BUS_ADDRESS``, so set it to
+  ``mock.address`` in the process running bleak, and
 * ``python -m dbusmock --system --template bluez5`` on that bus, extended with a control
-  object (see ``_EXTENSION``) that injects adverts in batches, fails adapter methods on
-  demand and counts calls.
+  object (``_EXTENSION``) that injects adverts in batches, fails adapter methods on
+  demand, counts calls and models bluetoothd's discovery sessions.
 
-bleak's BlueZ backend only ever sees ordinary BlueZ traffic: ``GetManagedObjects``,
+A fixture (put it in conftest.py to share it)::
+
+    @pytest.fixture
+    def bluez(tmp_path, monkeypatch):
+        with BluezMock.running(tmp_path / "bluez", adapters=("hci0", "hci1")) as mock:
+            monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", mock.address)
+            yield mock
+
+bleak only ever sees ordinary BlueZ traffic: ``GetManagedObjects``,
 ``SetDiscoveryFilter``/``StartDiscovery``/``StopDiscovery`` (active),
 ``AdvertisementMonitorManager1.RegisterMonitor``/``UnregisterMonitor`` (passive), and
-``InterfacesAdded`` / ``PropertiesChanged`` signals carrying the advert properties.
+``InterfacesAdded`` / ``PropertiesChanged`` / ``InterfacesRemoved`` signals.
 
-Like bluetoothd, the mock only reports adverts on an adapter that is scanning
-(``Discovering`` or with a registered monitor): ``advertise`` returns whether the advert
-was delivered, so a test can prove that a watchdog really restarted discovery. And like
-bluetoothd it merges ``ManufacturerData`` / ``ServiceData`` per key across adverts of
-one address, so stale keys stay in the dict bleak hands over.
+Like bluetoothd, the mock
 
-Control calls are blocking D-Bus calls (a few hundred microseconds); they are fine both
-outside and inside a running event loop (bleak reads the signals once the loop runs again).
+* reports adverts only on a powered adapter that is scanning (``Discovering``, or with a
+  registered advertisement monitor): ``advertise`` returns whether the advert was
+  delivered, so a test can prove that a watchdog really restarted discovery;
+* merges ``ManufacturerData`` / ``ServiceData`` per key across adverts of one address,
+  so stale keys stay in the dict bleak hands over;
+* keeps one discovery session per D-Bus client (src/adapter.c): a second StartDiscovery
+  from the same client is ``org.bluez.Error.InProgress``, StopDiscovery without a session
+  is ``org.bluez.Error.Failed`` "No discovery started", all of them are
+  ``org.bluez.Error.NotReady`` while powered off, and a client leaving the bus loses its
+  session and monitors. It does not filter adverts by the monitors' or_patterns.
+
+Control calls are blocking D-Bus calls (~0.2 ms); they are fine outside and inside a
+running event loop: bleak reads the signals once the loop runs again, and
+``await sync_bleak()`` waits until it has.
 """
 
 from __future__ import annotations
@@ -55,7 +71,6 @@ BLUEZ = "org.bluez"
 CONTROL_PATH = "/org/storegate/BluezMock"
 CONTROL_IFACE = "org.storegate.BluezMock"
 MOCK_IFACE = "org.freedesktop.DBus.Mock"
-BLUEZ_MOCK_IFACE = "org.bluez.Mock"
 
 IN_PROGRESS = "org.bluez.Error.InProgress"
 NOT_READY = "org.bluez.Error.NotReady"
@@ -464,7 +479,7 @@ def dbus_daemon_binary() -> str:
     for candidate in (shutil.which("dbus-daemon"), "/usr/bin/dbus-daemon"):
         if candidate and Path(candidate).exists():
             return candidate
-    raise RuntimeError("dbus-daemon is not installed (apt-get install dbus-daemon)")
+    raise RuntimeError("dbus-daemon is not installed (apt-get install dbus)")
 
 
 class PrivateBus:
