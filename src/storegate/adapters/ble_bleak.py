@@ -55,6 +55,7 @@ class BleakSource:
         backoff: Backoff,
         wall_clock: Callable[[], float] = time.time,
         scanner_factory: Callable[..., Any] = BleakScanner,
+        poll_s: float = POLL_S,
     ) -> None:
         self.adapter = adapter
         self.scanner = scanner
@@ -63,6 +64,7 @@ class BleakSource:
         self._on_advert = on_advert
         self._wall = wall_clock
         self._factory = scanner_factory
+        self._poll_s = poll_s
         self.watchdog = ScanWatchdog(backoff, stall_after_s)
         self.adverts_total = 0
         self._rng = random.Random()
@@ -118,7 +120,7 @@ class BleakSource:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), POLL_S)
+                    await asyncio.wait_for(stop.wait(), self._poll_s)
                 if wd.stalled(self._wall()):
                     delay = wd.stall(self._wall(), self._rng.random())
                     log.warning("bluetooth %s: no adverts for %g s; restarting discovery "
