@@ -142,8 +142,8 @@ def load_beacons(path: Path) -> list[Beacon]:
             b = BeaconRecord.model_validate(rec).beacon()
         except ValidationError as exc:
             first = exc.errors()[0]
-            key = ".".join(str(x) for x in first["loc"]) or "entry"
-            raise ConfigError(str(path), first["msg"], f"beacon[{i}].{key}") from exc
+            key = "".join(f".{x}" for x in first["loc"])
+            raise ConfigError(str(path), first["msg"], f"beacon[{i}]{key}") from exc
         if b.label in labels:
             raise ConfigError(str(path), f"label {b.label!r} is used twice", f"beacon[{i}]")
         labels.add(b.label)

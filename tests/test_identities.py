@@ -1,0 +1,100 @@
+"""Consent on the box: the identities command, the identity store and the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from storegate.adapters.identities_sqlite import IdentityStore
+from storegate.core.ble.capture import Advert
+from storegate.core.ble.decoders import EDDYSTONE_UUID
+from storegate.core.ble.eid import EidResolver, Identity, compute_eid
+from storegate.core.commands import CommandRejected, IdentitiesCommand, parse_command
+from storegate.core.presence.pipeline import PresencePipeline
+from storegate.core.presence.settings import PresenceSettings, Zone
+
+T0 = 1_795_000_000.0
+
+
+def ident(n: int) -> Identity:
+    return Identity(f"cust-{n}", bytes([n]) * 16, 8, 5000 + n, T0 - 86400)
+
+
+def rec(i: Identity) -> dict[str, object]:
+    return {"customer": i.customer, "identity_key": i.identity_key.hex(),
+            "rotation_exponent": i.rotation_exponent,
+            "beacon_time_at_registration": i.beacon_time_at_registration,
+            "registered_at": i.registered_at}
+
+
+def test_identities_command_validation() -> None:
+    ok = parse_command("identities", json.dumps(
+        {"op": "upsert", "identities": [rec(ident(1))], "request_id": "r"}).encode())
+    assert isinstance(ok, IdentitiesCommand) and ok.identities[0].identity() == ident(1)
+    bad = {
+        b'{"op": "upsert"}': "upsert without identities",
+        b'{"op": "remove", "identities": []}': "remove takes customers",
+        b'{"op": "replace", "customers": ["a"]}': "takes identities, not customers",
+        b'{"op": "delete", "customers": ["a"]}': "op",
+        b'{"op": "upsert", "identities": [{"customer": "AA:BB:CC:DD:EE:FF", '
+        b'"identity_key": "00000000000000000000000000000000", "rotation_exponent": 8, '
+        b'"beacon_time_at_registration": 0, "registered_at": 0}]}': "MAC address",
+        b'{"op": "upsert", "identities": [{"customer": "c", "identity_key": "00", '
+        b'"rotation_exponent": 8, "beacon_time_at_registration": 0, "registered_at": 0}]}':
+            "identity_key",
+    }
+    for payload, reason in bad.items():
+        r = parse_command("identities", payload)
+        assert isinstance(r, CommandRejected), payload
+        assert reason in r.reason, (r.reason, reason)
+    # a full sync with nobody is valid: everyone's consent is gone
+    assert isinstance(parse_command("identities", b'{"op": "replace"}'), IdentitiesCommand)
+
+
+def test_store_persists_replaces_and_scrubs_removed_keys(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "ids.db"
+    store = IdentityStore(db)
+    assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
+    store.upsert([ident(1), ident(2), ident(3)])
+    secret = store.secret("footfall")
+    store.close()
+    store = IdentityStore(db)  # a restart keeps consent and the footfall key
+    assert store.load() == [ident(1), ident(2), ident(3)]
+    assert store.secret("footfall") == secret and len(secret) == 32
+    assert store.remove(["cust-2", "cust-nobody"]) == 1
+    assert store.replace([ident(3), ident(4)]) == ["cust-1"]
+    assert [i.customer for i in store.load()] == ["cust-3", "cust-4"]
+    store.close()
+    on_disk = b"".join(p.read_bytes() for p in db.parent.iterdir())
+    assert bytes([2]) * 16 not in on_disk and bytes([1]) * 16 not in on_disk  # overwritten
+    assert bytes([3]) * 16 in on_disk
+
+
+def test_pipeline_enrol_and_withdraw() -> None:
+    settings = PresenceSettings(zones=(Zone("z", ("sc",)),), min_presence_s=2,
+                                zone_min_presence_s=2)
+    pipe = PresencePipeline(settings, EidResolver(), os.urandom)
+    alice = ident(7)
+    pipe.enroll([alice], T0)
+
+    def advert(t: float) -> Advert:
+        eid = compute_eid(alice.identity_key, alice.rotation_exponent, alice.beacon_time(t))
+        return Advert(t, "sc", "5A:00:00:00:00:07", -55,
+                      service_data={EDDYSTONE_UUID: b"\x30\xf4" + eid})
+
+    out = []
+    for i in range(40):
+        out += pipe.feed(advert(T0 + i * 0.25))
+    assert any(d.type.name == "storegate.visit.entered.v1" for d in out)
+    assert pipe.engine.present() == {None: 1, "z": 1}
+    assert pipe.withdraw(["cust-7"]) == 1
+    assert pipe.engine.present() == {None: 0}
+    after = []
+    for i in range(40):
+        after += pipe.feed(advert(T0 + 10 + i * 0.25))
+    after += pipe.tick(T0 + 60)
+    # forgotten: no exit, no new visit; the phone is an unknown EID now
+    assert not [d for d in after if d.type.kind == "visit"]
+    assert pipe.counters.unresolved_eid == 40
