@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -125,6 +127,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"rejected {b.get('rejected_total', 0)}")
         if g["outbox"].get("last_error"):
             print(f"accepting FAILING: {g['outbox']['last_error']}")
+        if g.get("presence"):
+            _print_presence(g["presence"], now)
     else:
         print(f"gateway   {name}  not running")
         print("broker    unknown (the gateway is not running)")
@@ -139,6 +143,36 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, n in sorted(o["dropped"].items()):
             print(f"          dropped {key}: {n}")
     return 0 if connected else 1
+
+
+def _print_presence(pr: dict[str, Any], now: float) -> None:
+    present = ", ".join(f"{k} {v}" for k, v in pr["present"].items())
+    print(f"presence  {pr['enrolled']} enrolled, {pr['tracked']} tracked; present: {present}")
+    c = pr["counters"]
+    infra = ", ".join(f"{k} {v}" for k, v in sorted(c["infrastructure"].items())) or "none"
+    print(f"          adverts {c['adverts']}: {c['resolved']} of customers, {c['anonymous']} "
+          f"anonymous, {c['unresolved_eid']} unknown EIDs; store beacons: {infra}"
+          + (f"; {c['unknown_scanner']} from scanners in no zone" if c["unknown_scanner"]
+             else ""))
+    for src in pr["sources"]:
+        kind = src["kind"]
+        if kind == "ble":
+            last = src.get("last_advert_at")
+            heard = f"last advert {_age(now - last)} ago" if last else "no adverts yet"
+            line = (f"source    bluetooth {src['adapter']} ({src['mode']}, scanner "
+                    f"{src['scanner']}): {src['state']}, {src['adverts_total']} adverts, "
+                    f"{heard}, {src['restarts_total']} restarts")
+            if src.get("last_error"):
+                line += f"; last error: {src['last_error']}"
+        elif kind == "scanner-nodes":
+            nodes = src.get("nodes", {})
+            silent = sorted(n for n, st in nodes.items() if st.get("silent"))
+            line = (f"source    scanner nodes: {src['state']}, {len(nodes)} node(s)"
+                    + (f" ({len(silent)} SILENT: {', '.join(silent)})" if silent else "")
+                    + f", {src['adverts_total']} adverts, {src['rejected_total']} rejected")
+        else:
+            line = f"source    {kind}: {src.get('state')}, {src.get('adverts_total', 0)} adverts"
+        print(line)
 
 
 def cmd_outbox_count(args: argparse.Namespace) -> int:
@@ -320,6 +354,54 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Record adverts from the live sources to a capture file (JSON lines)."""
+    from storegate.app.gateway import mqtt_settings  # noqa: PLC0415
+    from storegate.app.presence import build_sources  # noqa: PLC0415
+    from storegate.core.ble.capture import Advert, advert_to_json  # noqa: PLC0415
+
+    config = _config(args)
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(args.out, f"cannot write the capture: {exc.strerror}") from exc
+    count = 0
+
+    async def capture() -> None:
+        nonlocal count
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            def write(a: Advert) -> None:
+                nonlocal count
+                out.write(advert_to_json(a) + "\n")
+                count += 1
+                if args.max_adverts and count >= args.max_adverts:
+                    stop.set()
+
+            sources = build_sources(config, mqtt_settings(config), on_advert=write,
+                                    enroll=lambda identities, now: None)
+            if not sources:
+                raise ConfigError(str(args.config or "<config>"), "no advert source enabled "
+                                  "(sources.ble, sources.scanner_nodes or sources.simulator)")
+            print(f"capturing from {', '.join(s.name for s in sources)} to {args.out} "
+                  "(raw device addresses: keep the file on this box); Ctrl-C stops",
+                  file=sys.stderr)
+            async with asyncio.TaskGroup() as tg:
+                for src in sources:
+                    tg.create_task(src.run(stop))
+                if args.duration:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.duration)
+                    stop.set()
+
+    asyncio.run(capture())
+    print(f"captured {count} advert(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------
 
 
@@ -401,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=0.0,
                    help="replay at this multiple of real time (default: as fast as possible)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("capture", help="record adverts from the live sources (bluetooth "
+                       "adapters, scanner nodes, simulator) to a capture file")
+    _add_config(p)
+    p.add_argument("--out", required=True, metavar="FILE.jsonl")
+    p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after this long (default: until Ctrl-C / SIGTERM)")
+    p.add_argument("--max-adverts", type=int, default=0, metavar="N",
+                   help="stop after N adverts")
+    p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

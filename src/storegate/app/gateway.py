@@ -238,6 +238,7 @@ class Gateway:
             dropped_total=dropped,
             published_total=pub.published_total if pub else 0,
             reconnects_total=pub.reconnects_total if pub else 0,
+            presence=self.presence.health() if self.presence else None,
         )
 
     # --- status --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from storegate.adapters.mqtt_paho import MqttSettings
 from storegate.app.presence_files import presence_settings
 from storegate.config import Config
 from storegate.core import events as ev
+from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.eid import EidResolver, Identity
@@ -100,11 +101,12 @@ class PresenceService:
               submit: Callable[[list[ev.EventDraft]], None],
               extra: Sequence[Identity] = (), beacons: Infrastructure | None = None,
               wall_clock: Callable[[], float] = time.time) -> PresenceService:
-        p = config.presence
+        pc = config.presence
         pipeline = PresencePipeline(
-            presence_settings(p), EidResolver(), os.urandom,
+            presence_settings(pc), EidResolver(), os.urandom,
             footfall_secret=identities.secret("footfall"), infrastructure=beacons,
-            footfall_period_s=p.footfall_period_s, occupancy_interval_s=p.occupancy_interval_s,
+            footfall_period_s=pc.footfall_period_s,
+            occupancy_interval_s=pc.occupancy_interval_s,
         )
         now = wall_clock()
         stored = identities.load()
@@ -173,14 +175,31 @@ class PresenceService:
             if drafts:
                 self._submit(drafts)
 
+    def health(self) -> p.PresenceHealth:
+        snaps = [s.snapshot() for s in self.sources]
+        down = [f"ble:{s['adapter']}" for s in snaps
+                if s["kind"] == "ble" and s["state"] != "scanning"]
+        down += [f"node:{n}" for s in snaps if s["kind"] == "scanner-nodes"
+                 for n, st in s["nodes"].items() if st["silent"]]
+        down += ["scanner-nodes" for s in snaps
+                 if s["kind"] == "scanner-nodes" and s["state"] != "connected"]
+        return p.PresenceHealth(
+            adverts_total=self.pipeline.counters.adverts,
+            adverts_rejected_total=sum(s.get("rejected_total", 0) for s in snaps),
+            scan_restarts_total=sum(s.get("restarts_total", 0) for s in snaps),
+            sources_down=down,
+            enrolled=len(self.pipeline.resolver),
+            customers_present=self.pipeline.engine.present()[None],
+        )
+
     def snapshot(self) -> dict[str, Any]:
-        p = self.pipeline
+        pl = self.pipeline
         return {
-            "enrolled": len(p.resolver),
-            "tracked": p.engine.tracked,
-            "present": {("store" if k is None else k): v for k, v in p.engine.present().items()},
-            "counters": p.counters.as_dict(),
-            "beacons_last_heard": dict(p.beacons_last_heard),
+            "enrolled": len(pl.resolver),
+            "tracked": pl.engine.tracked,
+            "present": {("store" if k is None else k): v for k, v in pl.engine.present().items()},
+            "counters": pl.counters.as_dict(),
+            "beacons_last_heard": dict(pl.beacons_last_heard),
             "commands_applied": self.commands_applied,
             "sources": [s.snapshot() for s in self.sources],
         }

@@ -53,6 +53,20 @@ class GatewayTelemetry(Payload):
     dropped_total: int = Field(ge=0, description="Events dropped by the retention budget.")
     published_total: int = Field(ge=0, description="Events acknowledged by the broker.")
     reconnects_total: int = Field(ge=0, description="Successful reconnections since start.")
+    presence: PresenceHealth | None = Field(
+        default=None, description="Presence pipeline health; null when presence is off.")
+
+
+class PresenceHealth(Payload):
+    """Counters since start, so central can spot a dead scanner or a flood of garbage."""
+
+    adverts_total: int = Field(ge=0)
+    adverts_rejected_total: int = Field(ge=0, description="Malformed adverts and messages.")
+    scan_restarts_total: int = Field(ge=0, description="Bluetooth scans the watchdog restarted.")
+    sources_down: list[str] = Field(
+        description="Sources not delivering: a scan restarting, a silent scanner node.")
+    enrolled: int = Field(ge=0, description="Consenting customers whose ids resolve here.")
+    customers_present: int = Field(ge=0)
 
 
 class GatewayReplayed(Payload):

@@ -39,11 +39,16 @@ class SimulatedStore:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            sim = self.simulation(self._wall())
+            # The first run starts a quarter of the way in, so the store is not empty
+            # when the demo starts; what would have been heard before now is skipped.
+            now = self._wall()
+            sim = self.simulation(now - (self._shape["duration_s"] / 4 if not self.runs else 0))
             self._enroll(sim.identities(), sim.start)
             for a in adverts(sim, seed=self._seed + self.runs):
                 if stop.is_set():
                     return
+                if a.ts < now:
+                    continue
                 lag = a.ts - self._wall()
                 if lag > 0.02:
                     with contextlib.suppress(TimeoutError):
