@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storegate.config import load, load_default, parse
+from storegate.config import Config, load, load_default, parse
 from storegate.errors import ConfigError
 from tests.support.gateway_proc import storegate
 
@@ -123,3 +123,17 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     r = storegate("run", "--config", str(bad))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
+
+
+def test_shipped_example_config_is_valid_and_complete() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "storegate.example.toml"
+    cfg = load(example, environ={})
+    assert cfg.sources.ble.enabled and cfg.sources.ble.adapters[0].adapter == "hci0"
+    assert cfg.sources.scanner_nodes.enabled and not cfg.sources.simulator.enabled
+    # every section of the model appears in the example, so it documents everything
+    text = example.read_text()
+    for name, field in Config.model_fields.items():
+        if hasattr(field.annotation, "model_fields"):
+            assert f"[{name}" in text, name
+    for name in ("ble", "scanner_nodes", "simulator", "telemetry"):
+        assert f"[sources.{name}]" in text

@@ -150,7 +150,7 @@ class ScannerNodesSource(Section):
     enabled: bool = False
     espresense_topic: str | None = Field(
         default="espresense/devices/#",
-        description="ESPresense device reports; the room is the scanner. null: off.",
+        description="ESPresense device reports; the room is the scanner. Empty: off.",
     )
     raw_adverts: bool = Field(
         default=True,
