@@ -64,3 +64,21 @@ def test_many_identities_each_resolve_to_their_own_customer() -> None:
     for i in (0, 777, 1999):
         assert r.resolve(compute_eid(keys[i], 10, 5000)) == f"c{i}"
     assert r.resolve(os.urandom(8)) is None
+
+
+def test_window_slides_period_by_period_without_leaking() -> None:
+    t0 = 1_795_000_000.0
+    r = EidResolver()
+    r.enroll(ident("c-5", k=4), t0)  # 16 s periods
+    r.enroll(ident("c-6", key=bytes(16), k=6), t0)
+    sizes = set()
+    for step in range(1, 400):  # 400 s: 25 rollovers of c-5, 6 of c-6
+        now = t0 + step
+        r.advance(now)
+        bt = 5000 + step
+        for delta in (-16, 0, 16):  # previous, current and next period of c-5
+            assert r.resolve(compute_eid(IK, 4, bt + delta)) == "c-5", (step, delta)
+        assert r.resolve(compute_eid(IK, 4, bt - 48)) is None  # left the window
+        assert r.resolve(compute_eid(bytes(16), 6, bt)) == "c-6"
+        sizes.add(r.eid_count)
+    assert sizes == {6}  # three per identity, always: old periods are dropped

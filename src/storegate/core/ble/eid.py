@@ -37,8 +37,12 @@ def temporary_key(identity_key: bytes, beacon_time: int) -> bytes:
 def compute_eid(identity_key: bytes, rotation_exponent: int, beacon_time: int) -> bytes:
     """The 8-byte EID a beacon advertises at ``beacon_time`` (seconds, 32-bit)."""
     t = (beacon_time & 0xFFFFFFFF) >> rotation_exponent << rotation_exponent
+    return _eid_with(temporary_key(identity_key, t), rotation_exponent, t)
+
+
+def _eid_with(tk: bytes, rotation_exponent: int, t: int) -> bytes:
     block = b"\x00" * 11 + bytes([rotation_exponent]) + t.to_bytes(4, "big")
-    return _aes(temporary_key(identity_key, t), block)[:8]
+    return _aes(tk, block)[:8]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +71,18 @@ class EidResolver:
     def __init__(self) -> None:
         self._by_eid: dict[bytes, str] = {}
         self._identities: dict[str, Identity] = {}
-        self._eids_of: dict[str, list[bytes]] = {}
+        # customer -> (first quantum, EID of that quantum, of the next, ...): compact,
+        # 100,000 identities are held on a Raspberry Pi
+        self._eids_of: dict[str, tuple[int, *tuple[bytes, ...]]] = {}
         self._due: list[tuple[float, str]] = []  # (epoch when the window must move, customer)
 
     def __len__(self) -> int:
         return len(self._identities)
+
+    @property
+    def eid_count(self) -> int:
+        """EIDs currently resolvable (about three per identity)."""
+        return len(self._by_eid)
 
     def enroll(self, identity: Identity, now: float) -> None:
         self.remove(identity.customer)
@@ -81,7 +92,7 @@ class EidResolver:
     def remove(self, customer: str) -> None:
         """Forget a customer (consent withdrawn, erasure): their EIDs stop resolving."""
         self._identities.pop(customer, None)
-        for e in self._eids_of.pop(customer, []):
+        for e in self._eids_of.pop(customer, (0,))[1:]:
             if self._by_eid.get(e) == customer:
                 del self._by_eid[e]
 
@@ -100,27 +111,36 @@ class EidResolver:
             identity = self._identities.get(customer)
             if identity is None:
                 continue  # removed since
-            for e in self._eids_of.pop(customer, []):
-                if self._by_eid.get(e) == customer:
-                    del self._by_eid[e]
             self._compute(identity, now)
             moved += 1
         return moved
 
     def _compute(self, identity: Identity, now: float) -> None:
+        """Slide the identity's window of periods to ``now``: EIDs still in the window
+        are kept, only the periods that entered it are computed."""
+        customer = identity.customer
         k = identity.rotation_exponent
         period = 1 << k
         bt = identity.beacon_time(now)
         drift = abs(now - identity.registered_at) * DRIFT_PPM / 1e6
         spread = 1 + int(drift // period)  # periods either side to cover drift
         quantum = bt >> k
-        eids = []
-        for q in range(quantum - spread, quantum + spread + 1):
-            if q < 0:
-                continue
-            e = compute_eid(identity.identity_key, k, q << k)
-            self._by_eid[e] = identity.customer
+        first = max(quantum - spread, 0)
+        old = self._eids_of.get(customer)
+        kept: dict[int, bytes] = {}
+        if old is not None:
+            q0 = old[0]
+            kept = {q0 + i: e for i, e in enumerate(old[1:])}
+        eids: list[bytes] = []
+        for q in range(first, quantum + spread + 1):
+            e = kept.pop(q, None)
+            if e is None:
+                e = compute_eid(identity.identity_key, k, q << k)
+            self._by_eid[e] = customer
             eids.append(e)
-        self._eids_of[identity.customer] = eids
+        for e in kept.values():  # periods that left the window
+            if self._by_eid.get(e) == customer:
+                del self._by_eid[e]
+        self._eids_of[customer] = (first, *eids)
         next_boundary = now + (((quantum + 1) << k) - bt)
-        heapq.heappush(self._due, (next_boundary, identity.customer))
+        heapq.heappush(self._due, (next_boundary, customer))
