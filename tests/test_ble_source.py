@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Literal
+
+import pytest
 
 from storegate.adapters.ble_bleak import BleakSource
 from storegate.core.backoff import Backoff
@@ -158,3 +161,18 @@ def test_watchdog_recovers_from_a_bluetoothd_restart(bluez: BluezMock) -> None:
 
     run(src, body=body)
     assert src.snapshot()["stalls_total"] >= 1
+
+
+def test_no_system_bus_at_all_is_retried_not_fatal(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-such-bus")
+    got: list[Advert] = []
+    src = source(got)
+
+    async def body() -> None:
+        await eventually(lambda: src.watchdog.failures_total >= 3, timeout=10,
+                         what="repeated start failures")
+
+    run(src, body=body)
+    assert src.watchdog.last_error is not None
+    assert src.watchdog.last_error.startswith("cannot start scanning")

@@ -19,6 +19,7 @@ from storegate.adapters.ble_bleak import BleakSource
 from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_nodes import ScannerNodesSource
 from storegate.adapters.mqtt_paho import MqttSettings
+from storegate.app.logs import LogOnce
 from storegate.app.presence_files import presence_settings
 from storegate.config import Config
 from storegate.core import events as ev
@@ -95,6 +96,8 @@ class PresenceService:
         self._wall = wall_clock
         self.sources: list[AdvertSource] = []
         self.commands_applied = 0
+        self.errors_total = 0
+        self._warn = LogOnce(log)
 
     @classmethod
     def build(cls, config: Config, *, identities: IdentityStore,
@@ -120,7 +123,13 @@ class PresenceService:
     # --- input (event loop) ----------------------------------------------------------
 
     def feed(self, advert: Advert) -> None:
-        drafts = self.pipeline.feed(advert)
+        try:
+            drafts = self.pipeline.feed(advert)
+        except Exception as exc:  # a bug must cost one advert, not the source
+            self.errors_total += 1
+            self._warn(type(exc).__name__, "presence pipeline failed on an advert from %s: "
+                       "%r", advert.scanner, exc, scanner=advert.scanner)
+            return
         if drafts:
             self._submit(drafts)
 
@@ -201,5 +210,6 @@ class PresenceService:
             "counters": pl.counters.as_dict(),
             "beacons_last_heard": dict(pl.beacons_last_heard),
             "commands_applied": self.commands_applied,
+            "errors_total": self.errors_total,
             "sources": [s.snapshot() for s in self.sources],
         }
