@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from storegate.core.ble.decoders import EDDYSTONE_UUID
 from storegate.core.ble.eid import Identity, compute_eid
-from tests.support.gateway_proc import start_run, write_config
+from tests.support.bluez import BluezMock
+from tests.support.gateway_proc import start_run, storegate, write_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
@@ -219,3 +220,38 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
 def _wal(db: Path) -> bytes:
     wal = db.with_name(db.name + "-wal")
     return wal.read_bytes() if wal.exists() else b""
+
+
+def test_bluetooth_adapter_to_visits_and_status(tmp_path: Path, broker: Mosquitto,
+                                                subscriber: Subscriber, bluez: BluezMock) -> None:
+    """`storegate run` scanning a (mocked) BlueZ adapter with real bleak."""
+    alice = identity("cust-alice", IK)
+    (tmp_path / "identities.json").write_text(json.dumps([record(alice)]))
+    storage = tmp_path / "outbox.db"
+    extra = ('[sources.ble]\nenabled = true\nstall_after_s = 5\n'
+             '[[sources.ble.adapters]]\nadapter = "hci1"\nscanner = "node-a"\n'
+             + PRESENCE.replace("[sources.scanner_nodes]\nenabled = true\n", "").format(
+                 files=f'identities_file = "{tmp_path / "identities.json"}"'))
+    cfg = write_config(tmp_path / "gw.toml", port=broker.port, storage=storage, extra=extra)
+    proc = start_run(cfg, stderr=tmp_path / "gw.log")
+    try:
+        wait_for(lambda: bluez.discovering("hci1"), 20, "the gateway scanning hci1")
+        t_end = time.time() + 5
+        while time.time() < t_end:
+            a = eid_advert(alice, -57)
+            bluez.advertise(a["address"], rssi=-57, adapter="hci1",
+                            service_data={EDDYSTONE_UUID: bytes.fromhex(
+                                a["service_data"][EDDYSTONE_UUID])})
+            time.sleep(0.1)
+        wait_for(lambda: len(events(subscriber, "storegate.visit.entered.v1")) >= 2, 10,
+                 "store and zone visits from the adapter")
+        assert {e["data"]["zone"] for e in events(subscriber, "storegate.visit.entered.v1")} \
+            == {None, "entrance"}
+        r = storegate("status", "-c", str(cfg))
+        assert "bluetooth hci1 (active, scanner node-a): scanning" in r.stdout, r.stdout
+        assert "1 enrolled" in r.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+    assert not bluez.discovering("hci1")  # the scan was stopped on the way out
