@@ -84,6 +84,10 @@ PURCHASE_COMPLETED: Final = _t(
     "storegate.purchase.completed.v1", "purchase", Priority.CRITICAL, p.PurchaseCompleted,
     "A receipt closed at a lane.",
 )
+POS_SCANNED: Final = _t(
+    "storegate.pos.scanned.v1", "pos", Priority.HIGH, p.PosScanned,
+    "A loyalty id or an offer token scanned at a lane (joins the purchase that follows).",
+)
 PURCHASE_VOIDED: Final = _t(
     "storegate.purchase.voided.v1", "purchase", Priority.CRITICAL, p.PurchaseVoided,
     "An open receipt was cancelled at a lane.",
@@ -94,7 +98,7 @@ CATALOGUE: Final[dict[str, EventType]] = {
     for t in (
         GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED,
         VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED, OCCUPANCY_MEASURED,
-        PURCHASE_COMPLETED, PURCHASE_VOIDED,
+        PURCHASE_COMPLETED, PURCHASE_VOIDED, POS_SCANNED,
     )
 }
 

@@ -153,11 +153,27 @@ class Tender(Payload):
     amount_minor: int
 
 
+class FiscalSign(Payload):
+    """The fiscal attributes a Russian fiscal receipt prints in its QR code."""
+
+    fn: str = Field(description="Fiscal drive number.")
+    fd: str = Field(description="Fiscal document number (the QR's i=).")
+    fp: str = Field(description="Fiscal sign (the QR's fp=).")
+    operation: int = Field(description="n=: 1 sale, 2 sale return, 3 expense, 4 expense return.")
+    issued_at: str = Field(description="t= as printed, YYYYMMDDTHHMM[SS], local time.")
+    total_minor: int = Field(description="s=: the receipt total, minor units.")
+
+
 class PurchaseCompleted(Payload):
     """A receipt closed at a lane."""
 
     receipt: str = Field(description="Receipt or sequence number as printed by the till.")
     lane: str
+    kind: Literal["sale", "return"] = "sale"
+    source: Literal["printer", "fiscal"] = Field(
+        default="printer", description="Which tap the purchase was read from.")
+    transaction_id: str | None = Field(
+        default=None, description="Joins the pos.scanned events of the same transaction.")
     operator: str | None = None
     items: list[LineItem]
     tenders: list[Tender] = []
@@ -166,7 +182,10 @@ class PurchaseCompleted(Payload):
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
     loyalty_id: str | None = Field(default=None, description="Pseudonymous loyalty id.")
     offer_tokens: list[str] = []
-    first_item_at: Timestamp | None = None
+    fiscal: FiscalSign | None = None
+    first_item_at: Timestamp | None = Field(
+        default=None, description="First item scanned (from the display or scanner): "
+        "completed_at minus this is the time to serve.")
     completed_at: Timestamp
     totals_mismatch: bool = Field(
         default=False,
@@ -182,3 +201,15 @@ class PurchaseVoided(Payload):
     lane: str
     voided_at: Timestamp
     reason: str | None = None
+    transaction_id: str | None = None
+
+
+class PosScanned(Payload):
+    """A loyalty card or an offer token scanned at a lane, during a transaction."""
+
+    lane: str
+    kind: Literal["loyalty", "offer"]
+    value: str = Field(description="The loyalty id or the offer token, as scanned.")
+    scanned_at: Timestamp
+    transaction_id: str = Field(description="The transaction it belongs to; the purchase "
+                                "that completes it carries the same id.")

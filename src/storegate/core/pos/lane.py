@@ -1,0 +1,268 @@
+"""Lane transaction assembly: the frames of a lane's devices in, purchases out. Pure.
+
+One lane has up to four taps: receipt printer (escpos, or stx-etx text frames), fiscal
+register (shtrih-m, atol-v3), customer display, barcode scanner. Purchases are read
+from one of them (``purchases_from``: the printer through a receipt template, or the
+fiscal register's commands); the others enrich the open transaction:
+
+* the first item shown on the display or scanned sets ``first_item_at`` (completed
+  minus first item is the time to serve);
+* a loyalty card or an offer token scanned becomes a ``pos.scanned`` event at once,
+  and is attached to the purchase that follows, joined by ``transaction_id``.
+
+Every purchase is checked: items minus discounts must equal the total printed (or the
+fiscal QR's total); a mismatch is published with ``totals_mismatch``, never "fixed".
+Reprints and repeated receipts are recognised and not published twice. Money is exact
+integer minor units throughout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from storegate.core import events as ev
+from storegate.core import payloads as p
+from storegate.core.ids import Uuid7Generator
+from storegate.core.pos.fiscal_qr import parse_fiscal_qr
+from storegate.core.pos.frames import (
+    DisplayUpdate,
+    FiscalCancel,
+    FiscalClose,
+    FiscalDiscount,
+    FiscalItem,
+    FiscalRejected,
+    Frame,
+    ReceiptText,
+    Scanned,
+    TenderKind,
+)
+from storegate.core.pos.template import ParsedReceipt, Template
+
+Source = Literal["printer", "fiscal"]
+STALE_S: Final = 30 * 60.0  # an open transaction idle this long is abandoned
+SEEN_RECEIPTS: Final = 1000  # remembered per lane to recognise repeats
+_PRICE: Final = re.compile(r"\d+[.,]\d{2}\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    lane: str
+    currency: str
+    purchases_from: Source
+    template: Template | None = None
+    loyalty_pattern: re.Pattern[str] | None = None
+    offer_pattern: re.Pattern[str] | None = None
+
+
+@dataclass(slots=True)
+class _Txn:
+    id: str
+    opened_at: float
+    last_at: float
+    first_item_at: float | None = None
+    loyalty: str | None = None
+    offers: list[str] = field(default_factory=list)
+    items: list[FiscalItem] = field(default_factory=list)
+    discounts: list[FiscalDiscount] = field(default_factory=list)
+
+
+class LaneAssembler:
+    def __init__(self, settings: LaneSettings, rand: Callable[[int], bytes]) -> None:
+        self.s = settings
+        self._rand = rand
+        self._ids = Uuid7Generator()
+        self._txn: _Txn | None = None
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.counters: dict[str, int] = {}
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def _open(self, at: float) -> _Txn:
+        t = self._txn
+        if t is not None and at - t.last_at >= STALE_S:
+            self._count("abandoned")
+            t = None
+        if t is None:
+            t = self._txn = _Txn(self._ids.next(int(at * 1000), self._rand(8)), at, at)
+        t.last_at = max(t.last_at, at)
+        return t
+
+    # --- input ---------------------------------------------------------------------
+
+    def feed(self, frame: Frame) -> list[ev.EventDraft]:
+        if isinstance(frame, Scanned):
+            return self._scanned(frame)
+        if isinstance(frame, DisplayUpdate):
+            if _PRICE.search(frame.lower) or _PRICE.search(frame.upper):
+                t = self._open(frame.at)
+                if t.first_item_at is None:
+                    t.first_item_at = frame.at
+            return []
+        if isinstance(frame, ReceiptText):
+            return self._printed(frame)
+        if self.s.purchases_from != "fiscal":
+            self._count("fiscal-ignored")
+            return []
+        return self._fiscal(frame)
+
+    def _scanned(self, f: Scanned) -> list[ev.EventDraft]:
+        t = self._open(f.at)
+        kind: Literal["loyalty", "offer"]
+        if self.s.offer_pattern is not None and self.s.offer_pattern.search(f.code):
+            kind = "offer"
+            t.offers.append(f.code)
+        elif self.s.loyalty_pattern is not None and self.s.loyalty_pattern.search(f.code):
+            kind = "loyalty"
+            t.loyalty = f.code
+        else:  # a product
+            if t.first_item_at is None:
+                t.first_item_at = f.at
+            return []
+        data = p.PosScanned(lane=self.s.lane, kind=kind, value=f.code,
+                            scanned_at=ev.rfc3339(f.at), transaction_id=t.id)
+        return [ev.EventDraft(ev.POS_SCANNED, f"lane/{self.s.lane}", f.at, data)]
+
+    # --- printer -------------------------------------------------------------------
+
+    def _printed(self, job: ReceiptText) -> list[ev.EventDraft]:
+        if self.s.purchases_from != "printer":
+            self._count("printed")  # the register is the source; its printout is not
+            return []
+        if self.s.template is None:
+            self._count("no-template")
+            return []
+        r = self.s.template.parse(job.lines)
+        fiscal = next((s for s in map(parse_fiscal_qr, job.qr) if s is not None), None)
+        if r.copy:
+            self._count("reprint")
+            return []
+        if r.void:
+            return self._voided(r.receipt, job.at, "cancelled on the receipt")
+        if not r.items and r.total_minor is None and fiscal is None:
+            self._count("not-a-receipt")  # X/Z reports, slips, test prints
+            return []
+        return self._completed_from_text(r, job, fiscal)
+
+    def _completed_from_text(self, r: ParsedReceipt, job: ReceiptText,
+                             fiscal: p.FiscalSign | None) -> list[ev.EventDraft]:
+        t = self._open(job.started_at if job.started_at is not None else job.at)
+        items = [p.LineItem(name=i.name, quantity_milli=i.quantity_milli,
+                            unit_price_minor=i.unit_price_minor, amount_minor=i.amount_minor,
+                            discount_minor=i.discount_minor) for i in r.items]
+        discount = r.discount_minor
+        computed = sum(i.amount_minor - i.discount_minor for i in items) - discount
+        total = r.total_minor if r.total_minor is not None else (
+            fiscal.total_minor if fiscal is not None else computed)
+        mismatch = computed != total or (fiscal is not None and fiscal.total_minor != total)
+        receipt = r.receipt or (fiscal.fd if fiscal is not None else None) \
+            or f"{self.s.lane}-{int(job.at * 1000)}"
+        kind: Literal["sale", "return"] = "return" if fiscal is not None \
+            and fiscal.operation in (2, 4) else "sale"
+        return self._completed(t, receipt, job.at, items=items, tenders=r.tenders,
+                               discount=discount, total=total, mismatch=mismatch,
+                               operator=r.cashier, loyalty=r.loyalty, fiscal=fiscal,
+                               kind=kind, source="printer")
+
+    # --- fiscal register -----------------------------------------------------------
+
+    def _fiscal(self, f: Frame) -> list[ev.EventDraft]:
+        if isinstance(f, FiscalItem):
+            t = self._open(f.at)
+            t.items.append(f)
+            if t.first_item_at is None:
+                t.first_item_at = f.at
+            return []
+        if isinstance(f, FiscalDiscount):
+            self._open(f.at).discounts.append(f)
+            return []
+        if isinstance(f, FiscalRejected):
+            self._rejected(f)
+            return []
+        if isinstance(f, FiscalCancel):
+            return self._voided(None, f.at, "cancelled on the register")
+        if isinstance(f, FiscalClose):
+            return self._closed(f)
+        return []
+
+    def _rejected(self, f: FiscalRejected) -> None:
+        """The register refused an operation: it did not happen; undo the last one."""
+        self._count("rejected-by-register")
+        t = self._txn
+        if t is None:
+            return
+        for ops in (t.items, t.discounts):
+            for i in range(len(ops) - 1, -1, -1):
+                if ops[i].command == f.command:
+                    del ops[i]
+                    return
+
+    def _closed(self, f: FiscalClose) -> list[ev.EventDraft]:
+        t = self._open(f.at)
+        if not t.items:
+            self._count("empty-close")
+            self._txn = None
+            return []
+        items = [p.LineItem(name=i.name, quantity_milli=i.quantity_milli,
+                            unit_price_minor=i.price_minor,
+                            amount_minor=_extend(i.price_minor, i.quantity_milli))
+                 for i in t.items]
+        discount = sum(d.amount_minor for d in t.discounts) + f.discount_minor
+        total = sum(i.amount_minor for i in items) - discount
+        tendered = sum(amount for _, amount in f.tenders)
+        kind: Literal["sale", "return"] = "return" if all(i.is_return for i in t.items) \
+            else "sale"
+        return self._completed(
+            t, f"{self.s.lane}-{int(f.at * 1000)}", f.at, items=items,
+            tenders=list(f.tenders), discount=max(discount, 0), total=total,
+            mismatch=tendered < total or discount < 0, operator=None, loyalty=None,
+            fiscal=None, kind=kind, source="fiscal")
+
+    # --- output --------------------------------------------------------------------
+
+    def _completed(self, t: _Txn, receipt: str, at: float, *, items: list[p.LineItem],
+                   tenders: list[tuple[TenderKind, int]], discount: int, total: int,
+                   mismatch: bool, operator: str | None, loyalty: str | None,
+                   fiscal: p.FiscalSign | None, kind: Literal["sale", "return"],
+                   source: Source) -> list[ev.EventDraft]:
+        key = (receipt, total)
+        self._txn = None
+        if key in self._seen:
+            self._count("duplicate")
+            return []
+        self._seen[key] = None
+        while len(self._seen) > SEEN_RECEIPTS:
+            self._seen.popitem(last=False)
+        if mismatch:
+            self._count("totals-mismatch")
+        self._count("purchases")
+        data = p.PurchaseCompleted(
+            receipt=receipt, lane=self.s.lane, kind=kind, source=source,
+            transaction_id=t.id, operator=operator, items=items,
+            tenders=[p.Tender(kind=k, amount_minor=a) for k, a in tenders],
+            discount_minor=discount, total_minor=total, currency=self.s.currency,
+            loyalty_id=loyalty or t.loyalty, offer_tokens=list(t.offers), fiscal=fiscal,
+            first_item_at=ev.rfc3339(t.first_item_at) if t.first_item_at is not None
+            else None,
+            completed_at=ev.rfc3339(at), totals_mismatch=mismatch,
+        )
+        return [ev.EventDraft(ev.PURCHASE_COMPLETED, f"receipt/{self.s.lane}/{receipt}", at,
+                              data)]
+
+    def _voided(self, receipt: str | None, at: float, reason: str) -> list[ev.EventDraft]:
+        t = self._txn
+        self._txn = None
+        self._count("voided")
+        data = p.PurchaseVoided(receipt=receipt, lane=self.s.lane, voided_at=ev.rfc3339(at),
+                                reason=reason, transaction_id=t.id if t else None)
+        return [ev.EventDraft(ev.PURCHASE_VOIDED,
+                              f"receipt/{self.s.lane}/{receipt or 'open'}", at, data)]
+
+
+def _extend(price_minor: int, quantity_milli: int) -> int:
+    """price x quantity, rounded half up to the minor unit (as registers do)."""
+    return (price_minor * quantity_milli + 500) // 1000
