@@ -4,8 +4,9 @@ A two-line, 20-column display. Understood: ``ESC @`` (init), ``0x0C`` (clear),
 ``ESC Q A text CR`` / ``ESC Q B text CR`` (CD5220 upper / lower line), ``US $ x y``
 (cursor), ``0x0B`` (home), ``CR``, ``LF``, ``BS``, ``US MD1..3`` and ``ESC =``/other
 mode settings (consumed), and plain text written at the cursor. After each update is
-complete (a CR ends an ``ESC Q`` line; otherwise an idle gap of ``idle_s``) one
-:class:`DisplayUpdate` with both lines is emitted. Pure; never raises.
+complete (the bytes that arrived together end with a CD5220 line's CR; otherwise
+after an idle gap of ``idle_s``) one :class:`DisplayUpdate` with both lines is emitted,
+and only when what is shown changed. Pure; never raises.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PoleDisplay:
         self._dirty = False
         self._last = float("-inf")
         self._emitted: tuple[str, str] | None = None
+        self._complete = False  # the last bytes completed a CD5220 line
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -49,6 +51,7 @@ class PoleDisplay:
         self._last = now
         buf = self._pending + data
         self._pending = b""
+        self._complete = False
         i, n = 0, len(buf)
         while i < n:
             b = buf[i]
@@ -66,7 +69,7 @@ class PoleDisplay:
                 self._screen[row][:] = text
                 self._qline, self._qbuf = None, bytearray()
                 self._dirty = True
-                self._emit(now, out)
+                self._complete = True
                 i = end + 1
                 continue
             if b in (ESC, US):
@@ -102,7 +105,10 @@ class PoleDisplay:
                 i += 2 + args
                 continue
             self._byte(b)
+            self._complete = False
             i += 1
+        if self._dirty and self._qline is None and not self._pending and self._complete:
+            self._emit(now, out)  # the burst the POS wrote is on the screen
         return out
 
     def _byte(self, b: int) -> None:

@@ -95,8 +95,6 @@ class EscPos:
         if not data:
             return out
         self._last = now
-        if self._job.started_at is None:
-            self._job.started_at = now
         if self._skip:
             n = min(self._skip, len(data))
             self._skip -= n
@@ -106,6 +104,8 @@ class EscPos:
         pos, end = 0, len(buf)
         search = _CONTROL.search
         while pos < end:
+            if self._job.started_at is None:  # the first byte of a job
+                self._job.started_at = now
             if self._skip:  # an image declared inside this buffer
                 n = min(self._skip, end - pos)
                 self._skip -= n
@@ -129,9 +129,18 @@ class EscPos:
         return out
 
     def flush(self, now: float) -> list[Frame]:
-        """A job without a cut ends after ``idle_s`` of silence."""
+        """A job without a cut ends after ``idle_s`` of silence. A real image streams
+        without pauses, so an image or a command still incomplete after the gap was
+        noise (wrong baud rate, a cable unplugged mid-job): it is dropped, and the next
+        job is read from its first byte."""
         if now - self._last < self.idle_s:
             return []
+        if self._skip:
+            self._reject("truncated-image")
+            self._skip = 0
+        if self._pending:
+            self._reject("truncated-command")
+            self._pending = b""
         out: list[Frame] = []
         self._end_job(self._last, cut=False, out=out)
         return out
