@@ -166,9 +166,9 @@ def test_en_template_one_line_items() -> None:
     got = en.parse([
         "   ACME STORES", "RECEIPT NO: 88-1207", "CASHIER: Dana", "-" * 30,
         "MILK 1L           2 @ 1.15     2.30", "BREAD                  2.49",
-        "  COUPON               -0.50", "SUBTOTAL               4.29", "TOTAL                  4.29",
-        "CASH                  10.00", "CHANGE                 5.71", "LOYALTY CARD: LOY123456789",
-        "THANK YOU"])
+        "  COUPON               -0.50", "SUBTOTAL               4.29",
+        "TOTAL                  4.29", "CASH                  10.00",
+        "CHANGE                 5.71", "LOYALTY CARD: LOY123456789", "THANK YOU"])
     assert got.receipt == "88-1207" and got.cashier == "Dana" and got.total_minor == 429
     assert [(i.name, i.quantity_milli, i.amount_minor, i.discount_minor) for i in got.items] \
         == [("MILK 1L", 2000, 230, 0), ("BREAD", 1000, 249, 50)]
@@ -246,7 +246,7 @@ def test_scanner_strips_prefix_aim_and_suffix() -> None:
 
 
 def lane(source: str = "printer") -> LaneAssembler:
-    import re  # noqa: PLC0415
+    import re
 
     return LaneAssembler(LaneSettings(
         "lane-1", "RUB", source, RU,
