@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from storegate.config import defaults_dir
 from storegate.core import payloads as p
-from storegate.core.events import rfc3339
+from storegate.core.events import EventDraft, rfc3339
 from storegate.core.pos.display import PoleDisplay
 from storegate.core.pos.escpos import EscPos
 from storegate.core.pos.fiscal_qr import parse_fiscal_qr
@@ -24,6 +24,8 @@ from storegate.core.pos.frames import (
     FiscalDiscount,
     FiscalItem,
     FiscalRejected,
+    Frame,
+    JobStarted,
     ReceiptText,
     Scanned,
 )
@@ -93,7 +95,7 @@ def test_escpos_parameters_never_leak_and_code_pages_switch_mid_line() -> None:
 
 def test_escpos_job_without_cut_ends_after_the_idle_gap() -> None:
     e = EscPos("cp437", idle_s=2.0)
-    assert e.feed(b"LINE 1\nLINE 2\n", T0) == []
+    assert e.feed(b"LINE 1\nLINE 2\n", T0) == [JobStarted(T0)]  # the till closed a sale
     assert e.flush(T0 + 1.9) == []
     [job] = e.flush(T0 + 2.0)
     assert isinstance(job, ReceiptText)
@@ -344,3 +346,27 @@ def test_shipped_templates_are_linked_from_firmware_configs() -> None:
     for name in ("ru-generic", "en-generic"):
         shipped = repo / "firmware-configs" / "pos" / "templates" / f"{name}.toml"
         assert Template.load(shipped).name == name
+
+
+def test_lane_next_customer_scanned_while_the_receipt_prints() -> None:
+    """Fast cashiers scan the next customer while the last receipt is printing."""
+    la = lane()
+    r1, r2 = random_receipt(random.Random(21), 41), random_receipt(random.Random(22), 42)
+    printer, scanner = EscPos("cp437"), BarcodeScanner()
+
+    def through(frames: list[Frame]) -> list[EventDraft]:
+        return [d for f in frames for d in la.feed(f)]
+
+    out = through(scanner.feed(b"]E04601234567894\r", T0))
+    job = escpos_job(r1)
+    out += through(printer.feed(job[:100], T0 + 10))  # printing...
+    out += through(scanner.feed(b"]C0LOY123456789\r", T0 + 10.5))
+    out += through(printer.feed(job[100:], T0 + 11))  # ...printed
+    [first] = [d.data for d in out if isinstance(d.data, p.PurchaseCompleted)]
+    assert first.first_item_at == rfc3339(T0) and first.loyalty_id != "LOY123456789"
+    out2 = through(printer.feed(escpos_job(r2), T0 + 30))
+    [second] = [d.data for d in out2 if isinstance(d.data, p.PurchaseCompleted)]
+    assert second.loyalty_id == (r2.loyalty or "LOY123456789")
+    assert second.first_item_at is None  # a loyalty card is not an item
+    [scan] = [d.data for d in out if isinstance(d.data, p.PosScanned)]
+    assert scan.transaction_id == second.transaction_id != first.transaction_id

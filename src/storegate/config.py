@@ -10,7 +10,9 @@ there (or in a systemd credential), not in the file.
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -175,8 +177,19 @@ class SimulatorSource(Section):
     seed: int = 1
 
 
+class LaneSimulatorSource(Section):
+    """A simulated checkout lane on pseudo-terminals, read by the real serial taps."""
+
+    enabled: bool = False
+    lane: str = Field(default="lane-1", description="The [[pos.lanes]] lane to simulate; "
+                      "its device ports become pty links.")
+    every_s: float = Field(default=20.0, ge=1, description="A customer this often.")
+    seed: int = 1
+
+
 class SourcesConfig(Section):
     telemetry: TelemetrySource = TelemetrySource()
+    lane_simulator: LaneSimulatorSource = LaneSimulatorSource()
     ble: BleSource = BleSource()
     scanner_nodes: ScannerNodesSource = ScannerNodesSource()
     simulator: SimulatorSource = SimulatorSource()
@@ -222,6 +235,134 @@ class PresenceConfig(Section):
         return self
 
 
+# --- POS lanes ------------------------------------------------------------------------
+
+PosRole = Literal["printer", "display", "scanner", "fiscal"]
+PosDialect = Literal["escpos", "pole-display", "scanner", "shtrih-m", "atol-v3", "stx-etx"]
+DIALECT_ROLES: Final[dict[str, tuple[str, ...]]] = {
+    "escpos": ("printer",), "stx-etx": ("printer", "fiscal"), "pole-display": ("display",),
+    "scanner": ("scanner",), "shtrih-m": ("fiscal",), "atol-v3": ("fiscal",),
+}
+
+
+class StxEtxConfig(Section):
+    start: str = Field(default="02", pattern=r"^([0-9a-fA-F]{2}){1,2}$",
+                       description="Start of frame, hex (1 or 2 bytes, e.g. '1002').")
+    end: str = Field(default="03", pattern=r"^([0-9a-fA-F]{2}){1,2}$")
+    escape: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{2}$",
+                               description="Escape byte before a literal start/end/escape.")
+    checksum: Literal["none", "xor", "lrc", "sum8", "crc16-xmodem", "crc8"] = "xor"
+    covers: Literal["payload", "payload+end"] = "payload+end"
+    max_frame: int = Field(default=4096, ge=16, le=1 << 20)
+
+
+class PosDeviceConfig(Section):
+    role: PosRole
+    dialect: PosDialect
+    port: str = Field(min_length=1, description="Serial port, by its stable name "
+                      "(/dev/serial/by-id/...), never ttyUSBn.")
+    baudrate: int = Field(default=9600, ge=50, le=4_000_000)
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: float = Field(default=1, description="1, 1.5 or 2.")
+    xonxoff: bool = Field(default=False, description="The tapped line's flow control, "
+                          "for status: the tap itself never flow-controls the till.")
+    rtscts: bool = False
+    encoding: str = Field(default="cp866", description="Text encoding: cp866, cp1251, "
+                          "cp437, utf-8, ... (ESC/POS: the printer's default code page).")
+    idle_s: float | None = Field(default=None, gt=0, le=60, description="Silence that "
+                                 "ends a job (default: 2 s printer, 0.5 s scanner).")
+    scanner_prefix: str = Field(default="", description="Scanner: prefix to strip.")
+    scanner_suffix: Literal["CR", "LF", "CRLF", "TAB"] = "CR"
+    stx_etx: StxEtxConfig = StxEtxConfig()
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, value: float) -> float:
+        if value not in (1, 1.5, 2):
+            raise ValueError("stop bits are 1, 1.5 or 2")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        try:
+            return codecs.lookup(value).name
+        except LookupError as exc:
+            raise ValueError(f"unknown text encoding {value!r}") from exc
+
+    @model_validator(mode="after")
+    def _role_fits(self) -> PosDeviceConfig:
+        if self.role not in DIALECT_ROLES[self.dialect]:
+            raise ValueError(f"dialect {self.dialect} is not a {self.role}")
+        return self
+
+
+class PosLaneConfig(Section):
+    id: str = Field(description="Lane id, as events name it (lane-1, checkout-3...).")
+    currency: str = Field(default="RUB", pattern=r"^[A-Z]{3}$")
+    template: Path | None = Field(
+        default=None, description="Receipt template (firmware-configs/pos/templates/...); "
+        "needed when purchases come from the printer.")
+    purchases_from: Literal["printer", "fiscal"] | None = Field(
+        default=None, description="Default: the fiscal register if the lane has one.")
+    loyalty_pattern: str | None = Field(default=None, description="Scanned codes matching "
+                                        "this regex are loyalty ids.")
+    offer_pattern: str | None = Field(default=r"^SGO1\.", description="Scanned codes "
+                                      "matching this regex are offer tokens.")
+    devices: list[PosDeviceConfig] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        if not is_valid_id(value):
+            raise ValueError(ID_RULE)
+        return value
+
+    @field_validator("loyalty_pattern", "offer_pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _sources(self) -> PosLaneConfig:
+        roles = [d.role for d in self.devices]
+        for role in set(roles):
+            if roles.count(role) > 1:
+                raise ValueError(f"two {role} devices on one lane")
+        source = self.source
+        if source not in roles:
+            raise ValueError(f"purchases_from {source}, but the lane has no {source}")
+        if source == "printer" and self.template is None:
+            raise ValueError("purchases from the printer need a receipt template")
+        return self
+
+    @property
+    def source(self) -> Literal["printer", "fiscal"]:
+        if self.purchases_from is not None:
+            return self.purchases_from
+        return "fiscal" if any(d.role == "fiscal" for d in self.devices) else "printer"
+
+
+class PosConfig(Section):
+    lanes: list[PosLaneConfig] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> PosConfig:
+        ids = [lane.id for lane in self.lanes]
+        ports = [d.port for lane in self.lanes for d in lane.devices]
+        for what, values in (("lane id", ids), ("serial port", ports)):
+            dup = {v for v in values if values.count(v) > 1}
+            if dup:
+                raise ValueError(f"{what} used twice: {sorted(dup)}")
+        return self
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
@@ -229,6 +370,7 @@ class Config(Section):
     storage: StorageConfig = StorageConfig()
     sources: SourcesConfig = SourcesConfig()
     presence: PresenceConfig = PresenceConfig()
+    pos: PosConfig = PosConfig()
 
     @field_validator("store_id", "gateway_id")
     @classmethod
@@ -294,6 +436,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     fix(data.get("storage"), "path")
     fix(data.get("presence"), "identities_file")
     fix(data.get("presence"), "beacons_file")
+    pos = data.get("pos")
+    lanes = pos.get("lanes") if isinstance(pos, dict) else None
+    for lane in lanes if isinstance(lanes, list) else []:
+        fix(lane, "template")
+        devices = lane.get("devices") if isinstance(lane, dict) else None
+        for device in devices if isinstance(devices, list) else []:
+            if isinstance(device, dict) and isinstance(device.get("port"), str) \
+                    and not device["port"].startswith("/") and "://" not in device["port"]:
+                fix(device, "port")  # a relative port: next to the config (simulated lanes)
     tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None
     for key in ("ca_file", "cert_file", "key_file"):
         fix(tls, key)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -129,6 +130,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"accepting FAILING: {g['outbox']['last_error']}")
         if g.get("presence"):
             _print_presence(g["presence"], now)
+        if g.get("pos"):
+            _print_pos(g["pos"], now)
     else:
         print(f"gateway   {name}  not running")
         print("broker    unknown (the gateway is not running)")
@@ -173,6 +176,26 @@ def _print_presence(pr: dict[str, Any], now: float) -> None:
         else:
             line = f"source    {kind}: {src.get('state')}, {src.get('adverts_total', 0)} adverts"
         print(line)
+
+
+def _print_pos(pos: dict[str, Any], now: float) -> None:
+    for lane_id, lane in pos["lanes"].items():
+        c = lane["counters"]
+        print(f"lane      {lane_id}: {c.get('purchases', 0)} purchases, {c.get('voided', 0)} "
+              f"voided, {c.get('totals-mismatch', 0)} totals mismatches, "
+              f"{c.get('duplicate', 0)} duplicates")
+        for d in lane["devices"]:
+            tap = d.get("tap") or {}
+            last = tap.get("last_byte_at")
+            heard = f"last byte {_age(now - last)} ago" if last else "no bytes yet"
+            rejected = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected"].items()))
+            line = (f"          {d['role']} ({d['dialect']}, {d['port']}): "
+                    f"{tap.get('state', '?')}, {d['bytes_total']} bytes, {heard}")
+            if rejected:
+                line += f"; rejected: {rejected}"
+            if tap.get("last_error"):
+                line += f"; last error: {tap['last_error']}"
+            print(line)
 
 
 def cmd_outbox_count(args: argparse.Namespace) -> int:
@@ -278,15 +301,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from storegate.app.eventfile import EventFile  # noqa: PLC0415
     from storegate.app.presence_files import (  # noqa: PLC0415
         load_beacons,
         load_identities,
         presence_settings,
     )
-    from storegate.core import events as ev  # noqa: PLC0415
     from storegate.core.ble.capture import BadLine, read_capture  # noqa: PLC0415
     from storegate.core.ble.eid import EidResolver  # noqa: PLC0415
-    from storegate.core.ids import Uuid7Generator  # noqa: PLC0415
     from storegate.core.presence.infrastructure import Infrastructure  # noqa: PLC0415
     from storegate.core.presence.pipeline import PresencePipeline  # noqa: PLC0415
     from storegate.core.topics import Topics  # noqa: PLC0415
@@ -304,11 +326,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     pipe = PresencePipeline(settings, resolver, os.urandom, infrastructure=beacons,
                             footfall_period_s=p.footfall_period_s,
                             occupancy_interval_s=p.occupancy_interval_s)
-    source_json = json.dumps(Topics(config.store_id, config.gateway_id).source)
-    ids = Uuid7Generator()
     bad: list[BadLine] = []
-    counts: dict[str, int] = {}
-    seq = 0
     started = time.monotonic()
     first_ts: float | None = None
     try:
@@ -316,15 +334,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(args.file, f"cannot read capture: {exc.strerror}") from exc
     with src, open(args.events_out, "w", encoding="utf-8") as out:
-        def emit(drafts: list[ev.EventDraft]) -> None:
-            nonlocal seq
-            for d in drafts:
-                seq += 1
-                counts[d.type.name] = counts.get(d.type.name, 0) + 1
-                eid = ids.next(int(d.time * 1000), os.urandom(8))
-                out.write(ev.encode_event(d, event_id=eid, source_json=source_json,
-                                          sequence=seq).decode() + "\n")
-
+        events = EventFile(out, Topics(config.store_id, config.gateway_id))
+        emit = events.write
         last = 0.0
         for item in read_capture(src):
             if isinstance(item, BadLine):
@@ -343,9 +354,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     c = pipe.counters
     print(f"replayed {c.adverts} adverts ({c.resolved} of enrolled customers, "
           f"{c.anonymous} anonymous, {sum(c.infrastructure.values())} from the store's "
-          f"beacons), {len(bad)} bad line(s); wrote {seq} event(s) to "
+          f"beacons), {len(bad)} bad line(s); wrote {events.sequence} event(s) to "
           f"{args.events_out}", file=sys.stderr)
-    for t, n in sorted(counts.items()):
+    for t, n in sorted(events.counts.items()):
         print(f"  {t}: {n}", file=sys.stderr)
     for b in bad[:10]:
         print(f"  bad line {b.line}: {b.reason}", file=sys.stderr)
@@ -399,6 +410,127 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     asyncio.run(capture())
     print(f"captured {count} advert(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_pos_capture(args: argparse.Namespace) -> int:
+    """Record a lane's raw bytes, with arrival times, to a capture file."""
+    from storegate.adapters.serial_tap import SerialTap  # noqa: PLC0415
+    from storegate.core.backoff import Backoff  # noqa: PLC0415
+    from storegate.core.pos.capture import Chunk, chunk_to_json  # noqa: PLC0415
+
+    config = _config(args)
+    lane = next((ln for ln in config.pos.lanes if ln.id == args.lane), None)
+    if lane is None:
+        known = ", ".join(ln.id for ln in config.pos.lanes) or "none configured"
+        raise ConfigError(str(args.config or "<config>"), f"no lane {args.lane!r} "
+                          f"(lanes: {known})", "pos.lanes")
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(args.file, f"cannot write the capture: {exc.strerror}") from exc
+    count = [0, 0]
+
+    async def capture() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            taps = []
+            for d in lane.devices:
+                def write(data: bytes, ts: float, d: Any = d) -> None:
+                    out.write(chunk_to_json(Chunk(ts, lane.id, d.role, d.dialect, data)) + "\n")
+                    out.flush()
+                    count[0] += 1
+                    count[1] += len(data)
+
+                taps.append(SerialTap(
+                    name=f"{lane.id}/{d.role}", port=d.port, baudrate=d.baudrate,
+                    bytesize=d.bytesize, parity=d.parity, stopbits=d.stopbits,
+                    xonxoff=d.xonxoff, rtscts=d.rtscts, on_bytes=write,
+                    backoff=Backoff(0.5, 10.0)))
+            print(f"capturing lane {lane.id} ({', '.join(d.port for d in lane.devices)}) to "
+                  f"{args.file}; read-only; Ctrl-C stops", file=sys.stderr)
+            async with asyncio.TaskGroup() as tg:
+                for tap in taps:
+                    tg.create_task(tap.run(stop))
+                if args.duration:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.duration)
+                    stop.set()
+
+    asyncio.run(capture())
+    print(f"captured {count[1]} byte(s) in {count[0]} chunk(s) to {args.file}", file=sys.stderr)
+    return 0
+
+
+def cmd_pos_decode(args: argparse.Namespace) -> int:
+    """Run dialects and lane assembly offline on a raw byte file or a capture."""
+    from storegate.app.eventfile import EventFile  # noqa: PLC0415
+    from storegate.app.pos import load_template, make_dialect  # noqa: PLC0415
+    from storegate.core.pos.capture import Chunk, looks_like_capture, read_pos_capture  # noqa: PLC0415
+    from storegate.core.pos.frames import Frame  # noqa: PLC0415
+    from storegate.core.pos.lane import LaneAssembler, LaneSettings  # noqa: PLC0415
+    from storegate.core.topics import Topics  # noqa: PLC0415
+
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(args.file, f"cannot read: {exc.strerror}") from exc
+    bad = 0
+    if looks_like_capture(raw[:4096]):
+        chunks: list[Chunk] = []
+        for item in read_pos_capture(raw.decode("utf-8", "replace").splitlines()):
+            if isinstance(item, Chunk):
+                chunks.append(item)
+            else:
+                bad += 1
+                print(f"  bad line {item.line}: {item.reason}", file=sys.stderr)
+    else:
+        if not args.dialect:
+            raise ConfigError(args.file, "a raw byte file needs --dialect")
+        chunks = [Chunk(time.time(), args.lane, "", args.dialect, raw)]
+    dialects: dict[str, Any] = {}
+    for c in chunks:
+        name = args.dialect or c.dialect
+        if name not in dialects:
+            dialects[name] = make_dialect(name, encoding=args.encoding)
+    fiscal = any(n in ("shtrih-m", "atol-v3") for n in dialects)
+    template = load_template(Path(args.template)) if args.template else None
+    lane = LaneAssembler(LaneSettings(
+        lane=args.lane, currency=args.currency, purchases_from="fiscal" if fiscal else "printer",
+        template=template, offer_pattern=re.compile(r"^SGO1\.")), os.urandom)
+    frames: dict[str, int] = {}
+    out = open(args.events_out, "w", encoding="utf-8") if args.events_out else sys.stdout  # noqa: SIM115
+    try:
+        events = EventFile(out, Topics("offline", "decode"))
+
+        def take(fs: list[Frame]) -> None:
+            for f in fs:
+                frames[type(f).__name__] = frames.get(type(f).__name__, 0) + 1
+                events.write(lane.feed(f))
+
+        last = 0.0
+        for c in chunks:
+            last = max(last, c.ts)
+            take(dialects[args.dialect or c.dialect].feed(c.data, c.ts))
+        for d in dialects.values():
+            take(d.flush(last + 3600))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"decoded {sum(len(c.data) for c in chunks)} byte(s): "
+          + (", ".join(f"{n} {k}" for k, n in sorted(frames.items())) or "no frames")
+          + f"; {events.sequence} event(s)" + (f"; {bad} bad capture line(s)" if bad else ""),
+          file=sys.stderr)
+    for name, d in dialects.items():
+        for reason, n in sorted(d.rejected.items()):
+            print(f"  {name} rejected {n}: {reason}", file=sys.stderr)
+    for what, n in sorted(lane.counters.items()):
+        print(f"  lane {what}: {n}", file=sys.stderr)
+    if template is None and not fiscal and frames.get("ReceiptText"):
+        print("  (no --template: printed receipts cannot become purchases)", file=sys.stderr)
     return 0
 
 
@@ -493,6 +625,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-adverts", type=int, default=0, metavar="N",
                    help="stop after N adverts")
     p.set_defaults(func=cmd_capture)
+
+    pp = sub.add_parser("pos", help="POS lanes: capture raw bytes, decode them offline")
+    psub = pp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = psub.add_parser("capture", help="record a lane's raw bytes with timestamps "
+                        "(read-only) to FILE")
+    p.add_argument("lane", metavar="LANE")
+    p.add_argument("file", metavar="FILE")
+    _add_config(p)
+    p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS")
+    p.set_defaults(func=cmd_pos_capture)
+    p = psub.add_parser("decode", help="run a dialect and the lane assembly on a raw byte "
+                        "file or a capture; print the events run would publish")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dialect", choices=["escpos", "pole-display", "scanner", "shtrih-m",
+                                         "atol-v3", "stx-etx"],
+                   help="required for a raw byte file; overrides a capture's")
+    p.add_argument("--template", metavar="FILE", help="receipt template (TOML)")
+    p.add_argument("--encoding", default="cp866")
+    p.add_argument("--lane", default="lane-1")
+    p.add_argument("--currency", default="RUB")
+    p.add_argument("--events-out", metavar="OUT.jsonl", help="default: standard output")
+    p.set_defaults(func=cmd_pos_decode)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

@@ -25,6 +25,7 @@ from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
 from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
 from storegate.app.commands import CommandHandler
+from storegate.app.pos import PosService
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
 from storegate.app.presence_files import load_beacons, load_identities
 from storegate.config import Config
@@ -101,6 +102,10 @@ class Gateway:
         self._registry: list[Identity] = (
             load_identities(p.identities_file) if p.identities_file else [])
         self._beacons = Infrastructure(load_beacons(p.beacons_file) if p.beacons_file else [])
+        # POS lanes: templates are read now, so a broken one stops the start too.
+        self.pos: PosService | None = (
+            PosService(config, submit=self._submit, wall_clock=wall_clock)
+            if config.pos.lanes else None)
         zones = {z.id for z in p.zones}
         for b in self._beacons.beacons:
             if b.zone is not None and b.zone not in zones:
@@ -187,11 +192,11 @@ class Gateway:
             log.exception("identities command %s (request %s) failed", cmd.op, cmd.request_id)
 
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
-        """Events from the pipeline into the outbox, without waiting for the commit."""
+        """Events from the sources into the outbox, without waiting for the commit."""
         try:
             fut = self.outbox.submit(drafts)
         except OutboxError as exc:
-            log.debug("presence events not accepted: %s", exc)
+            log.debug("events not accepted: %s", exc)  # the outbox logged it once
             return
         fut.add_done_callback(_log_failure)
 
@@ -278,6 +283,7 @@ class Gateway:
                 "rejected_total": self.commands.rejected_total,
             },
             "presence": None if self.presence is None else self.presence.snapshot(),
+            "pos": None if self.pos is None else self.pos.snapshot(),
         }
 
     def write_status(self) -> None:
@@ -308,6 +314,8 @@ class Gateway:
             async with asyncio.TaskGroup() as tg:
                 if self.presence is not None:
                     tg.create_task(self.presence.run(stop))
+                if self.pos is not None:
+                    tg.create_task(self.pos.run(stop))
                 tg.create_task(self._status_loop(stop))
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
@@ -347,4 +355,4 @@ class Gateway:
 def _log_failure(fut: Any) -> None:
     exc = fut.exception()
     if exc is not None:
-        log.debug("presence events not accepted: %s", exc)  # the outbox logged it once
+        log.debug("events not accepted: %s", exc)  # the outbox logged it once

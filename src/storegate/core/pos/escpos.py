@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from storegate.core.pos.frames import Frame, ReceiptText
+from storegate.core.pos.frames import Frame, JobStarted, ReceiptText
 
 ESC: Final = 0x1B
 GS: Final = 0x1D
@@ -106,6 +106,7 @@ class EscPos:
         while pos < end:
             if self._job.started_at is None:  # the first byte of a job
                 self._job.started_at = now
+                out.append(JobStarted(now))
             if self._skip:  # an image declared inside this buffer
                 n = min(self._skip, end - pos)
                 self._skip -= n

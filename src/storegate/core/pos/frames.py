@@ -30,6 +30,14 @@ class ReceiptText:
 
 
 @dataclass(frozen=True, slots=True)
+class JobStarted:
+    """The first byte of a printer job arrived: the till has closed the sale it prints
+    (what is scanned from now on belongs to the next customer)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class DisplayUpdate:
     """The customer display after an update: its two lines (pole-display)."""
 
@@ -93,8 +101,8 @@ class FiscalRejected:
     at: float
 
 
-Frame = (ReceiptText | DisplayUpdate | Scanned | FiscalItem | FiscalDiscount | FiscalClose
-         | FiscalCancel | FiscalRejected)
+Frame = (ReceiptText | JobStarted | DisplayUpdate | Scanned | FiscalItem | FiscalDiscount
+         | FiscalClose | FiscalCancel | FiscalRejected)
 
 
 class Dialect(Protocol):

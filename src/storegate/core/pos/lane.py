@@ -36,6 +36,7 @@ from storegate.core.pos.frames import (
     FiscalItem,
     FiscalRejected,
     Frame,
+    JobStarted,
     ReceiptText,
     Scanned,
     TenderKind,
@@ -76,6 +77,7 @@ class LaneAssembler:
         self._rand = rand
         self._ids = Uuid7Generator()
         self._txn: _Txn | None = None
+        self._printing: _Txn | None = None  # the sale whose receipt is being printed
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.counters: dict[str, int] = {}
 
@@ -103,8 +105,18 @@ class LaneAssembler:
                 if t.first_item_at is None:
                     t.first_item_at = frame.at
             return []
+        if isinstance(frame, JobStarted):
+            if self.s.purchases_from == "printer" and self._txn is not None:
+                # the till closed this sale; scans from now on are the next customer's
+                self._printing, self._txn = self._txn, None
+            return []
         if isinstance(frame, ReceiptText):
-            return self._printed(frame)
+            drafts = self._printed(frame)
+            if self._printing is not None:  # not a receipt after all (a report, noise)
+                if self._txn is None:
+                    self._txn = self._printing
+                self._printing = None
+            return drafts
         if self.s.purchases_from != "fiscal":
             self._count("fiscal-ignored")
             return []
@@ -150,7 +162,11 @@ class LaneAssembler:
 
     def _completed_from_text(self, r: ParsedReceipt, job: ReceiptText,
                              fiscal: p.FiscalSign | None) -> list[ev.EventDraft]:
-        t = self._open(job.started_at if job.started_at is not None else job.at)
+        t = self._printing
+        self._printing = None
+        if t is None:
+            t = self._open(job.started_at if job.started_at is not None else job.at)
+            self._txn = None
         items = [p.LineItem(name=i.name, quantity_milli=i.quantity_milli,
                             unit_price_minor=i.unit_price_minor, amount_minor=i.amount_minor,
                             discount_minor=i.discount_minor) for i in r.items]
@@ -230,7 +246,8 @@ class LaneAssembler:
                    fiscal: p.FiscalSign | None, kind: Literal["sale", "return"],
                    source: Source) -> list[ev.EventDraft]:
         key = (receipt, total)
-        self._txn = None
+        if self._txn is t:
+            self._txn = None
         if key in self._seen:
             self._count("duplicate")
             return []
@@ -254,8 +271,11 @@ class LaneAssembler:
                               data)]
 
     def _voided(self, receipt: str | None, at: float, reason: str) -> list[ev.EventDraft]:
-        t = self._txn
-        self._txn = None
+        t = self._printing or self._txn
+        if self._printing is not None:
+            self._printing = None
+        else:
+            self._txn = None
         self._count("voided")
         data = p.PurchaseVoided(receipt=receipt, lane=self.s.lane, voided_at=ev.rfc3339(at),
                                 reason=reason, transaction_id=t.id if t else None)

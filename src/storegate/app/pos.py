@@ -1,0 +1,209 @@
+"""POS lanes, wired: serial taps -> dialects -> lane assembly -> the outbox.
+
+Everything but the taps' reading runs on the gateway's event loop: a tap hands over
+bytes with their arrival time, its dialect turns them into frames, the lane assembles
+purchases. A flush tick every 100 ms ends jobs framed by an idle gap and partial frames
+past their per-byte timeout. Rejections are counted per lane, device and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storegate.adapters.serial_tap import SerialTap
+from storegate.app.logs import LogOnce
+from storegate.config import Config, PosDeviceConfig, PosLaneConfig, StxEtxConfig
+from storegate.core import events as ev
+from storegate.core.backoff import Backoff
+from storegate.core.pos.atol import AtolV3
+from storegate.core.pos.display import PoleDisplay
+from storegate.core.pos.escpos import EscPos
+from storegate.core.pos.frames import Dialect
+from storegate.core.pos.lane import LaneAssembler, LaneSettings
+from storegate.core.pos.scanner import BarcodeScanner
+from storegate.core.pos.shtrih_m import ShtrihM
+from storegate.core.pos.stx_etx import StxEtx, StxEtxSettings
+from storegate.core.pos.template import Template, TemplateError
+from storegate.errors import ConfigError
+from storegate.sim.lane_live import SimulatedLane
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.1
+DEFAULT_IDLE_S = {"escpos": 2.0, "stx-etx": 2.0, "pole-display": 0.3, "scanner": 0.5}
+
+
+def make_dialect(dialect: str, *, encoding: str = "cp866", idle_s: float | None = None,
+                 scanner_prefix: str = "", scanner_suffix: str = "CR",
+                 stx_etx: StxEtxConfig | None = None) -> Dialect:
+    """A fresh parser for one device."""
+    idle = idle_s if idle_s is not None else DEFAULT_IDLE_S.get(dialect, 2.0)
+    if dialect == "escpos":
+        return EscPos(encoding, idle)
+    if dialect == "pole-display":
+        return PoleDisplay(encoding, idle)
+    if dialect == "scanner":
+        return BarcodeScanner(prefix=scanner_prefix.encode(encoding),
+                              suffix=scanner_suffix,  # type: ignore[arg-type]
+                              encoding=encoding, idle_s=idle)
+    if dialect == "shtrih-m":
+        return ShtrihM()
+    if dialect == "atol-v3":
+        return AtolV3()
+    if dialect == "stx-etx":
+        c = stx_etx or StxEtxConfig()
+        return StxEtx(StxEtxSettings(
+            start=bytes.fromhex(c.start), end=bytes.fromhex(c.end),
+            escape=bytes.fromhex(c.escape)[0] if c.escape else None, checksum=c.checksum,
+            covers=c.covers, encoding=encoding, max_frame=c.max_frame))
+    raise ValueError(f"unknown dialect {dialect!r}")
+
+
+def device_dialect(d: PosDeviceConfig) -> Dialect:
+    return make_dialect(d.dialect, encoding=d.encoding, idle_s=d.idle_s,
+                        scanner_prefix=d.scanner_prefix, scanner_suffix=d.scanner_suffix,
+                        stx_etx=d.stx_etx)
+
+
+def load_template(path: Path) -> Template:
+    try:
+        return Template.load(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), "template file not found") from exc
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from exc
+    except TemplateError as exc:
+        raise ConfigError(str(path), exc.problem, exc.key) from exc
+
+
+def lane_settings(cfg: PosLaneConfig) -> LaneSettings:
+    return LaneSettings(
+        lane=cfg.id, currency=cfg.currency, purchases_from=cfg.source,
+        template=load_template(cfg.template) if cfg.template else None,
+        loyalty_pattern=re.compile(cfg.loyalty_pattern) if cfg.loyalty_pattern else None,
+        offer_pattern=re.compile(cfg.offer_pattern) if cfg.offer_pattern else None,
+    )
+
+
+@dataclass(slots=True)
+class _Device:
+    lane: str
+    cfg: PosDeviceConfig
+    dialect: Dialect
+    tap: SerialTap | None = None
+    bytes_total: int = 0
+    frames_total: int = 0
+
+
+class PosService:
+    def __init__(self, config: Config, *, submit: Callable[[list[ev.EventDraft]], None],
+                 wall_clock: Callable[[], float] = time.time,
+                 rand: Callable[[int], bytes] = os.urandom) -> None:
+        self._submit = submit
+        self._wall = wall_clock
+        self._warn = LogOnce(log)
+        self.errors_total = 0
+        self.lanes: dict[str, LaneAssembler] = {}
+        self.devices: list[_Device] = []
+        for i, lane in enumerate(config.pos.lanes):
+            self.lanes[lane.id] = LaneAssembler(lane_settings(lane), rand)
+            for j, d in enumerate(lane.devices):
+                try:
+                    dev = _Device(lane.id, d, device_dialect(d))
+                    dev.tap = SerialTap(
+                        name=f"{lane.id}/{d.role}", port=d.port, baudrate=d.baudrate,
+                        bytesize=d.bytesize, parity=d.parity, stopbits=d.stopbits,
+                        xonxoff=d.xonxoff, rtscts=d.rtscts,
+                        on_bytes=self._receiver(dev),
+                        backoff=Backoff(0.5, 10.0), wall_clock=wall_clock,
+                    )
+                except ValueError as exc:  # settings the dialect or pyserial refuse
+                    raise ConfigError("<config>", str(exc),
+                                      f"pos.lanes[{i}].devices[{j}]") from exc
+                self.devices.append(dev)
+        self.simulator: SimulatedLane | None = None
+        sim = config.sources.lane_simulator
+        if sim.enabled:
+            lane_cfg = next((ln for ln in config.pos.lanes if ln.id == sim.lane), None)
+            if lane_cfg is None:
+                raise ConfigError("<config>", f"no lane {sim.lane!r} to simulate",
+                                  "sources.lane_simulator.lane")
+            self.simulator = SimulatedLane(
+                ports={d.role: d.port for d in lane_cfg.devices}, every_s=sim.every_s,
+                seed=sim.seed, encoding=lane_cfg.devices[0].encoding)
+
+    def _receiver(self, dev: _Device) -> Callable[[bytes, float], None]:
+        return lambda data, ts: self._bytes(dev, data, ts)
+
+    def _bytes(self, dev: _Device, data: bytes, ts: float) -> None:
+        dev.bytes_total += len(data)
+        try:
+            frames = dev.dialect.feed(data, ts)
+        except Exception as exc:  # a parser bug costs these bytes, never the lane
+            self._failed(dev, exc)
+            return
+        self._frames(dev, frames)
+
+    def _frames(self, dev: _Device, frames: list[Any]) -> None:
+        if not frames:
+            return
+        dev.frames_total += len(frames)
+        lane = self.lanes[dev.lane]
+        drafts: list[ev.EventDraft] = []
+        for f in frames:
+            try:
+                drafts += lane.feed(f)
+            except Exception as exc:
+                self._failed(dev, exc)
+        if drafts:
+            self._submit(drafts)
+
+    def _failed(self, dev: _Device, exc: Exception) -> None:
+        self.errors_total += 1
+        self._warn(f"{dev.lane}/{dev.cfg.role}:{type(exc).__name__}",
+                   "lane %s %s: parser failed: %r", dev.lane, dev.cfg.role, exc,
+                   lane=dev.lane)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for dev in self.devices:
+                if dev.tap is not None:
+                    tg.create_task(dev.tap.run(stop), name=f"tap {dev.cfg.port}")
+            tg.create_task(self._flush(stop))
+            if self.simulator is not None:
+                tg.create_task(self.simulator.run(stop), name="lane simulator")
+
+    async def _flush(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_S)
+            now = self._wall()
+            for dev in self.devices:
+                try:
+                    frames = dev.dialect.flush(now)
+                except Exception as exc:
+                    self._failed(dev, exc)
+                    continue
+                self._frames(dev, frames)
+
+    def snapshot(self) -> dict[str, Any]:
+        lanes: dict[str, Any] = {}
+        for lane_id, lane in self.lanes.items():
+            lanes[lane_id] = {"counters": dict(lane.counters), "devices": []}
+        for dev in self.devices:
+            lanes[dev.lane]["devices"].append({
+                "role": dev.cfg.role, "dialect": dev.cfg.dialect, "port": dev.cfg.port,
+                "bytes_total": dev.bytes_total, "frames_total": dev.frames_total,
+                "rejected": dict(dev.dialect.rejected),
+                "tap": dev.tap.snapshot() if dev.tap is not None else None,
+            })
+        return {"lanes": lanes, "errors_total": self.errors_total}

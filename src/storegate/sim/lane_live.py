@@ -1,0 +1,94 @@
+"""A simulated checkout lane on real pseudo-terminals, for the demo.
+
+Each of the lane's devices (printer, display, scanner) gets a pty pair; the configured
+port path becomes a symlink to the pty's slave side, exactly where a real
+``/dev/serial/by-id/...`` link would be, so the gateway's real serial taps read it.
+Every ``every_s`` a customer is rung up: scanner codes, display updates, the receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pty
+import random
+import tty
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from storegate.sim.lane import display_updates, escpos_job, random_receipt, scanner_codes
+
+
+class SimulatedLane:
+    def __init__(self, *, ports: dict[str, str], every_s: float, seed: int = 1,
+                 encoding: str = "cp866", sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.name = "lane-simulator"
+        self.ports = ports  # role -> port path (a symlink is made there)
+        self.every_s = every_s
+        self.encoding = encoding
+        self._rng = random.Random(seed)
+        self._sleep = sleep
+        self._fds: dict[str, tuple[int, int]] = {}
+        self.receipts = 0
+
+    def _open(self) -> None:
+        for role, port in self.ports.items():
+            master, slave = pty.openpty()
+            tty.setraw(slave)
+            path = Path(port)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            path.symlink_to(os.ttyname(slave))
+            self._fds[role] = (master, slave)
+
+    def _close(self) -> None:
+        for role, (master, slave) in self._fds.items():
+            for fd in (master, slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                Path(self.ports[role]).unlink()
+        self._fds.clear()
+
+    def _write(self, role: str, data: bytes) -> None:
+        fds = self._fds.get(role)
+        if fds is not None:
+            with contextlib.suppress(OSError):
+                os.write(fds[0], data)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._open()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.every_s)
+                if stop.is_set():
+                    return
+                await self._customer(stop)
+        finally:
+            self._close()
+
+    async def _customer(self, stop: asyncio.Event) -> None:
+        self.receipts += 1
+        r = random_receipt(self._rng, 10_000 + self.receipts)
+        codes = scanner_codes(r)
+        updates = display_updates(r, self.encoding)
+        self._write("display", updates[0])
+        for i, code in enumerate(codes):
+            if stop.is_set():
+                return
+            self._write("scanner", code)
+            if i + 1 < len(updates) - 1:
+                self._write("display", updates[i + 1])
+            await self._sleep(self._rng.uniform(0.3, 1.2))
+        for upd in updates[len(codes):]:
+            self._write("display", upd)
+        await self._sleep(1.0)
+        self._write("printer", escpos_job(r, encoding=self.encoding))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"kind": "lane-simulator", "receipts": self.receipts,
+                "ports": dict(self.ports)}
