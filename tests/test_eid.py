@@ -82,3 +82,13 @@ def test_window_slides_period_by_period_without_leaking() -> None:
         assert r.resolve(compute_eid(bytes(16), 6, bt)) == "c-6"
         sizes.add(r.eid_count)
     assert sizes == {6}  # three per identity, always: old periods are dropped
+
+
+def test_re_enrolling_does_not_multiply_rotation_work() -> None:
+    t0 = 1_795_000_000.0
+    r = EidResolver()
+    for _ in range(50):  # e.g. repeated full syncs from central
+        r.enroll(ident("c-7", k=4), t0)
+    moved = sum(r.advance(t0 + s) for s in range(1, 161))  # 10 periods of 16 s
+    assert moved == 10  # one window move per period, not fifty
+    assert r.resolve(compute_eid(IK, 4, 5000 + 160)) == "c-7"

@@ -33,3 +33,14 @@ def test_hash_key_rotates_daily_and_depends_on_the_secret() -> None:
     day1, day2 = f.day_key(T0), f.day_key(T0 + 86400)
     assert day1 != day2
     assert g.day_key(T0) != day1
+
+
+def test_a_late_clock_never_re_emits_a_period() -> None:
+    f = Footfall(PresenceSettings(zones=(Zone("a", ("s",)),)), b"k" * 32, period_s=300,
+                 occupancy_s=60)
+    for i in range(10):
+        f.observe("AA", "s", -50, 290 + i)
+    first = f.flush(300.1) + f.occupancy(300.1, {})
+    assert first
+    assert f.flush(299.8) == [] and f.occupancy(299.8, {}) == []  # a clock 0.3 s behind
+    assert f.flush(300.5) == [] and f.occupancy(300.5, {}) == []  # same period: nothing

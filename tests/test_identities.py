@@ -12,6 +12,7 @@ from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID
 from storegate.core.ble.eid import EidResolver, Identity, compute_eid
 from storegate.core.commands import CommandRejected, IdentitiesCommand, parse_command
+from storegate.core.events import rfc3339
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings, Zone
 
@@ -98,3 +99,23 @@ def test_pipeline_enrol_and_withdraw() -> None:
     # forgotten: no exit, no new visit; the phone is an unknown EID now
     assert not [d for d in after if d.type.kind == "visit"]
     assert pipe.counters.unresolved_eid == 40
+
+
+def test_shutdown_ends_open_visits_and_counts_the_partial_period() -> None:
+    settings = PresenceSettings(zones=(Zone("z", ("sc",)),), min_presence_s=2,
+                                zone_min_presence_s=2)
+    pipe = PresencePipeline(settings, EidResolver(), os.urandom, footfall_period_s=300)
+    alice = ident(8)
+    pipe.enroll([alice], T0)
+    for i in range(40):
+        t = T0 + i * 0.25
+        eid = compute_eid(alice.identity_key, alice.rotation_exponent, alice.beacon_time(t))
+        pipe.feed(Advert(t, "sc", "5A:00:00:00:00:08", -55,
+                         service_data={EDDYSTONE_UUID: b"\x30\xf4" + eid}))
+    out = pipe.close(T0 + 12)
+    exits = [d for d in out if d.type.name == "storegate.visit.exited.v1"]
+    assert {getattr(d.data, "zone", "?") for d in exits} == {None, "z"}
+    assert all(getattr(d.data, "exited_at", "") == rfc3339(T0 + 39 * 0.25) for d in exits)
+    counts = [d for d in out if d.type.name == "storegate.footfall.counted.v1"]
+    assert counts and all(getattr(d.data, "period_end", "") == rfc3339(T0 + 12) for d in counts)
+    assert pipe.close(T0 + 13) == []  # nothing twice

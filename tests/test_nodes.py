@@ -108,3 +108,16 @@ def test_espresense_rejections() -> None:
 def test_node_parsers_never_raise(payload: bytes, level: str) -> None:
     parse_raw_adverts(f"storegate/v1/s/scanners/{level}/adverts", payload, NOW)
     parse_espresense(f"espresense/devices/x/{level}", payload, NOW)
+
+
+def test_poison_timestamps_and_addresses_are_rejected_not_raised() -> None:
+    huge = b'[{"address": "a", "rssi": -60, "ts": 1' + b"0" * 400 + b"}]"
+    adverts, bad = parse_raw_adverts(RAW, huge, NOW)
+    assert adverts == [] and len(bad) == 1  # rejected with its reason, never raised
+    ahead = json.dumps([{"address": "a", "rssi": -60, "ts": NOW + 3}]).encode()
+    adverts, _ = parse_raw_adverts(RAW, ahead, NOW)
+    assert adverts[0].ts == NOW  # never ahead of the gateway's clock
+    odd = json.dumps([{"address": "D4:A1\ud800", "rssi": -60},
+                      {"address": "x" * 65, "rssi": -60}]).encode()
+    adverts, bad = parse_raw_adverts(RAW, odd, NOW)
+    assert adverts == [] and all("printable ASCII" in b.reason for b in bad)

@@ -39,6 +39,7 @@ PASSIVE_PATTERNS: tuple[OrPattern, ...] = (
     *(OrPattern(0, AdvertisementDataType.FLAGS, bytes([f])) for f in (0x02, 0x06, 0x1A, 0x1E)),
 )
 POLL_S = 1.0
+START_TIMEOUT_S = 15.0
 
 
 class BleakSource:
@@ -109,7 +110,7 @@ class BleakSource:
         wd = self.watchdog
         try:
             scanner = self._new_scanner()
-            await scanner.start()
+            await asyncio.wait_for(scanner.start(), START_TIMEOUT_S)  # bluetoothd may hang
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # BlueZ, D-Bus and OS errors alike

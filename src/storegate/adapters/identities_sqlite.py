@@ -64,6 +64,7 @@ class IdentityStore:
     def upsert(self, identities: Iterable[Identity]) -> None:
         with self._tx():
             self._db.executemany(_UPSERT, (_row(i) for i in identities))
+        self._scrub()  # a re-keyed customer's old key must not linger in the WAL
 
     def remove(self, customers: Iterable[str]) -> int:
         with self._tx():
@@ -83,8 +84,7 @@ class IdentityStore:
             self._db.executemany("DELETE FROM identities WHERE customer = ?",
                                  ((c,) for c in gone))
             self._db.executemany(_UPSERT, (_row(i) for i in new))
-        if gone:
-            self._scrub()
+        self._scrub()
         return gone
 
     def secret(self, name: str, size: int = 32) -> bytes:

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,15 @@ from storegate.core.ble.nodes import NodeRejected, parse_espresense, parse_raw_a
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 50_000  # adverts waiting for the loop; beyond, the oldest are shed (counted)
+MAX_NODES = 1000
+
+
+def _node_of(topic: str) -> str:
+    """The node a topic names: .../scanners/<node>/adverts or espresense/devices/<id>/<room>."""
+    parts = topic.split("/")
+    if len(parts) >= 2 and parts[-1] == "adverts":
+        return parts[-2] or "?"
+    return parts[-1] or "?"
 
 
 class ScannerNodesSource:
@@ -42,8 +52,10 @@ class ScannerNodesSource:
         max_skew_s: float = 5.0,
         silent_after_s: float = 60.0,
         wall_clock: Callable[[], float] = time.time,
+        client_suffix: str = "nodes",
     ) -> None:
         self.name = "scanner-nodes"
+        self._client_suffix = client_suffix
         self._settings = settings
         self._raw_topic = raw_topic
         self._espresense_topic = espresense_topic
@@ -52,6 +64,7 @@ class ScannerNodesSource:
         self._silent_after = silent_after_s
         self._wall = wall_clock
         self._warn = LogOnce(log)
+        self._backlog_warn = LogOnce(log)  # its own budget: never crowded out
         self._lock = threading.Lock()
         self._pending: collections.deque[Advert] = collections.deque()
         self._scheduled = False
@@ -86,6 +99,14 @@ class ScannerNodesSource:
         self.last_error = str(reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._message(msg)
+        except Exception as exc:  # never let one message end paho's network thread
+            self.rejected_total += 1
+            self._warn(f"bug:{type(exc).__name__}", "scanner nodes: a message could not be "
+                       "handled (%s); it is counted as rejected", type(exc).__name__)
+
+    def _message(self, msg: mqtt.MQTTMessage) -> None:
         now = self._wall()
         topic = msg.topic
         payload = bytes(msg.payload)
@@ -94,19 +115,22 @@ class ScannerNodesSource:
             adverts, bad = ([], [one]) if isinstance(one, NodeRejected) else ([one], [])
         else:
             adverts, bad = parse_raw_adverts(topic, payload, now, self._skew)
-        node = adverts[0].scanner if adverts else (bad[0].node if bad else "?")
+        node = adverts[0].scanner if adverts else (bad[0].node if bad else _node_of(topic))
         with self._lock:
             stats = self.nodes.get(node)
             if stats is None:
+                if len(self.nodes) >= MAX_NODES:
+                    return  # counted above; a flood of invented node names is not kept
                 stats = self.nodes[node] = {"last_seen": now, "adverts": 0, "rejected": 0}
-                log.info("scanner node %s: first message (topic %s)", node, topic)
+                log.info("scanner node %s: first message", node)
             stats["last_seen"] = now
             stats["adverts"] += len(adverts)
             stats["rejected"] += len(bad)
         for b in bad:
             self.rejected_total += 1
-            self._warn(f"{b.node}:{b.reason[:40]}", "scanner node %s: message rejected: %s",
-                       b.node, b.reason, topic=topic, bytes=len(msg.payload))
+            kind = re.sub(r"^advert \d+: ", "", b.reason).split(":")[0][:40]
+            self._warn(f"{b.node}:{kind}", "scanner node %s: message rejected: %s",
+                       b.node, b.reason[:200], bytes=len(msg.payload))
         if adverts:
             self._hand_over(adverts)
 
@@ -121,8 +145,8 @@ class ScannerNodesSource:
                 self._pending.popleft()
             if over > 0:
                 self.shed_total += over
-                self._warn("backlog", "scanner nodes: the pipeline is behind; %d advert(s) "
-                           "shed", over)
+                self._backlog_warn("backlog", "scanner nodes: the pipeline is behind; %d "
+                                   "advert(s) shed", over)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -143,13 +167,15 @@ class ScannerNodesSource:
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
         s = self._settings
-        client = base_client(s, f"{s.client_id}-nodes", reconnect_on_failure=True,
+        client = base_client(s, f"{s.client_id}-{self._client_suffix}",
+                             reconnect_on_failure=True,
                              clean_session=True if s.protocol != "5" else None)
         client.reconnect_delay_set(int(max(s.backoff.min_s, 1)), int(max(s.backoff.max_s, 1)))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.suppress_exceptions = True  # a callback bug is logged by paho, not fatal
         client.loop_start()
         try:
             await stop.wait()

@@ -374,6 +374,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file existed: it holds raw addresses
     except OSError as exc:
         raise ConfigError(args.out, f"cannot write the capture: {exc.strerror}") from exc
     count = 0
@@ -393,7 +394,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
                     stop.set()
 
             sources = build_sources(config, mqtt_settings(config), on_advert=write,
-                                    enroll=lambda identities, now: None)
+                                    enroll=lambda identities, now: None,
+                                    client_suffix=f"capture-{os.getpid()}")
             if not sources:
                 raise ConfigError(str(args.config or "<config>"), "no advert source enabled "
                                   "(sources.ble, sources.scanner_nodes or sources.simulator)")
@@ -427,6 +429,7 @@ def cmd_pos_capture(args: argparse.Namespace) -> int:
                           f"(lanes: {known})", "pos.lanes")
     try:
         fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # receipts carry loyalty ids
     except OSError as exc:
         raise ConfigError(args.file, f"cannot write the capture: {exc.strerror}") from exc
     count = [0, 0]

@@ -291,6 +291,8 @@ class Gateway:
             status_file.write(self.config.status_path, self.status())
         except OSError as exc:
             log.debug("cannot write status file: %s", exc)
+        except Exception:  # e.g. a snapshot racing a change: the next write will do
+            log.debug("status not written", exc_info=True)
 
     # --- run -----------------------------------------------------------------------
 
@@ -342,15 +344,16 @@ class Gateway:
                 await asyncio.wait_for(stop.wait(), interval)
             if stop.is_set():
                 return
-            draft = ev.EventDraft(
-                ev.GATEWAY_TELEMETRY, f"gateway/{self.config.gateway_id}", self._wall(),
-                self.telemetry(),
-            )
             try:
+                draft = ev.EventDraft(
+                    ev.GATEWAY_TELEMETRY, f"gateway/{self.config.gateway_id}", self._wall(),
+                    self.telemetry(),
+                )
                 await self.accept(draft)
             except OutboxError as exc:  # disk full etc.: logged by the outbox; go on
                 log.debug("telemetry not accepted: %s", exc)
-
+            except Exception:  # a bug in a figure must not stop the gateway
+                log.exception("telemetry failed; trying again in %g s", interval)
 
 def _log_failure(fut: Any) -> None:
     exc = fut.exception()

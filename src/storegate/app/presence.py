@@ -52,7 +52,8 @@ def presence_enabled(config: Config) -> bool:
 
 
 def build_sources(config: Config, mqtt: MqttSettings, *, on_advert: Callable[[Advert], None],
-                  enroll: Callable[[list[Identity], float], None]) -> list[AdvertSource]:
+                  enroll: Callable[[list[Identity], float], None],
+                  client_suffix: str = "nodes") -> list[AdvertSource]:
     """The advert sources the config enables (shared by ``run`` and ``capture``)."""
     s = config.sources
     out: list[AdvertSource] = []
@@ -70,6 +71,7 @@ def build_sources(config: Config, mqtt: MqttSettings, *, on_advert: Callable[[Ad
             raw_topic=Topics(config.store_id, config.gateway_id).scanner_adverts
             if n.raw_adverts else None,
             max_skew_s=n.max_clock_skew_s, silent_after_s=n.silent_after_s,
+            client_suffix=client_suffix,
         ))
     if s.simulator.enabled:
         m = s.simulator
@@ -128,7 +130,7 @@ class PresenceService:
         except Exception as exc:  # a bug must cost one advert, not the source
             self.errors_total += 1
             self._warn(type(exc).__name__, "presence pipeline failed on an advert from %s: "
-                       "%r", advert.scanner, exc, scanner=advert.scanner)
+                       "%s", advert.scanner, type(exc).__name__, scanner=advert.scanner)
             return
         if drafts:
             self._submit(drafts)
@@ -141,20 +143,24 @@ class PresenceService:
         """A consent change from central: persisted first, then applied."""
         now = self._wall()
         given = [r.identity() for r in cmd.identities]
+        removed: list[str] = []
         if cmd.op == "upsert":
             self.identities.upsert(given)
             self.pipeline.enroll(given, now)
         elif cmd.op == "remove":
-            self.identities.remove(cmd.customers)
-            self.pipeline.withdraw(cmd.customers)
+            # privacy first: stop tracking in memory before anything can fail on disk
+            removed = list(cmd.customers)
+            self.pipeline.withdraw(removed)
+            self.identities.remove(removed)
         else:
-            gone = self.identities.replace(given)
-            self.pipeline.withdraw(gone)
+            keep = {i.customer for i in given}
+            removed = [c for c in self.pipeline.resolver.customers() if c not in keep]
+            self.pipeline.withdraw(removed)
+            self.identities.replace(given)
             self.pipeline.enroll(given, now)
         self.commands_applied += 1
         log.info("identities %s applied (request %s): %d given, %d removed, %d enrolled now",
-                 cmd.op, cmd.request_id, len(given), len(cmd.customers),
-                 len(self.pipeline.resolver))
+                 cmd.op, cmd.request_id, len(given), len(removed), len(self.pipeline.resolver))
 
     # --- run -----------------------------------------------------------------------
 
@@ -180,7 +186,15 @@ class PresenceService:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
-            drafts = self.pipeline.tick(self._wall())
+            try:
+                drafts = self.pipeline.tick(self._wall())
+                if stop.is_set():  # shutting down: end open visits, flush what is counted
+                    drafts += self.pipeline.close(self._wall())
+            except Exception as exc:  # a bug costs one tick, never the gateway
+                self.errors_total += 1
+                self._warn(f"tick:{type(exc).__name__}", "presence tick failed: %s",
+                           type(exc).__name__)
+                continue
             if drafts:
                 self._submit(drafts)
 

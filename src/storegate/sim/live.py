@@ -38,16 +38,22 @@ class SimulatedStore:
         return build(self._seed + self.runs, start=start, **self._shape)  # type: ignore[arg-type]
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not any(self._shape[k] for k in ("app_users", "other_devices", "passers_by")):
+            return  # an empty store: nothing to simulate
         while not stop.is_set():
             # The first run starts a quarter of the way in, so the store is not empty
             # when the demo starts; what would have been heard before now is skipped.
             now = self._wall()
             sim = self.simulation(now - (self._shape["duration_s"] / 4 if not self.runs else 0))
             self._enroll(sim.identities(), sim.start)
+            skipped = 0
             for a in adverts(sim, seed=self._seed + self.runs):
                 if stop.is_set():
                     return
                 if a.ts < now:
+                    skipped += 1
+                    if skipped % 5000 == 0:
+                        await asyncio.sleep(0)  # fast-forwarding: let the loop breathe
                     continue
                 lag = a.ts - self._wall()
                 if lag > 0.02:

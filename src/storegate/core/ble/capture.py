@@ -69,10 +69,12 @@ def parse_advert(obj: Any) -> Advert:
         raise _BadAdvertError(f"missing key {exc.args[0]!r}") from exc
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
         raise _BadAdvertError("ts must be a number (epoch seconds)")
-    if not isinstance(scanner, str) or not scanner:
-        raise _BadAdvertError("scanner must be a non-empty string")
-    if not isinstance(address, str) or not address:
-        raise _BadAdvertError("address must be a non-empty string")
+    if not isinstance(scanner, str) or not scanner or len(scanner) > 64 \
+            or not scanner.isprintable():
+        raise _BadAdvertError("scanner must be 1-64 printable characters")
+    if not isinstance(address, str) or not address or len(address) > 64 \
+            or not address.isascii() or not address.isprintable():
+        raise _BadAdvertError("address must be 1-64 printable ASCII characters")
     if isinstance(rssi, bool) or not isinstance(rssi, int) or not -127 <= rssi <= 20:
         raise _BadAdvertError("rssi must be an integer dBm in -127..20")
     manufacturer: dict[int, bytes] = {}

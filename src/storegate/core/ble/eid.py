@@ -75,9 +75,13 @@ class EidResolver:
         # 100,000 identities are held on a Raspberry Pi
         self._eids_of: dict[str, tuple[int, *tuple[bytes, ...]]] = {}
         self._due: list[tuple[float, str]] = []  # (epoch when the window must move, customer)
+        self._due_at: dict[str, float] = {}  # the one heap entry per customer that counts
 
     def __len__(self) -> int:
         return len(self._identities)
+
+    def customers(self) -> list[str]:
+        return list(self._identities)
 
     @property
     def eid_count(self) -> int:
@@ -92,6 +96,7 @@ class EidResolver:
     def remove(self, customer: str) -> None:
         """Forget a customer (consent withdrawn, erasure): their EIDs stop resolving."""
         self._identities.pop(customer, None)
+        self._due_at.pop(customer, None)
         for e in self._eids_of.pop(customer, (0,))[1:]:
             if self._by_eid.get(e) == customer:
                 del self._by_eid[e]
@@ -107,10 +112,10 @@ class EidResolver:
         """Move every identity whose period rolled over; returns how many moved."""
         moved = 0
         while self._due and self._due[0][0] <= now:
-            _, customer = heapq.heappop(self._due)
+            at, customer = heapq.heappop(self._due)
             identity = self._identities.get(customer)
-            if identity is None:
-                continue  # removed since
+            if identity is None or self._due_at.get(customer) != at:
+                continue  # removed or re-enrolled since: a stale entry
             self._compute(identity, now)
             moved += 1
         return moved
@@ -143,4 +148,5 @@ class EidResolver:
                 del self._by_eid[e]
         self._eids_of[customer] = (first, *eids)
         next_boundary = now + (((quantum + 1) << k) - bt)
+        self._due_at[customer] = next_boundary
         heapq.heappush(self._due, (next_boundary, customer))

@@ -85,12 +85,14 @@ def parse_raw_adverts(topic: str, payload: bytes, now: float,
         if not isinstance(obj, dict):
             bad.append(NodeRejected(node, f"advert {i}: not a JSON object"))
             continue
-        ts = obj.get("ts")
-        usable = (isinstance(ts, int | float) and not isinstance(ts, bool)
-                  and math.isfinite(ts) and abs(ts - now) <= max_skew_s)
         try:
-            adverts.append(parse_advert({**obj, "scanner": node, "ts": ts if usable else now}))
-        except ValueError as exc:
+            ts = obj.get("ts")
+            at = now
+            if isinstance(ts, int | float) and not isinstance(ts, bool) \
+                    and math.isfinite(ts) and abs(ts - now) <= max_skew_s:
+                at = min(float(ts), now)  # never ahead of the gateway's clock
+            adverts.append(parse_advert({**obj, "scanner": node, "ts": at}))
+        except (ValueError, OverflowError) as exc:
             bad.append(NodeRejected(node, f"advert {i}: {exc}"))
     return adverts, bad
 

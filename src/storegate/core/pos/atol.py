@@ -26,6 +26,11 @@ tax and barcode fields):
 Trailing bytes after these layouts are ignored; other commands (and the register's
 answers, when both directions are tapped) are ``ignored-command``. A packet identical to
 the previous good one (same ``ID`` and ``DATA``) is a retransmission: ``duplicate``.
+
+Counted in ``rejected``: ``noise`` (bytes outside packets), ``cut``, ``bad-length`` (a
+LEN byte over 0x7F, a command shorter than its layout), ``bad-escape``, ``bad-crc``,
+``bad-bcd``, ``duplicate``, ``ignored-command``, ``timeout`` (a partial packet whose
+next byte is more than ``byte_timeout_s`` late).
 """
 
 from __future__ import annotations

@@ -36,8 +36,11 @@ is a ``duplicate``; after an ENQ it is a new command (the same item sold again).
 Resynchronisation: the start byte can occur inside frames (nothing is escaped), so a
 frame with a bad LRC is dropped and the hunt restarts one byte after its STX; a partial
 frame whose next byte is more than ``byte_timeout_s`` late (50 ms in the protocol) is
-dropped and the bytes after its STX are searched again. ``noise`` counts the bytes
-skipped while hunting for a start, which include those of a frame dropped for its LRC.
+dropped and the bytes after its STX are searched again.
+
+Counted in ``rejected``: ``noise`` (bytes skipped while hunting for a start, including
+those of a frame dropped for its LRC or its timeout), ``bad-lrc``, ``bad-length``,
+``timeout``, ``duplicate``, ``unmatched-reply``, ``error-reply``, ``ignored-command``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,10 @@ details, so every detail is a setting (:class:`StxEtxSettings`):
   unescaping).
 
 Each valid frame becomes one :class:`ReceiptText` whose lines are the payload split on
-CR/LF, trailing blanks removed and empty lines dropped. The parser is an incremental
+CR/LF, trailing blanks removed and empty lines dropped. Counted in ``rejected``:
+``noise`` (bytes outside frames), ``cut`` (a new start inside a frame), ``bad-escape``,
+``too-long``, ``bad-checksum``, ``timeout`` (the next byte of a frame more than
+``byte_timeout_s`` late), ``empty`` (a frame without text). The parser is an incremental
 state machine over chunks: no byte is looked at twice, literal runs are copied with
 ``bytes.find``, and only markers and escapes cost Python work.
 

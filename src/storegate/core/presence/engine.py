@@ -211,6 +211,17 @@ class PresenceEngine:
             del self._tracks[customer]
         return out
 
+    def close_all(self) -> list[ev.EventDraft]:
+        """End every visit now (shutdown): exits carry the last evidence as usual."""
+        out: list[ev.EventDraft] = []
+        for customer, track in self._tracks.items():
+            if track.zone is not None:
+                self._close(customer, track.zone, out)
+            if track.store is not None:
+                self._close(customer, track.store, out)
+        self._tracks.clear()
+        return out
+
     def present(self) -> dict[str | None, int]:
         """Customers with an entered visit, per zone; ``None`` counts the store."""
         out: dict[str | None, int] = {None: 0}

@@ -73,8 +73,8 @@ class Footfall:
         if self._interval is None:
             self._interval = math.floor(now / self._occupancy_s)
             return []
-        if math.floor(now / self._occupancy_s) == self._interval:
-            return []
+        if math.floor(now / self._occupancy_s) <= self._interval:
+            return []  # time only moves forward: a late clock never re-emits a period
         start = self._interval * self._occupancy_s
         end = start + self._occupancy_s
         counts = self._count(self._recent)
@@ -102,8 +102,8 @@ class Footfall:
 
     def flush(self, now: float) -> list[ev.EventDraft]:
         """Counts of the period that ended before ``now`` (one event per zone + store)."""
-        if self._period is None or math.floor(now / self._period_s) == self._period:
-            return []
+        if self._period is None or math.floor(now / self._period_s) <= self._period:
+            return []  # time only moves forward: a late clock never re-emits a period
         start = self._period * self._period_s
         end = start + self._period_s
         counts = self._count(self._zone_hits)
@@ -117,3 +117,28 @@ class Footfall:
                 devices=n))
             for zone, n in counts
         ]
+
+    def close(self, now: float, customers: dict[str | None, int]) -> list[ev.EventDraft]:
+        """Shutting down: the current period and interval, counted as they stand, end at
+        ``now`` (their events say so: ``period_end`` is ``now``)."""
+        out: list[ev.EventDraft] = []
+        if self._period is not None and self._zone_hits:
+            start = self._period * self._period_s
+            out += [ev.EventDraft(ev.FOOTFALL_COUNTED, f"{self._subject}/{zone or 'store'}",
+                                  now, p.FootfallCounted(
+                                      period_start=ev.rfc3339(start),
+                                      period_end=ev.rfc3339(max(now, start)), zone=zone,
+                                      devices=n))
+                    for zone, n in self._count(self._zone_hits)]
+        if self._interval is not None and self._recent:
+            start = self._interval * self._occupancy_s
+            out += [ev.EventDraft(ev.OCCUPANCY_MEASURED, f"occupancy/{zone or 'store'}", now,
+                                  p.OccupancyMeasured(
+                                      period_start=ev.rfc3339(start),
+                                      period_end=ev.rfc3339(max(now, start)), zone=zone,
+                                      devices=n, customers=customers.get(zone, 0)))
+                    for zone, n in self._count(self._recent)]
+        self._zone_hits.clear()
+        self._recent = {}
+        self._period = self._interval = None
+        return out

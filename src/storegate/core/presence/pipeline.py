@@ -92,6 +92,14 @@ class PresencePipeline:
         out += self.footfall.occupancy(now, self.engine.present())
         return out
 
+    def close(self, now: float) -> list[ev.EventDraft]:
+        """Shutting down: every open visit ends at its last evidence, and the current
+        footfall period and occupancy interval are counted as they stand."""
+        present = self.engine.present()
+        out = self.footfall.close(now, present)
+        out += self.engine.close_all()
+        return out
+
     # --- consent -------------------------------------------------------------------
 
     def enroll(self, identities: Iterable[Identity], now: float) -> int:
