@@ -209,7 +209,7 @@ def test_disk_full_fails_loudly_and_corrupts_nothing(tmp_path: Path) -> None:
         box.open()
         accepted = box.accept_blocking([purchase(i) for i in range(20)])
         ballast = disk / "ballast"
-        with ballast.open("wb") as f, contextlib.suppress(OSError):
+        with ballast.open("wb", buffering=0) as f, contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()

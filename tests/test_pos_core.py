@@ -370,3 +370,19 @@ def test_lane_next_customer_scanned_while_the_receipt_prints() -> None:
     assert second.first_item_at is None  # a loyalty card is not an item
     [scan] = [d.data for d in out if isinstance(d.data, p.PosScanned)]
     assert scan.transaction_id == second.transaction_id != first.transaction_id
+
+
+def test_shtrih_m_stream_to_purchase_with_a_percent_discount() -> None:
+    from storegate.core.pos.shtrih_m import ShtrihM
+    from storegate.sim import fiscal
+
+    stream = (fiscal.ENQ + fiscal.shtrih_sale("Молоко", 2000, 8990)
+              + fiscal.ENQ + fiscal.shtrih_sale("Сыр", 1254, 12900)
+              + fiscal.ENQ + fiscal.shtrih_close(50000, discount_percent_centi=1000))
+    la, reg = lane("fiscal"), ShtrihM()
+    drafts = [d for f in reg.feed(stream, T0) for d in la.feed(f)]
+    [pc] = [d.data for d in drafts if isinstance(d.data, p.PurchaseCompleted)]
+    subtotal = 17980 + 16177
+    assert pc.discount_minor == (subtotal * 1000 + 5000) // 10000  # 10 %, half up
+    assert pc.total_minor == subtotal - pc.discount_minor and not pc.totals_mismatch
+    assert pc.tenders == [p.Tender(kind="cash", amount_minor=50000)]

@@ -84,6 +84,7 @@ class FiscalClose:
     discount_minor: int = 0
     text: str = ""
     command: int = 0
+    discount_percent_centi: int = 0  # a receipt discount in 0.01 % (Shtrih-M 0x85)
 
 
 @dataclass(frozen=True, slots=True)

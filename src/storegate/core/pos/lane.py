@@ -227,7 +227,10 @@ class LaneAssembler:
                             unit_price_minor=i.price_minor,
                             amount_minor=_extend(i.price_minor, i.quantity_milli))
                  for i in t.items]
-        discount = sum(d.amount_minor for d in t.discounts) + f.discount_minor
+        subtotal = sum(i.amount_minor for i in items) - sum(d.amount_minor for d in t.discounts)
+        # a percentage discount on the close: of the subtotal, rounded half up, as registers
+        percent = (subtotal * f.discount_percent_centi + 5000) // 10000
+        discount = sum(d.amount_minor for d in t.discounts) + f.discount_minor + percent
         total = sum(i.amount_minor for i in items) - discount
         tendered = sum(amount for _, amount in f.tenders)
         kind: Literal["sale", "return"] = "return" if all(i.is_return for i in t.items) \

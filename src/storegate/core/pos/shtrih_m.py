@@ -217,8 +217,9 @@ class ShtrihM:
                 (kind, amount) for kind, amount in
                 ((_TENDERS[k], _le(data[4 + 5 * k:9 + 5 * k])) for k in range(4))
                 if amount)
+            percent = int.from_bytes(data[24:26], "little", signed=True)
             out.append(FiscalClose(tenders=tenders, at=now, text=_text(data[30:]),
-                                   command=cmd))
+                                   command=cmd, discount_percent_centi=percent))
         elif cmd in (DISCOUNT, SURCHARGE):
             amount = _le(data[4:9])
             out.append(FiscalDiscount(amount if cmd == DISCOUNT else -amount, now, cmd))
