@@ -33,13 +33,21 @@ sys.path.insert(0, str(REPO / "src"))
 from storegate.adapters.outbox_sqlite import Outbox  # noqa: E402
 from storegate.adapters.serial_tap import SerialTap  # noqa: E402
 from storegate.app.pos import make_dialect  # noqa: E402
-from storegate.config import defaults_dir  # noqa: E402
+from storegate.config import StxEtxConfig, defaults_dir  # noqa: E402
 from storegate.core.backoff import Backoff  # noqa: E402
 from storegate.core.pos.escpos import EscPos  # noqa: E402
 from storegate.core.pos.lane import LaneAssembler, LaneSettings  # noqa: E402
+from storegate.core.pos.stx_etx import StxEtxSettings  # noqa: E402
 from storegate.core.pos.template import Template  # noqa: E402
 from storegate.core.retention import RetentionBudget  # noqa: E402
-from storegate.sim.lane import display_updates, escpos_job, random_receipt, scanner_codes  # noqa: E402
+from storegate.sim import fiscal  # noqa: E402
+from storegate.sim.lane import (  # noqa: E402
+    display_updates,
+    escpos_job,
+    random_receipt,
+    receipt_lines,
+    scanner_codes,
+)
 
 CHUNK = 4096
 
@@ -52,12 +60,19 @@ def streams(n: int) -> dict[str, bytes]:
         "pole-display": b"".join(b"".join(display_updates(r)) for r in receipts),
         "scanner": b"".join(b"".join(scanner_codes(r)) for r in receipts),
     }
-    try:  # the fiscal encoders of the simulated lane
-        from storegate.sim import fiscal  # noqa: PLC0415
-
-        out.update(fiscal.bench_streams(receipts))
-    except (ImportError, AttributeError):
-        pass
+    shtrih, atol, framed = bytearray(), bytearray(), bytearray()
+    settings = StxEtxSettings(checksum="lrc", encoding="cp866")
+    for n, r in enumerate(receipts):
+        for i in r.items:
+            shtrih += fiscal.ENQ + fiscal.shtrih_sale(i.name[:40], i.quantity_milli,
+                                                      i.price_minor)
+            atol += fiscal.atol_frame(n * 16 % 256, fiscal.atol_item(
+                i.name, i.quantity_milli, i.price_minor), task_id=n % 256)
+        shtrih += fiscal.ENQ + fiscal.shtrih_close(r.cash_minor + r.card_minor)
+        atol += fiscal.atol_frame((n * 16 + 1) % 256, fiscal.atol_close(r.total_minor))
+        for line in receipt_lines(r):
+            framed += fiscal.stx_etx_frame(line, settings)
+    out.update({"shtrih-m": bytes(shtrih), "atol-v3": bytes(atol), "stx-etx": bytes(framed)})
     return out
 
 
@@ -82,7 +97,8 @@ def floor(parts: list[bytes]) -> int:
 
 
 def dialect_run(name: str, parts: list[bytes]) -> int:
-    d = make_dialect(name, encoding="cp866")
+    stx = StxEtxConfig(checksum="lrc", covers="payload+end") if name == "stx-etx" else None
+    d = make_dialect(name, encoding="cp866", stx_etx=stx)
     n = 0
     t = 1_795_000_000.0
     for c in parts:

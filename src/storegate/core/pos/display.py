@@ -70,6 +70,8 @@ class PoleDisplay:
                 self._qline, self._qbuf = None, bytearray()
                 self._dirty = True
                 self._complete = True
+                if row == 1:  # CD5220 tills write the upper line, then the lower one
+                    self._emit(now, out)
                 i = end + 1
                 continue
             if b in (ESC, US):
