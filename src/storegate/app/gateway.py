@@ -244,6 +244,7 @@ class Gateway:
             published_total=pub.published_total if pub else 0,
             reconnects_total=pub.reconnects_total if pub else 0,
             presence=self.presence.health() if self.presence else None,
+            lanes=self.pos.health() if self.pos else None,
         )
 
     # --- status --------------------------------------------------------------------

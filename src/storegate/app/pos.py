@@ -23,6 +23,7 @@ from storegate.adapters.serial_tap import SerialTap
 from storegate.app.logs import LogOnce
 from storegate.config import Config, PosDeviceConfig, PosLaneConfig, StxEtxConfig
 from storegate.core import events as ev
+from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
 from storegate.core.pos.atol import AtolV3
 from storegate.core.pos.display import PoleDisplay
@@ -194,6 +195,19 @@ class PosService:
                     self._failed(dev, exc)
                     continue
                 self._frames(dev, frames)
+
+    def health(self) -> list[p.LaneHealth]:
+        out = []
+        for lane_id, lane in self.lanes.items():
+            devs = [d for d in self.devices if d.lane == lane_id]
+            out.append(p.LaneHealth(
+                lane=lane_id, purchases_total=lane.counters.get("purchases", 0),
+                rejected_total=sum(sum(d.dialect.rejected.values()) for d in devs),
+                totals_mismatch_total=lane.counters.get("totals-mismatch", 0),
+                devices_down=[d.cfg.role for d in devs
+                              if d.tap is not None and d.tap.snapshot()["state"] != "open"],
+            ))
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         lanes: dict[str, Any] = {}

@@ -55,6 +55,19 @@ class GatewayTelemetry(Payload):
     reconnects_total: int = Field(ge=0, description="Successful reconnections since start.")
     presence: PresenceHealth | None = Field(
         default=None, description="Presence pipeline health; null when presence is off.")
+    lanes: list[LaneHealth] | None = Field(
+        default=None, description="POS lanes' health; null when no lane is configured.")
+
+
+class LaneHealth(Payload):
+    """Counters since start for one POS lane."""
+
+    lane: str
+    purchases_total: int = Field(ge=0)
+    rejected_total: int = Field(ge=0, description="Bytes, frames or jobs rejected by the "
+                                "lane's parsers (noise, bad checksums, timeouts...).")
+    totals_mismatch_total: int = Field(ge=0)
+    devices_down: list[str] = Field(description="Roles whose tap is not open.")
 
 
 class PresenceHealth(Payload):
