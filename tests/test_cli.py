@@ -17,7 +17,8 @@ from tests.support.waiting import wait_for
 def test_help_lists_every_command() -> None:
     r = storegate("--help")
     assert r.returncode == 0
-    for cmd in ("run", "config", "status", "outbox", "contract", "version"):
+    for cmd in ("run", "config", "status", "outbox", "contract", "version", "simulate",
+                "replay", "capture", "pos"):
         assert cmd in r.stdout
     r = storegate("outbox", "--help")
     for action in ("count", "list", "purge"):

@@ -325,8 +325,9 @@ class Gateway:
                 await stop.wait()
         finally:
             log.info("stopping: no new events accepted; draining the outbox")
+            self._loop = None  # commands arriving from now on are not applied
+            await asyncio.sleep(0)  # those already handed over run first
             drained = await asyncio.to_thread(self.stop)
-            self._loop = None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

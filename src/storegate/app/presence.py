@@ -20,12 +20,13 @@ from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_nodes import ScannerNodesSource
 from storegate.adapters.mqtt_paho import MqttSettings
 from storegate.app.logs import LogOnce
-from storegate.app.presence_files import presence_settings
+from storegate.app.presence_files import load_beacons, presence_settings
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
 from storegate.core.ble.capture import Advert
+from storegate.core.ble.decoders import APPLE
 from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.commands import IdentitiesCommand
 from storegate.core.presence.infrastructure import Infrastructure
@@ -78,8 +79,26 @@ def build_sources(config: Config, mqtt: MqttSettings, *, on_advert: Callable[[Ad
         out.append(SimulatedStore(
             on_advert=on_advert, enroll=enroll, app_users=m.app_users,
             other_devices=m.other_devices, passers_by=m.passers_by, hour_s=m.hour_s,
-            seed=m.seed,
+            seed=m.seed, beacons=_zone_beacons(config),
         ))
+    return out
+
+
+def _zone_beacons(config: Config) -> list[tuple[str, dict[int, bytes]]]:
+    """(scanner, manufacturer data) of the store's iBeacon zone beacons, as the scanners
+    of their zone hear them: the simulator advertises them like the real ones."""
+    p = config.presence
+    if p.beacons_file is None:
+        return []
+    scanners = {z.id: z.scanners for z in p.zones}
+    out = []
+    for b in load_beacons(p.beacons_file):
+        if b.kind != "zone" or b.zone not in scanners or b.ibeacon_uuid is None \
+                or b.major is None or b.minor is None:
+            continue
+        data = (b"\x02\x15" + bytes.fromhex(b.ibeacon_uuid.replace("-", ""))
+                + b.major.to_bytes(2, "big") + b.minor.to_bytes(2, "big") + b"\xc5")
+        out += [(scanner, {APPLE: data}) for scanner in scanners[b.zone]]
     return out
 
 

@@ -23,7 +23,8 @@ class SimulatedStore:
     def __init__(self, *, on_advert: Callable[[Advert], None],
                  enroll: Callable[[list[Identity], float], None],
                  app_users: int, other_devices: int, passers_by: int, hour_s: float,
-                 seed: int, wall_clock: Callable[[], float] = time.time) -> None:
+                 seed: int, wall_clock: Callable[[], float] = time.time,
+                 beacons: list[tuple[str, dict[int, bytes]]] | None = None) -> None:
         self.name = "simulator"
         self._on_advert = on_advert
         self._enroll = enroll
@@ -33,6 +34,8 @@ class SimulatedStore:
         self._wall = wall_clock
         self.runs = 0
         self.adverts_total = 0
+        self._beacons = beacons or []  # (scanner, manufacturer data): fixed zone beacons
+        self._next_beacon = 0.0
 
     def simulation(self, start: float) -> Simulation:
         return build(self._seed + self.runs, start=start, **self._shape)  # type: ignore[arg-type]
@@ -63,6 +66,11 @@ class SimulatedStore:
                         return
                 self.adverts_total += 1
                 self._on_advert(dataclasses.replace(a, ts=max(a.ts, self._wall() - 1)))
+                if self._beacons and a.ts >= self._next_beacon:  # zone beacons, 1 Hz
+                    self._next_beacon = a.ts + 1.0
+                    for n, (scanner, data) in enumerate(self._beacons):
+                        self._on_advert(Advert(a.ts, scanner, f"AC:23:3F:00:00:{n:02X}",
+                                               -55, manufacturer_data=data))
             self.runs += 1
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,54 @@
+"""The main job on the embedded default: `storegate run` with no config is the demo
+store, and within a minute it publishes visits, aggregates and purchases (simulated
+shoppers and a simulated till on pseudo-terminals, through the real pipeline and taps)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.gateway_proc import REPO, env
+from tests.support.mosquitto import Mosquitto
+from tests.support.subscriber import Subscriber
+from tests.support.waiting import wait_for
+
+
+def types(sub: Subscriber) -> dict[str, list[dict[str, Any]]]:
+    with sub.lock:
+        payloads = [v[0] for v in sub.events.values()]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in map(json.loads, payloads):
+        out.setdefault(e["type"], []).append(e)
+    return out
+
+
+def test_demo_store_publishes_visits_aggregates_and_purchases(
+        tmp_path: Path, broker: Mosquitto, subscriber: Subscriber) -> None:
+    e = env()
+    e.update({"XDG_STATE_HOME": str(tmp_path / "state"),
+              "STOREGATE_MQTT__PORT": str(broker.port),
+              "STOREGATE_SOURCES__LANE_SIMULATOR__EVERY_S": "2",
+              "STOREGATE_PRESENCE__OCCUPANCY_INTERVAL_S": "5"})
+    proc = subprocess.Popen([sys.executable, "-m", "storegate", "--log-format", "json", "run"],
+                            cwd=REPO, env=e, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "demo.log", "w"))  # noqa: SIM115
+    try:
+        want = {"storegate.visit.entered.v1", "storegate.purchase.completed.v1",
+                "storegate.occupancy.measured.v1", "storegate.gateway.telemetry.v1"}
+        wait_for(lambda: want <= set(types(subscriber)), 90, f"the demo publishing {want}")
+        got = types(subscriber)
+        purchase = got["storegate.purchase.completed.v1"][0]["data"]
+        assert purchase["lane"] == "lane-1" and not purchase["totals_mismatch"]
+        visit = got["storegate.visit.entered.v1"][0]
+        assert visit["source"] == "storegate://demo-store/gw-1"
+        assert visit["data"]["customer"].startswith("cust-")  # a pseudonym, not an address
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0
+    log = (tmp_path / "demo.log").read_text()
+    assert '"level": "error"' not in log and "Traceback" not in log
