@@ -202,8 +202,14 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
             time.sleep(0.2)
         wait_for(lambda: [e for e in events(subscriber, "storegate.visit.entered.v1")
                           if e["data"]["customer"] == "cust-bob"], 10, "bob's visit")
-        node.command("identities", {"op": "remove", "customers": ["cust-bob"]})
+        node.command("identities", {"op": "remove", "customers": ["cust-bob"],
+                                    "request_id": "erase-bob"})
         wait_for(lambda: status(storage)["presence"]["enrolled"] == 1, 10, "bob removed")
+        wait_for(lambda: [e for e in events(subscriber, "storegate.gateway.identities_applied.v1")
+                          if e["data"]["request_id"] == "erase-bob"], 10, "the confirmation")
+        [done] = [e["data"] for e in events(subscriber, "storegate.gateway.identities_applied.v1")
+                  if e["data"]["request_id"] == "erase-bob"]
+        assert done["applied"] and done["enrolled"] == 1 and done["op"] == "remove"
         assert IK2 not in db.read_bytes() + _wal(db)  # overwritten, not just unlinked
         seen = len(events(subscriber, "storegate.visit.entered.v1"))
         t_end = time.time() + 4

@@ -177,6 +177,7 @@ class Gateway:
         loop.call_soon_threadsafe(self._apply_identities, cmd)
 
     def _apply_identities(self, cmd: IdentitiesCommand) -> None:
+        error = None
         try:
             if self.presence is not None:
                 self.presence.apply_identities(cmd)
@@ -188,8 +189,20 @@ class Gateway:
                     self.identities.remove(cmd.customers)
                 else:
                     self.identities.replace(given)
-        except Exception:
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("identities command %s (request %s) failed", cmd.op, cmd.request_id)
+        enrolled = 0
+        if self.presence is not None:
+            enrolled = len(self.presence.pipeline.resolver)
+        elif self.identities is not None:
+            with contextlib.suppress(Exception):
+                enrolled = len(self.identities)
+        data = p.IdentitiesApplied(
+            request_id=cmd.request_id, op=cmd.op, applied=error is None, error=error,
+            received=len(cmd.identities) + len(cmd.customers), enrolled=enrolled)
+        self._submit([ev.EventDraft(ev.GATEWAY_IDENTITIES_APPLIED,
+                                    f"gateway/{self.config.gateway_id}", self._wall(), data)])
 
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
         """Events from the sources into the outbox, without waiting for the commit."""

@@ -60,6 +60,10 @@ GATEWAY_REPLAYED: Final = _t(
     "storegate.gateway.replayed.v1", "gateway", Priority.NORMAL, p.GatewayReplayed,
     "Answer to a replay command: events re-published and ranges no longer held.",
 )
+GATEWAY_IDENTITIES_APPLIED: Final = _t(
+    "storegate.gateway.identities_applied.v1", "gateway", Priority.HIGH, p.IdentitiesApplied,
+    "Answer to an identities command: applied or not, and how many are enrolled now.",
+)
 VISIT_ENTERED: Final = _t(
     "storegate.visit.entered.v1", "visit", Priority.HIGH, p.VisitEntered,
     "A consenting customer entered the store or a zone.",
@@ -96,7 +100,7 @@ PURCHASE_VOIDED: Final = _t(
 CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
     for t in (
-        GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED,
+        GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED, GATEWAY_IDENTITIES_APPLIED,
         VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED, OCCUPANCY_MEASURED,
         PURCHASE_COMPLETED, PURCHASE_VOIDED, POS_SCANNED,
     )

@@ -82,6 +82,18 @@ class PresenceHealth(Payload):
     customers_present: int = Field(ge=0)
 
 
+class IdentitiesApplied(Payload):
+    """The answer to an identities command: what this gateway holds afterwards. A
+    withdrawal is confirmed only by ``applied: true`` (the keys are gone from the box)."""
+
+    request_id: str | None
+    op: Literal["upsert", "remove", "replace"]
+    applied: bool = Field(description="False: nothing changed; send the command again.")
+    error: str | None = Field(default=None, description="Why it was not applied.")
+    received: int = Field(ge=0, description="Identities or pseudonyms in the command.")
+    enrolled: int = Field(ge=0, description="Consenting customers enrolled afterwards.")
+
+
 class GatewayReplayed(Payload):
     """The answer to a replay command: what was re-published and what was gone."""
 
