@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -148,6 +149,42 @@ def timed(fn: Any, *args: Any) -> tuple[float, int]:
     return time.perf_counter() - t, n
 
 
+async def full_sync(identities_: list[Identity]) -> dict[str, float]:
+    import tempfile  # noqa: PLC0415
+
+    from storegate.adapters.identities_sqlite import IdentityStore  # noqa: PLC0415
+    from storegate.app.presence import PresenceService  # noqa: PLC0415
+    from storegate.core.commands import IdentitiesCommand, IdentityRecord  # noqa: PLC0415
+    from storegate.core.presence.settings import PresenceSettings, Zone  # noqa: PLC0415
+
+    cmd = IdentitiesCommand(op="replace",
+                            identities=[IdentityRecord.of(i) for i in identities_])
+    with tempfile.TemporaryDirectory() as tmp:
+        store = IdentityStore(Path(tmp) / "ids.db")
+        pipe = PresencePipeline(PresenceSettings(zones=(Zone("z", ("s",)),)), EidResolver(),
+                                os.urandom)
+        service = PresenceService(pipe, identities=store, submit=lambda drafts: None)
+        stalls: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                stalls.append(now - last - 0.005)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        t = time.perf_counter()
+        await service.apply_identities(cmd)
+        secs = time.perf_counter() - t
+        done.set()
+        await tick
+        store.close()
+    return {"seconds": secs, "max_stall_ms": max(stalls) * 1000}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--adverts", type=int, default=200_000)
@@ -213,6 +250,13 @@ def main() -> int:
                        "core_fraction": rot_s / 3600}
     print(f"EID rotation, 100,000 identities: {rot_s:.1f} s CPU per store hour "
           f"({moved:,} rollovers, {100 * rot_s / 3600:.2f} % of one core)")
+
+    # a full sync of 100k identities from central while the gateway runs: the longest
+    # the event loop (adverts, receipts, commits) waits meanwhile
+    res["full_sync"] = asyncio.run(full_sync(enrolled))
+    fs = res["full_sync"]
+    print(f"identities replace of {N_IDENTITIES:,} while running: applied in "
+          f"{fs['seconds']:.1f} s, longest event-loop stall {fs['max_stall_ms']:.0f} ms")
 
     # memory, in a fresh process: 100k identities enrolled and 10,000 tracked customers
     mem = json.loads(subprocess.run([sys.executable, __file__, "--memory-child"], check=True,

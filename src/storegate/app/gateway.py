@@ -95,6 +95,7 @@ class Gateway:
         self.identities: IdentityStore | None = None
         self.presence: PresenceService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._consent_tasks: set[asyncio.Task[None]] = set()
         self.state = "created"
         # Files the presence pipeline needs are read now: a broken one stops the start
         # with a clear error, before anything is opened.
@@ -174,21 +175,27 @@ class Gateway:
         if loop is None:
             log.warning("identities command arrived while not running; ignored")
             return
-        loop.call_soon_threadsafe(self._apply_identities, cmd)
+        loop.call_soon_threadsafe(self._spawn_apply, cmd)
 
-    def _apply_identities(self, cmd: IdentitiesCommand) -> None:
+    def _spawn_apply(self, cmd: IdentitiesCommand) -> None:
+        task = asyncio.get_running_loop().create_task(self._apply_identities(cmd))
+        self._consent_tasks.add(task)  # a reference, until it is done
+        task.add_done_callback(self._consent_tasks.discard)
+
+    async def _apply_identities(self, cmd: IdentitiesCommand) -> None:
         error = None
         try:
             if self.presence is not None:
-                self.presence.apply_identities(cmd)
+                await self.presence.apply_identities(cmd)
             elif self.identities is not None:  # no presence here: keep the copy current
                 given = [r.identity() for r in cmd.identities]
+                store = self.identities
                 if cmd.op == "upsert":
-                    self.identities.upsert(given)
+                    await asyncio.to_thread(store.upsert, given)
                 elif cmd.op == "remove":
-                    self.identities.remove(cmd.customers)
+                    await asyncio.to_thread(store.remove, cmd.customers)
                 else:
-                    self.identities.replace(given)
+                    await asyncio.to_thread(store.replace, given)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("identities command %s (request %s) failed", cmd.op, cmd.request_id)
@@ -339,7 +346,9 @@ class Gateway:
         finally:
             log.info("stopping: no new events accepted; draining the outbox")
             self._loop = None  # commands arriving from now on are not applied
-            await asyncio.sleep(0)  # those already handed over run first
+            await asyncio.sleep(0)  # those already handed over start first...
+            if self._consent_tasks:  # ...and finish, so the store is not closed under them
+                await asyncio.wait(self._consent_tasks, timeout=30)
             drained = await asyncio.to_thread(self.stop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -37,6 +37,7 @@ from storegate.sim.live import SimulatedStore
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+ENROL_BATCH = 500  # identities enrolled between two yields to the loop (~10 ms)
 
 
 class AdvertSource(Protocol):
@@ -119,6 +120,7 @@ class PresenceService:
         self.commands_applied = 0
         self.errors_total = 0
         self._warn = LogOnce(log)
+        self._consent = asyncio.Lock()
 
     @classmethod
     def build(cls, config: Config, *, identities: IdentityStore,
@@ -158,28 +160,37 @@ class PresenceService:
         """Identities given by a trusted local source (the simulator): not persisted."""
         self.pipeline.enroll(identities, now)
 
-    def apply_identities(self, cmd: IdentitiesCommand) -> None:
-        """A consent change from central: persisted first, then applied."""
-        now = self._wall()
-        given = [r.identity() for r in cmd.identities]
-        removed: list[str] = []
-        if cmd.op == "upsert":
-            self.identities.upsert(given)
-            self.pipeline.enroll(given, now)
-        elif cmd.op == "remove":
-            # privacy first: stop tracking in memory before anything can fail on disk
-            removed = list(cmd.customers)
-            self.pipeline.withdraw(removed)
-            self.identities.remove(removed)
-        else:
-            keep = {i.customer for i in given}
-            removed = [c for c in self.pipeline.resolver.customers() if c not in keep]
-            self.pipeline.withdraw(removed)
-            self.identities.replace(given)
-            self.pipeline.enroll(given, now)
-        self.commands_applied += 1
-        log.info("identities %s applied (request %s): %d given, %d removed, %d enrolled now",
-                 cmd.op, cmd.request_id, len(given), len(removed), len(self.pipeline.resolver))
+    async def apply_identities(self, cmd: IdentitiesCommand) -> None:
+        """A consent change from central. Withdrawals leave memory first (privacy), then
+        disk; the disk work runs off the loop and enrolment yields every few hundred
+        identities, so a 100,000-identity full sync never stalls adverts or receipts.
+        Commands are applied one at a time, in arrival order."""
+        async with self._consent:
+            now = self._wall()
+            given = await asyncio.to_thread(lambda: [r.identity() for r in cmd.identities])
+            removed: list[str] = []
+            if cmd.op == "upsert":
+                await asyncio.to_thread(self.identities.upsert, given)
+                await self._enroll(given, now)
+            elif cmd.op == "remove":
+                removed = list(cmd.customers)
+                self.pipeline.withdraw(removed)
+                await asyncio.to_thread(self.identities.remove, removed)
+            else:
+                keep = {i.customer for i in given}
+                removed = [c for c in self.pipeline.resolver.customers() if c not in keep]
+                self.pipeline.withdraw(removed)
+                await asyncio.to_thread(self.identities.replace, given)
+                await self._enroll(given, now)
+            self.commands_applied += 1
+            log.info("identities %s applied (request %s): %d given, %d removed, %d enrolled "
+                     "now", cmd.op, cmd.request_id, len(given), len(removed),
+                     len(self.pipeline.resolver))
+
+    async def _enroll(self, identities: list[Identity], now: float) -> None:
+        for i in range(0, len(identities), ENROL_BATCH):
+            self.pipeline.enroll(identities[i:i + ENROL_BATCH], now)
+            await asyncio.sleep(0)
 
     # --- run -----------------------------------------------------------------------
 

@@ -71,11 +71,12 @@ class EidResolver:
     def __init__(self) -> None:
         self._by_eid: dict[bytes, str] = {}
         self._identities: dict[str, Identity] = {}
-        # customer -> (first quantum, EID of that quantum, of the next, ...): compact,
-        # 100,000 identities are held on a Raspberry Pi
-        self._eids_of: dict[str, tuple[int, *tuple[bytes, ...]]] = {}
+        # customer -> (when the window must move, first quantum, EID of that quantum, of
+        # the next, ...): one compact tuple, 100,000 identities are held on a Raspberry Pi.
+        # The heap may hold stale entries (re-enrolments); only the one whose time equals
+        # the tuple's counts.
+        self._eids_of: dict[str, tuple[float, int, *tuple[bytes, ...]]] = {}
         self._due: list[tuple[float, str]] = []  # (epoch when the window must move, customer)
-        self._due_at: dict[str, float] = {}  # the one heap entry per customer that counts
 
     def __len__(self) -> int:
         return len(self._identities)
@@ -96,8 +97,7 @@ class EidResolver:
     def remove(self, customer: str) -> None:
         """Forget a customer (consent withdrawn, erasure): their EIDs stop resolving."""
         self._identities.pop(customer, None)
-        self._due_at.pop(customer, None)
-        for e in self._eids_of.pop(customer, (0,))[1:]:
+        for e in self._eids_of.pop(customer, (0.0, 0))[2:]:
             if self._by_eid.get(e) == customer:
                 del self._by_eid[e]
 
@@ -114,7 +114,8 @@ class EidResolver:
         while self._due and self._due[0][0] <= now:
             at, customer = heapq.heappop(self._due)
             identity = self._identities.get(customer)
-            if identity is None or self._due_at.get(customer) != at:
+            current = self._eids_of.get(customer)
+            if identity is None or current is None or current[0] != at:
                 continue  # removed or re-enrolled since: a stale entry
             self._compute(identity, now)
             moved += 1
@@ -134,8 +135,8 @@ class EidResolver:
         old = self._eids_of.get(customer)
         kept: dict[int, bytes] = {}
         if old is not None:
-            q0 = old[0]
-            kept = {q0 + i: e for i, e in enumerate(old[1:])}
+            q0 = old[1]
+            kept = {q0 + i: e for i, e in enumerate(old[2:])}
         eids: list[bytes] = []
         for q in range(first, quantum + spread + 1):
             e = kept.pop(q, None)
@@ -146,7 +147,6 @@ class EidResolver:
         for e in kept.values():  # periods that left the window
             if self._by_eid.get(e) == customer:
                 del self._by_eid[e]
-        self._eids_of[customer] = (first, *eids)
         next_boundary = now + (((quantum + 1) << k) - bt)
-        self._due_at[customer] = next_boundary
+        self._eids_of[customer] = (next_boundary, first, *eids)
         heapq.heappush(self._due, (next_boundary, customer))
