@@ -386,3 +386,16 @@ def test_shtrih_m_stream_to_purchase_with_a_percent_discount() -> None:
     assert pc.discount_minor == (subtotal * 1000 + 5000) // 10000  # 10 %, half up
     assert pc.total_minor == subtotal - pc.discount_minor and not pc.totals_mismatch
     assert pc.tenders == [p.Tender(kind="cash", amount_minor=50000)]
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+@settings(max_examples=150, deadline=None)
+def test_display_scanner_and_lane_never_raise_on_garbage(chunks: list[bytes]) -> None:
+    la = lane()
+    parsers = [PoleDisplay(), BarcodeScanner(prefix=b"#", suffix="CRLF"), EscPos("cp437")]
+    t = T0
+    for c in chunks:
+        t += 0.4
+        for parser in parsers:
+            for f in parser.feed(c, t) + parser.flush(t + 5):
+                la.feed(f)

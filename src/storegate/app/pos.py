@@ -171,8 +171,8 @@ class PosService:
     def _failed(self, dev: _Device, exc: Exception) -> None:
         self.errors_total += 1
         self._warn(f"{dev.lane}/{dev.cfg.role}:{type(exc).__name__}",
-                   "lane %s %s: parser failed: %r", dev.lane, dev.cfg.role, exc,
-                   lane=dev.lane)
+                   "lane %s %s: parser failed (%s); those bytes are lost, the lane goes on",
+                   dev.lane, dev.cfg.role, type(exc).__name__, lane=dev.lane)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
