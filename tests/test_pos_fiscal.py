@@ -26,16 +26,9 @@ from storegate.core.pos.frames import (
     ReceiptText,
     TenderKind,
 )
+from storegate.core.pos.framing import crc8, crc16_xmodem, lrc8, sum8, xor8
 from storegate.core.pos.shtrih_m import ShtrihM
-from storegate.core.pos.stx_etx import (
-    StxEtx,
-    StxEtxSettings,
-    crc8,
-    crc16_xmodem,
-    lrc8,
-    sum8,
-    xor8,
-)
+from storegate.core.pos.stx_etx import StxEtx, StxEtxSettings
 from storegate.sim.fiscal import (
     ACK,
     ENQ,

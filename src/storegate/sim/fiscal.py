@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Final
 
 from storegate.core.pos import atol, shtrih_m
-from storegate.core.pos.stx_etx import StxEtxSettings, crc8, xor8
+from storegate.core.pos.framing import crc8, xor8
+from storegate.core.pos.stx_etx import StxEtxSettings
 
 ENQ: Final = bytes((shtrih_m.ENQ,))
 ACK: Final = bytes((shtrih_m.ACK,))

@@ -45,7 +45,7 @@ from storegate.core.pos.frames import (
     Rejections,
     TenderKind,
 )
-from storegate.core.pos.stx_etx import crc8_table
+from storegate.core.pos.framing import TimedBuffer, crc8_table
 
 FE: Final = 0xFE  # packet start
 FD: Final = 0xFD  # stuffing escape
@@ -75,10 +75,10 @@ def _tender(code: int) -> TenderKind:
     return "cash" if code == 0 else "card" if code == 1 else "other"
 
 
-class AtolV3:
+class AtolV3(TimedBuffer):
     """Incremental parser of an ATOL v3 transport line."""
 
-    __slots__ = ("_buf", "_count", "_last", "_last_at", "byte_timeout_s", "name", "rejected")
+    __slots__ = ("_count", "_last", "byte_timeout_s", "name", "rejected")
 
     def __init__(self, byte_timeout_s: float = BYTE_TIMEOUT_S) -> None:
         if not byte_timeout_s > 0:
@@ -91,21 +91,7 @@ class AtolV3:
         self._last_at = 0.0
         self._last: bytes | None = None  # ID + DATA of the previous good packet
 
-    def feed(self, data: bytes, now: float) -> list[Frame]:
-        out: list[Frame] = []
-        if not data:
-            return out
-        self._expire(now)
-        self._buf += data
-        self._last_at = now
-        self._parse(now, out)
-        return out
-
-    def flush(self, now: float) -> list[Frame]:
-        self._expire(now)
-        return []
-
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, out: list[Frame]) -> None:
         # A partial packet holds no later FE (it would have been cut there): drop it all.
         if self._buf and now - self._last_at > self.byte_timeout_s:
             self._count("timeout")

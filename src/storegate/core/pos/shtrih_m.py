@@ -57,7 +57,7 @@ from storegate.core.pos.frames import (
     Rejections,
     TenderKind,
 )
-from storegate.core.pos.stx_etx import xor8
+from storegate.core.pos.framing import TimedBuffer, xor8
 
 STX: Final = 0x02
 ENQ: Final = 0x05
@@ -94,11 +94,11 @@ def _le(raw: bytes) -> int:
     return int.from_bytes(raw, "little")
 
 
-class ShtrihM:
+class ShtrihM(TimedBuffer):
     """Incremental parser of a Shtrih-M register line, one or both directions merged."""
 
-    __slots__ = ("_buf", "_count", "_last_at", "_last_reply", "_last_request", "_pending",
-                 "byte_timeout_s", "name", "rejected")
+    __slots__ = ("_count", "_last_reply", "_last_request", "_pending", "byte_timeout_s", "name",
+                 "rejected")
 
     def __init__(self, byte_timeout_s: float = BYTE_TIMEOUT_S) -> None:
         if not byte_timeout_s > 0:
@@ -113,25 +113,10 @@ class ShtrihM:
         self._last_reply: bytes | None = None  # since the last request: for resent replies
         self._pending: int | None = None  # command of the latest request not yet answered
 
-    def feed(self, data: bytes, now: float) -> list[Frame]:
-        out: list[Frame] = []
-        if not data:
-            return out
-        if self._buf and now - self._last_at > self.byte_timeout_s:
-            self._expire(out)
-        self._buf += data
-        self._last_at = now
-        self._parse(now, out)
-        return out
-
-    def flush(self, now: float) -> list[Frame]:
-        out: list[Frame] = []
-        if self._buf and now - self._last_at > self.byte_timeout_s:
-            self._expire(out)
-        return out
-
-    def _expire(self, out: list[Frame]) -> None:
+    def _expire(self, now: float, out: list[Frame]) -> None:
         """Drop stale partial frames; a false start may have hidden whole frames behind it."""
+        if not self._buf or now - self._last_at <= self.byte_timeout_s:
+            return
         reason = "timeout"
         while self._buf:
             self._count(reason)

@@ -31,14 +31,20 @@ This module is also the home of the checksums the fiscal dialects share.
 
 from __future__ import annotations
 
-import binascii
 import codecs
 import re
 from dataclasses import dataclass
-from functools import cache
 from typing import Final, Literal
 
 from storegate.core.pos.frames import Frame, ReceiptText, Rejections
+from storegate.core.pos.framing import (
+    TimedBuffer,
+    crc8,
+    crc16_xmodem,
+    lrc8,
+    sum8,
+    xor8,
+)
 
 ChecksumKind = Literal["none", "xor", "lrc", "sum8", "crc8", "crc16-xmodem"]
 ChecksumCovers = Literal["payload", "payload+end"]
@@ -49,57 +55,6 @@ DEFAULT_BYTE_TIMEOUT_S: Final = 0.5
 
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _HUNT, _BODY, _CHECK = 0, 1, 2
-
-
-# -- checksums ------------------------------------------------------------------------
-
-
-def xor8(data: bytes | bytearray) -> int:
-    """XOR of all bytes, folded in C-sized steps rather than one Python step per byte."""
-    n = len(data)
-    if n == 0:
-        return 0
-    x = int.from_bytes(data, "little")
-    width = 8 << (n - 1).bit_length()
-    while width > 8:
-        width >>= 1
-        x = (x >> width) ^ (x & ((1 << width) - 1))
-    return x
-
-
-def sum8(data: bytes | bytearray) -> int:
-    return sum(data) & 0xFF
-
-
-def lrc8(data: bytes | bytearray) -> int:
-    """Two's complement of the byte sum: adding it to the sum gives 0 mod 256."""
-    return -sum(data) & 0xFF
-
-
-@cache
-def crc8_table(poly: int = 0x31) -> tuple[int, ...]:
-    """MSB-first CRC-8 lookup table for ``poly``."""
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = ((c << 1) ^ poly) & 0xFF if c & 0x80 else (c << 1) & 0xFF
-        table.append(c)
-    return tuple(table)
-
-
-def crc8(data: bytes | bytearray, poly: int = 0x31, init: int = 0xFF) -> int:
-    """MSB-first CRC-8, no reflection, no final XOR (poly 0x31 init 0xFF: CRC-8/NRSC-5)."""
-    table = crc8_table(poly)
-    c = init
-    for b in data:
-        c = table[c ^ b]
-    return c
-
-
-def crc16_xmodem(data: bytes | bytearray) -> int:
-    """CRC-16/XMODEM: poly 0x1021, init 0, MSB first (``binascii.crc_hqx``, in C)."""
-    return binascii.crc_hqx(data, 0)
 
 
 # -- settings -------------------------------------------------------------------------
@@ -188,11 +143,11 @@ class StxEtxSettings:
 # -- the parser -----------------------------------------------------------------------
 
 
-class StxEtx:
+class StxEtx(TimedBuffer):
     """Incremental parser of a generic start/end-framed text lane (see the module doc)."""
 
-    __slots__ = ("_body", "_buf", "_count", "_last_at", "_literals", "_started_at", "_state",
-                 "_triggers", "name", "rejected", "settings")
+    __slots__ = ("_body", "_count", "_literals", "_started_at", "_state", "_triggers", "name",
+                 "rejected", "settings")
 
     def __init__(self, settings: StxEtxSettings | None = None) -> None:
         s = settings if settings is not None else StxEtxSettings()
@@ -211,21 +166,7 @@ class StxEtx:
         self._triggers = tuple(sorted(triggers))
         self._literals = s.literals()
 
-    def feed(self, data: bytes, now: float) -> list[Frame]:
-        out: list[Frame] = []
-        if not data:
-            return out
-        self._expire(now)
-        self._buf += data
-        self._last_at = now
-        self._parse(now, out)
-        return out
-
-    def flush(self, now: float) -> list[Frame]:
-        self._expire(now)
-        return []
-
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, out: list[Frame]) -> None:
         timeout = self.settings.byte_timeout_s
         if timeout is None or now - self._last_at <= timeout:
             return
