@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from storegate.core.pos.frames import DisplayUpdate, Frame
+from storegate.core.pos.frames import DisplayUpdate, Frame, Rejections
 
 COLUMNS: Final = 20
 ESC: Final = 0x1B
@@ -30,6 +30,7 @@ class PoleDisplay:
         self.encoding = encoding
         self.idle_s = idle_s
         self.rejected: dict[str, int] = {}
+        self._reject = Rejections(self.rejected)
         self._screen = [bytearray(b" " * COLUMNS), bytearray(b" " * COLUMNS)]
         self._row = 0
         self._col = 0
@@ -40,9 +41,6 @@ class PoleDisplay:
         self._last = float("-inf")
         self._emitted: tuple[str, str] | None = None
         self._complete = False  # the last bytes completed a CD5220 line
-
-    def _reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def feed(self, data: bytes, now: float) -> list[Frame]:
         out = self.flush(now) if now - self._last >= self.idle_s else []

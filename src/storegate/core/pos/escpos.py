@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from storegate.core.pos.frames import Frame, JobStarted, ReceiptText
+from storegate.core.pos.frames import Frame, JobStarted, ReceiptText, Rejections
 
 ESC: Final = 0x1B
 GS: Final = 0x1D
@@ -78,15 +78,13 @@ class EscPos:
         self._codec = encoding
         self.idle_s = idle_s
         self.rejected: dict[str, int] = {}
+        self._reject = Rejections(self.rejected)
         self._pending = b""  # an incomplete command
         self._skip = 0  # image bytes still to skip
         self._segments: list[tuple[bytes, str]] = []  # the current line, by code page
         self._line_len = 0
         self._job = _Job()
         self._last = float("-inf")  # arrival of the last byte
-
-    def _reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     # --- input -----------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from storegate.core.pos.frames import (
     Frame,
     JobStarted,
     ReceiptText,
+    Rejections,
     Scanned,
     TenderKind,
 )
@@ -80,9 +81,7 @@ class LaneAssembler:
         self._printing: _Txn | None = None  # the sale whose receipt is being printed
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.counters: dict[str, int] = {}
-
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
+        self._count = Rejections(self.counters)
 
     def _open(self, at: float) -> _Txn:
         t = self._txn

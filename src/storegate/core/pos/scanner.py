@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final, Literal
 
-from storegate.core.pos.frames import Frame, Scanned
+from storegate.core.pos.frames import Frame, Rejections, Scanned
 
 Suffix = Literal["CR", "LF", "CRLF", "TAB"]
 SUFFIXES: Final[dict[str, bytes]] = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n", "TAB": b"\t"}
@@ -28,11 +28,9 @@ class BarcodeScanner:
         self.encoding = encoding
         self.idle_s = idle_s
         self.rejected: dict[str, int] = {}
+        self._reject = Rejections(self.rejected)
         self._buf = b""
         self._last = float("-inf")
-
-    def _reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def feed(self, data: bytes, now: float) -> list[Frame]:
         out = self.flush(now)
