@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +365,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _private_file(path: str) -> int:
+    """A capture file only its owner can read (it holds addresses or loyalty ids),
+    also when it existed before."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot write the capture: {exc.strerror}") from exc
+    return fd
+
+
+async def _run_until_stopped(runs: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]],
+                             stop: asyncio.Event, duration: float) -> None:
+    """Run the sources until Ctrl-C / SIGTERM, ``stop`` or ``duration`` (0: no limit)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with asyncio.TaskGroup() as tg:
+        for run in runs:
+            tg.create_task(run(stop))
+        if duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+            stop.set()
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     """Record adverts from the live sources to a capture file (JSON lines)."""
     from storegate.app.gateway import mqtt_settings  # noqa: PLC0415
@@ -372,19 +398,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from storegate.core.ble.capture import Advert, advert_to_json  # noqa: PLC0415
 
     config = _config(args)
-    try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # also when the file existed: it holds raw addresses
-    except OSError as exc:
-        raise ConfigError(args.out, f"cannot write the capture: {exc.strerror}") from exc
+    fd = _private_file(args.out)  # raw device addresses
     count = 0
 
     async def capture() -> None:
         nonlocal count
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             def write(a: Advert) -> None:
                 nonlocal count
@@ -402,13 +421,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             print(f"capturing from {', '.join(s.name for s in sources)} to {args.out} "
                   "(raw device addresses: keep the file on this box); Ctrl-C stops",
                   file=sys.stderr)
-            async with asyncio.TaskGroup() as tg:
-                for src in sources:
-                    tg.create_task(src.run(stop))
-                if args.duration:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), args.duration)
-                    stop.set()
+            await _run_until_stopped([src.run for src in sources], stop, args.duration)
 
     asyncio.run(capture())
     print(f"captured {count} advert(s) to {args.out}", file=sys.stderr)
@@ -417,8 +430,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_pos_capture(args: argparse.Namespace) -> int:
     """Record a lane's raw bytes, with arrival times, to a capture file."""
-    from storegate.adapters.serial_tap import SerialTap  # noqa: PLC0415
-    from storegate.core.backoff import Backoff  # noqa: PLC0415
+    from storegate.app.pos import device_tap  # noqa: PLC0415
     from storegate.core.pos.capture import Chunk, chunk_to_json  # noqa: PLC0415
 
     config = _config(args)
@@ -427,18 +439,10 @@ def cmd_pos_capture(args: argparse.Namespace) -> int:
         known = ", ".join(ln.id for ln in config.pos.lanes) or "none configured"
         raise ConfigError(str(args.config or "<config>"), f"no lane {args.lane!r} "
                           f"(lanes: {known})", "pos.lanes")
-    try:
-        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # receipts carry loyalty ids
-    except OSError as exc:
-        raise ConfigError(args.file, f"cannot write the capture: {exc.strerror}") from exc
+    fd = _private_file(args.file)  # receipts carry loyalty ids
     count = [0, 0]
 
     async def capture() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             taps = []
             for d in lane.devices:
@@ -448,20 +452,10 @@ def cmd_pos_capture(args: argparse.Namespace) -> int:
                     count[0] += 1
                     count[1] += len(data)
 
-                taps.append(SerialTap(
-                    name=f"{lane.id}/{d.role}", port=d.port, baudrate=d.baudrate,
-                    bytesize=d.bytesize, parity=d.parity, stopbits=d.stopbits,
-                    xonxoff=d.xonxoff, rtscts=d.rtscts, on_bytes=write,
-                    backoff=Backoff(0.5, 10.0)))
+                taps.append(device_tap(lane.id, d, write))
             print(f"capturing lane {lane.id} ({', '.join(d.port for d in lane.devices)}) to "
                   f"{args.file}; read-only; Ctrl-C stops", file=sys.stderr)
-            async with asyncio.TaskGroup() as tg:
-                for tap in taps:
-                    tg.create_task(tap.run(stop))
-                if args.duration:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), args.duration)
-                    stop.set()
+            await _run_until_stopped([tap.run for tap in taps], asyncio.Event(), args.duration)
 
     asyncio.run(capture())
     print(f"captured {count[1]} byte(s) in {count[0]} chunk(s) to {args.file}", file=sys.stderr)

@@ -75,6 +75,16 @@ def device_dialect(d: PosDeviceConfig) -> Dialect:
                         stx_etx=d.stx_etx)
 
 
+def device_tap(lane: str, d: PosDeviceConfig, on_bytes: Callable[[bytes, float], None],
+               wall_clock: Callable[[], float] = time.time) -> SerialTap:
+    """The read-only tap on one device's port (for ``run`` and ``pos capture``)."""
+    return SerialTap(
+        name=f"{lane}/{d.role}", port=d.port, baudrate=d.baudrate, bytesize=d.bytesize,
+        parity=d.parity, stopbits=d.stopbits, xonxoff=d.xonxoff, rtscts=d.rtscts,
+        on_bytes=on_bytes, backoff=Backoff(0.5, 10.0), wall_clock=wall_clock,
+    )
+
+
 def load_template(path: Path) -> Template:
     try:
         return Template.load(path)
@@ -120,13 +130,7 @@ class PosService:
             for j, d in enumerate(lane.devices):
                 try:
                     dev = _Device(lane.id, d, device_dialect(d))
-                    dev.tap = SerialTap(
-                        name=f"{lane.id}/{d.role}", port=d.port, baudrate=d.baudrate,
-                        bytesize=d.bytesize, parity=d.parity, stopbits=d.stopbits,
-                        xonxoff=d.xonxoff, rtscts=d.rtscts,
-                        on_bytes=self._receiver(dev),
-                        backoff=Backoff(0.5, 10.0), wall_clock=wall_clock,
-                    )
+                    dev.tap = device_tap(lane.id, d, self._receiver(dev), wall_clock)
                 except ValueError as exc:  # settings the dialect or pyserial refuse
                     raise ConfigError("<config>", str(exc),
                                       f"pos.lanes[{i}].devices[{j}]") from exc
