@@ -207,6 +207,15 @@ class EscPos:
             raise _NeedMoreError
         return buf[i]
 
+    @staticmethod
+    def _nul(buf: bytes, start: int, limit: int) -> int:
+        """Where the NUL ending an argument of at most ``limit`` bytes from ``start`` is;
+        -1 when there is none within the limit (not this command: noise)."""
+        end = buf.find(b"\x00", start, start + limit + 1)
+        if end < 0 and len(buf) - start <= limit:
+            raise _NeedMoreError
+        return end
+
     def _fixed(self, buf: bytes, pos: int, table: dict[int, int], unknown: str) -> int:
         cmd = self._arg(buf, pos + 1)
         n = table.get(cmd)
@@ -238,10 +247,8 @@ class EscPos:
             nl, nh = self._arg(buf, pos + 3), self._arg(buf, pos + 4)
             return self._image(pos + 5, (nl + nh * 256) * (1 if m in (0, 1) else 3))
         if cmd == 0x44:  # ESC D n1..nk NUL: tab stops
-            end = buf.find(b"\x00", pos + 2, pos + 2 + 33)
+            end = self._nul(buf, pos + 2, 32)
             if end < 0:
-                if len(buf) - pos < 35:
-                    raise _NeedMoreError
                 self._reject("bad-tab-stops")
                 return pos + 2
             return end + 1
@@ -320,10 +327,8 @@ class EscPos:
     def _barcode(self, buf: bytes, pos: int) -> int:
         m = self._arg(buf, pos + 2)
         if m <= 6:  # NUL-terminated data
-            end = buf.find(b"\x00", pos + 3, pos + 3 + 256)
+            end = self._nul(buf, pos + 3, 255)
             if end < 0:
-                if len(buf) - pos < 259:
-                    raise _NeedMoreError
                 self._reject("bad-barcode")
                 return pos + 3
             data, nxt = buf[pos + 3:end], end + 1
