@@ -4,26 +4,15 @@ shoppers and a simulated till on pseudo-terminals, through the real pipeline and
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from tests.support.gateway_proc import REPO, env
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
-
-
-def types(sub: Subscriber) -> dict[str, list[dict[str, Any]]]:
-    with sub.lock:
-        payloads = [v[0] for v in sub.events.values()]
-    out: dict[str, list[dict[str, Any]]] = {}
-    for e in map(json.loads, payloads):
-        out.setdefault(e["type"], []).append(e)
-    return out
 
 
 def test_demo_store_publishes_visits_aggregates_and_purchases(
@@ -39,11 +28,11 @@ def test_demo_store_publishes_visits_aggregates_and_purchases(
     try:
         want = {"storegate.visit.entered.v1", "storegate.purchase.completed.v1",
                 "storegate.occupancy.measured.v1", "storegate.gateway.telemetry.v1"}
-        wait_for(lambda: want <= set(types(subscriber)), 90, f"the demo publishing {want}")
-        got = types(subscriber)
-        purchase = got["storegate.purchase.completed.v1"][0]["data"]
+        wait_for(lambda: want <= {e["type"] for e in subscriber.decoded()}, 90,
+                 f"the demo publishing {want}")
+        purchase = subscriber.of_type("storegate.purchase.completed.v1")[0]["data"]
         assert purchase["lane"] == "lane-1" and not purchase["totals_mismatch"]
-        visit = got["storegate.visit.entered.v1"][0]
+        visit = subscriber.of_type("storegate.visit.entered.v1")[0]
         assert visit["source"] == "storegate://demo-store/gw-1"
         assert visit["data"]["customer"].startswith("cust-")  # a pseudonym, not an address
     finally:

@@ -19,7 +19,7 @@ from storegate.sim.lane import (
     random_receipt,
     scanner_codes,
 )
-from tests.support.gateway_proc import env, start_run, storegate, write_config
+from tests.support.gateway_proc import env, live_status, start_run, storegate, write_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.pty_lane import PtyDevice
 from tests.support.subscriber import Subscriber
@@ -54,18 +54,8 @@ encoding = "ascii"
 """
 
 
-def events(sub: Subscriber, type_: str) -> list[dict[str, Any]]:
-    with sub.lock:
-        payloads = [v[0] for v in sub.events.values()]
-    return [e for e in map(json.loads, payloads) if e["type"] == type_]
-
-
-def status(storage: Path) -> dict[str, Any]:
-    return json.loads((storage.parent / (storage.name + ".status.json")).read_text())
-
-
 def tap_states(storage: Path) -> dict[str, str]:
-    lanes = (status(storage).get("pos") or {}).get("lanes", {})
+    lanes = (live_status(storage).get("pos") or {}).get("lanes", {})
     return {d["role"]: d["tap"]["state"] for lane in lanes.values() for d in lane["devices"]}
 
 
@@ -97,7 +87,7 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
             return r
 
         receipts = [ring_up(100 + i) for i in range(3)]
-        wait_for(lambda: len(events(subscriber, "storegate.purchase.completed.v1")) >= 3, 15,
+        wait_for(lambda: len(subscriber.of_type("storegate.purchase.completed.v1")) >= 3, 15,
                  "three purchases")
         # the printer's cable is pulled and plugged back; garbage comes first (wrong baud)
         printer.unplug()
@@ -107,10 +97,10 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
         printer.write(bytes(rng.randrange(256) for _ in range(3000)))
         time.sleep(2.5)  # the line goes quiet: the garbage job ends
         receipts.append(ring_up(200))
-        wait_for(lambda: len(events(subscriber, "storegate.purchase.completed.v1")) >= 4, 15,
+        wait_for(lambda: len(subscriber.of_type("storegate.purchase.completed.v1")) >= 4, 15,
                  "the purchase after the garbage")
         got = {e["data"]["receipt"]: e["data"]
-               for e in events(subscriber, "storegate.purchase.completed.v1")}
+               for e in subscriber.of_type("storegate.purchase.completed.v1")}
         for r in receipts:
             pc = got[r.number]
             assert pc["total_minor"] == r.total_minor and not pc["totals_mismatch"]
@@ -119,20 +109,20 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
             assert pc["offer_tokens"] == list(r.offers)
             assert pc["fiscal"]["total_minor"] == r.total_minor
             assert pc["first_item_at"] is not None
-        scans = events(subscriber, "storegate.pos.scanned.v1")
+        scans = subscriber.of_type("storegate.pos.scanned.v1")
         want = sum((1 if r.loyalty else 0) + len(r.offers) for r in receipts)
         assert len(scans) == want
         txn = {pc["transaction_id"] for pc in got.values()}
         assert {s["data"]["transaction_id"] for s in scans} <= txn
-        wait_for(lambda: status(storage)["pos"]["lanes"]["lane-7"]["counters"].get(
+        wait_for(lambda: live_status(storage)["pos"]["lanes"]["lane-7"]["counters"].get(
             "purchases") == 4, 10, "status showing four purchases")
-        st = status(storage)["pos"]["lanes"]["lane-7"]
+        st = live_status(storage)["pos"]["lanes"]["lane-7"]
         dev = {d["role"]: d for d in st["devices"]}
         assert dev["printer"]["tap"]["disconnects_total"] == 1
         assert sum(dev["printer"]["rejected"].values()) >= 1  # the garbage, counted
         r = storegate("status", "-c", str(cfg))
         assert "lane      lane-7: 4 purchases" in r.stdout, r.stdout
-        health = events(subscriber, "storegate.gateway.telemetry.v1")[-1]["data"]["lanes"]
+        health = subscriber.of_type("storegate.gateway.telemetry.v1")[-1]["data"]["lanes"]
         assert health[0]["lane"] == "lane-7" and health[0]["rejected_total"] >= 1
         assert "printer (escpos" in r.stdout
     finally:
@@ -180,14 +170,14 @@ encoding = "cp1251"
         assert "busy" in capture.stderr or "exclusive" in capture.stderr.lower()
         for i in range(0, len(stream), 7):
             register.write(stream[i:i + 7])
-        wait_for(lambda: events(subscriber, "storegate.purchase.completed.v1"), 10,
+        wait_for(lambda: subscriber.of_type("storegate.purchase.completed.v1"), 10,
                  "the register's purchase")
-        [pc] = [e["data"] for e in events(subscriber, "storegate.purchase.completed.v1")]
+        [pc] = [e["data"] for e in subscriber.of_type("storegate.purchase.completed.v1")]
         assert pc["source"] == "fiscal" and pc["lane"] == "lane-2"
         assert [i["amount_minor"] for i in pc["items"]] == [17980, 16177]
         assert pc["total_minor"] == 34157 and not pc["totals_mismatch"]
         assert {t["kind"] for t in pc["tenders"]} == {"cash", "card"}
-        wait_for(lambda: "duplicate" in json.dumps(status(storage)["pos"]), 10,
+        wait_for(lambda: "duplicate" in json.dumps(live_status(storage)["pos"]), 10,
                  "the duplicate counted")
     finally:
         proc.send_signal(signal.SIGTERM)

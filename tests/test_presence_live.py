@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from storegate.core.ble.decoders import EDDYSTONE_UUID
 from storegate.core.ble.eid import Identity, compute_eid
 from tests.support.bluez import BluezMock
-from tests.support.gateway_proc import start_run, storegate, write_config
+from tests.support.gateway_proc import live_status, start_run, storegate, write_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
@@ -89,16 +89,6 @@ class Node:
         self.client.disconnect()
 
 
-def events(sub: Subscriber, type_: str) -> list[dict[str, Any]]:
-    with sub.lock:
-        payloads = [v[0] for v in sub.events.values()]
-    return [e for e in map(json.loads, payloads) if e["type"] == type_]
-
-
-def status(storage: Path) -> dict[str, Any]:
-    return json.loads((storage.parent / (storage.name + ".status.json")).read_text())
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, broker: Mosquitto) -> Any:
     alice = identity("cust-alice", IK)
@@ -113,8 +103,8 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Any:
                        extra=PRESENCE.format(files=files))
     proc = start_run(cfg, stderr=tmp_path / "gw.log")
     wait_for((storage.parent / "outbox.db.status.json").exists, 20, "gateway up")
-    wait_for(lambda: status(storage).get("presence") is not None
-             and status(storage)["presence"]["sources"][0]["state"] == "connected", 20,
+    wait_for(lambda: live_status(storage).get("presence") is not None
+             and live_status(storage)["presence"]["sources"][0]["state"] == "connected", 20,
              "scanner-nodes source connected")
     yield alice, storage, proc
     if proc.poll() is None:
@@ -145,23 +135,23 @@ def test_nodes_adverts_become_visits_and_bad_messages_are_counted(
                              "rssi@1m": -59, "mac": "c0ffee000001"})
             time.sleep(0.2)
         last_heard = time.time()
-        wait_for(lambda: len(events(subscriber, "storegate.visit.entered.v1")) >= 2, 10,
+        wait_for(lambda: len(subscriber.of_type("storegate.visit.entered.v1")) >= 2, 10,
                  "store and zone visits entered")
-        entered = events(subscriber, "storegate.visit.entered.v1")
+        entered = subscriber.of_type("storegate.visit.entered.v1")
         assert {e["data"]["customer"] for e in entered} == {"cust-alice"}
         assert {e["data"]["zone"] for e in entered} == {None, "entrance"}
-        wait_for(lambda: len(events(subscriber, "storegate.visit.exited.v1")) >= 2, 15,
+        wait_for(lambda: len(subscriber.of_type("storegate.visit.exited.v1")) >= 2, 15,
                  "visits exited")
-        exited = events(subscriber, "storegate.visit.exited.v1")
+        exited = subscriber.of_type("storegate.visit.exited.v1")
         for e in exited:
             # the exit time is the last evidence, not the moment the timeout fired
             exited_at = e["data"]["exited_at"]
             assert exited_at <= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(last_heard + 1))
-        wait_for(lambda: events(subscriber, "storegate.occupancy.measured.v1"), 15,
+        wait_for(lambda: subscriber.of_type("storegate.occupancy.measured.v1"), 15,
                  "an occupancy aggregate")
-        occupancy = events(subscriber, "storegate.occupancy.measured.v1")
+        occupancy = subscriber.of_type("storegate.occupancy.measured.v1")
         assert {e["data"]["zone"] for e in occupancy} >= {None, "entrance", "aisle"}
-        st = status(storage)["presence"]
+        st = live_status(storage)["presence"]
         nodes = st["sources"][0]
         assert nodes["rejected_total"] == 4
         assert set(nodes["nodes"]) >= {"node-a", "node-b"}
@@ -191,8 +181,8 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
         node.command("identities", {"op": "upsert", "identities": [record(bob)],
                                     "request_id": "r1"})
         node.command("identities", {"op": "upsert", "identities": []})  # invalid: counted
-        wait_for(lambda: status(storage)["presence"]["enrolled"] == 2, 10, "bob enrolled")
-        assert status(storage)["commands"]["rejected_total"] == 1
+        wait_for(lambda: live_status(storage)["presence"]["enrolled"] == 2, 10, "bob enrolled")
+        assert live_status(storage)["commands"]["rejected_total"] == 1
         db = storage.with_name("outbox.identities.db")
         assert IK2 in db.read_bytes() + _wal(db)
         assert os.stat(db).st_mode & 0o077 == 0  # keys are readable by the gateway only
@@ -200,25 +190,25 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
         while time.time() < t_end:
             node.raw("node-b", [eid_advert(bob, -55, "7A:00:00:00:00:02")])
             time.sleep(0.2)
-        wait_for(lambda: [e for e in events(subscriber, "storegate.visit.entered.v1")
+        wait_for(lambda: [e for e in subscriber.of_type("storegate.visit.entered.v1")
                           if e["data"]["customer"] == "cust-bob"], 10, "bob's visit")
         node.command("identities", {"op": "remove", "customers": ["cust-bob"],
                                     "request_id": "erase-bob"})
-        wait_for(lambda: status(storage)["presence"]["enrolled"] == 1, 10, "bob removed")
-        wait_for(lambda: [e for e in events(subscriber, "storegate.gateway.identities_applied.v1")
+        wait_for(lambda: live_status(storage)["presence"]["enrolled"] == 1, 10, "bob removed")
+        wait_for(lambda: [e for e in subscriber.of_type("storegate.gateway.identities_applied.v1")
                           if e["data"]["request_id"] == "erase-bob"], 10, "the confirmation")
-        [done] = [e["data"] for e in events(subscriber, "storegate.gateway.identities_applied.v1")
+        [done] = [e["data"] for e in subscriber.of_type("storegate.gateway.identities_applied.v1")
                   if e["data"]["request_id"] == "erase-bob"]
         assert done["applied"] and done["enrolled"] == 1 and done["op"] == "remove"
         assert IK2 not in db.read_bytes() + _wal(db)  # overwritten, not just unlinked
-        seen = len(events(subscriber, "storegate.visit.entered.v1"))
+        seen = len(subscriber.of_type("storegate.visit.entered.v1"))
         t_end = time.time() + 4
         while time.time() < t_end:  # bob's phone is now just an anonymous device
             node.raw("node-b", [eid_advert(bob, -55, "7A:00:00:00:00:02")])
             time.sleep(0.2)
         time.sleep(1)
-        assert len(events(subscriber, "storegate.visit.entered.v1")) == seen
-        assert status(storage)["presence"]["counters"]["unresolved_eid"] >= 10
+        assert len(subscriber.of_type("storegate.visit.entered.v1")) == seen
+        assert live_status(storage)["presence"]["counters"]["unresolved_eid"] >= 10
     finally:
         node.close()
 
@@ -249,9 +239,9 @@ def test_bluetooth_adapter_to_visits_and_status(tmp_path: Path, broker: Mosquitt
                             service_data={EDDYSTONE_UUID: bytes.fromhex(
                                 a["service_data"][EDDYSTONE_UUID])})
             time.sleep(0.1)
-        wait_for(lambda: len(events(subscriber, "storegate.visit.entered.v1")) >= 2, 10,
+        wait_for(lambda: len(subscriber.of_type("storegate.visit.entered.v1")) >= 2, 10,
                  "store and zone visits from the adapter")
-        assert {e["data"]["zone"] for e in events(subscriber, "storegate.visit.entered.v1")} \
+        assert {e["data"]["zone"] for e in subscriber.of_type("storegate.visit.entered.v1")} \
             == {None, "entrance"}
         r = storegate("status", "-c", str(cfg))
         assert "bluetooth hci1 (active, scanner node-a): scanning" in r.stdout, r.stdout

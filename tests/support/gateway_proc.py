@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +63,11 @@ def storegate(*args: str, input_: str | None = None, timeout: float = 60,
         [sys.executable, "-m", "storegate", *args], cwd=REPO, env=e, capture_output=True,
         text=True, input=input_, timeout=timeout, check=False,
     )
+
+
+def live_status(storage: Path) -> dict[str, Any]:
+    """What a running gateway writes to its status file (next to its outbox)."""
+    return json.loads((storage.parent / (storage.name + ".status.json")).read_text())
 
 
 def read_log(log: Path) -> dict[str, int]:

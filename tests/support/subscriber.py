@@ -60,6 +60,15 @@ class Subscriber:
                 event_id = "<unparseable>"
             self.events[event_id].append(msg.payload)
 
+    def decoded(self) -> list[dict[str, Any]]:
+        """Every distinct event received, as JSON objects."""
+        with self.lock:
+            payloads = [v[0] for v in self.events.values()]
+        return [json.loads(b) for b in payloads]
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.decoded() if e["type"] == type_]
+
     def ids(self) -> set[str]:
         with self.lock:
             return set(self.events)
