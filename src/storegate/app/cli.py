@@ -18,13 +18,13 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.outbox_sqlite import OutboxReader, purge
 from storegate.app import logs
-from storegate.config import ENV_CONFIG, Config, load, load_default, redacted
+from storegate.config import ENV_CONFIG, Config, PosDialect, load, load_default, redacted
 from storegate.errors import ConfigError, StoregateError
 
 log = logging.getLogger("storegate")
@@ -190,7 +190,7 @@ def _print_pos(pos: dict[str, Any], now: float) -> None:
             heard = f"last byte {_age(now - last)} ago" if last else "no bytes yet"
             rejected = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected"].items()))
             line = (f"          {d['role']} ({d['dialect']}, {d['port']}): "
-                    f"{tap.get('state', '?')}, {d['bytes_total']} bytes, {heard}")
+                    f"{tap.get('state', '?')}, {tap.get('bytes_total', 0)} bytes, {heard}")
             if rejected:
                 line += f"; rejected: {rejected}"
             if tap.get("last_error"):
@@ -635,8 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("decode", help="run a dialect and the lane assembly on a raw byte "
                         "file or a capture; print the events run would publish")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--dialect", choices=["escpos", "pole-display", "scanner", "shtrih-m",
-                                         "atol-v3", "stx-etx"],
+    p.add_argument("--dialect", choices=get_args(PosDialect),
                    help="required for a raw byte file; overrides a capture's")
     p.add_argument("--template", metavar="FILE", help="receipt template (TOML)")
     p.add_argument("--encoding", default="cp866")

@@ -111,7 +111,6 @@ class _Device:
     cfg: PosDeviceConfig
     dialect: Dialect
     tap: SerialTap | None = None
-    bytes_total: int = 0
     frames_total: int = 0
 
 
@@ -150,7 +149,6 @@ class PosService:
         return lambda data, ts: self._bytes(dev, data, ts)
 
     def _bytes(self, dev: _Device, data: bytes, ts: float) -> None:
-        dev.bytes_total += len(data)
         try:
             frames = dev.dialect.feed(data, ts)
         except Exception as exc:  # a parser bug costs these bytes, never the lane
@@ -220,7 +218,7 @@ class PosService:
         for dev in self.devices:
             lanes[dev.lane]["devices"].append({
                 "role": dev.cfg.role, "dialect": dev.cfg.dialect, "port": dev.cfg.port,
-                "bytes_total": dev.bytes_total, "frames_total": dev.frames_total,
+                "frames_total": dev.frames_total,
                 "rejected": dict(dev.dialect.rejected),
                 "tap": dev.tap.snapshot() if dev.tap is not None else None,
             })

@@ -40,8 +40,8 @@ CODE_PAGES: Final[dict[int, str]] = {
 
 # Fixed argument counts after the command byte (ESC x / GS x / FS x / DLE x).
 _ESC_FIXED: Final[dict[int, int]] = {
-    **dict.fromkeys(b"@2<", 0), 0x0C: 0,
-    **dict.fromkeys(b" !-3EGJMRSTUVade{rp?=%t", 1), 0x70: 3,  # ESC p m t1 t2
+    **dict.fromkeys(b"2<", 0), 0x0C: 0,  # (ESC @ and ESC t are handled before the table)
+    **dict.fromkeys(b" !-3EGJMRSTUVade{r?=%", 1), 0x70: 3,  # ESC p m t1 t2
     **dict.fromkeys(b"$\\", 2), ord("W"): 8, ord("c"): 2,
 }
 _ESC_CUTS: Final = frozenset(b"im")  # ESC i / ESC m: partial cut on many printers

@@ -106,8 +106,7 @@ class PresencePipeline:
         """Add or replace identities (consent given or key rotated)."""
         n = 0
         for identity in identities:
-            self.resolver.remove(identity.customer)
-            self.resolver.enroll(identity, now)
+            self.resolver.enroll(identity, now)  # replaces an enrolled one
             n += 1
         return n
 
