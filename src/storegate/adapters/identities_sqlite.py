@@ -87,6 +87,16 @@ class IdentityStore:
         self._scrub()
         return gone
 
+    def apply(self, op: str, given: list[Identity], customers: list[str]) -> None:
+        """An identities command's change, on disk: upsert ``given``, remove
+        ``customers``, or replace everything with ``given``."""
+        if op == "upsert":
+            self.upsert(given)
+        elif op == "remove":
+            self.remove(customers)
+        else:
+            self.replace(given)
+
     def secret(self, name: str, size: int = 32) -> bytes:
         """A random secret created on first use and kept (e.g. the footfall hash key)."""
         row = self._db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()

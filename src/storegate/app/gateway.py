@@ -189,13 +189,8 @@ class Gateway:
                 await self.presence.apply_identities(cmd)
             elif self.identities is not None:  # no presence here: keep the copy current
                 given = [r.identity() for r in cmd.identities]
-                store = self.identities
-                if cmd.op == "upsert":
-                    await asyncio.to_thread(store.upsert, given)
-                elif cmd.op == "remove":
-                    await asyncio.to_thread(store.remove, cmd.customers)
-                else:
-                    await asyncio.to_thread(store.replace, given)
+                await asyncio.to_thread(self.identities.apply, cmd.op, given,
+                                        list(cmd.customers))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
             log.exception("identities command %s (request %s) failed", cmd.op, cmd.request_id)

@@ -169,18 +169,14 @@ class PresenceService:
             now = self._wall()
             given = await asyncio.to_thread(lambda: [r.identity() for r in cmd.identities])
             removed: list[str] = []
-            if cmd.op == "upsert":
-                await asyncio.to_thread(self.identities.upsert, given)
-                await self._enroll(given, now)
-            elif cmd.op == "remove":
+            if cmd.op == "remove":
                 removed = list(cmd.customers)
-                self.pipeline.withdraw(removed)
-                await asyncio.to_thread(self.identities.remove, removed)
-            else:
+            elif cmd.op == "replace":
                 keep = {i.customer for i in given}
                 removed = [c for c in self.pipeline.resolver.customers() if c not in keep]
-                self.pipeline.withdraw(removed)
-                await asyncio.to_thread(self.identities.replace, given)
+            self.pipeline.withdraw(removed)  # memory first: privacy before disk
+            await asyncio.to_thread(self.identities.apply, cmd.op, given, removed)
+            if cmd.op != "remove":
                 await self._enroll(given, now)
             self.commands_applied += 1
             log.info("identities %s applied (request %s): %d given, %d removed, %d enrolled "
