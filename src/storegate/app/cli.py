@@ -303,29 +303,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from storegate.app.eventfile import EventFile  # noqa: PLC0415
     from storegate.app.presence_files import (  # noqa: PLC0415
-        load_beacons,
+        config_beacons,
         load_identities,
-        presence_settings,
+        presence_pipeline,
     )
     from storegate.core.ble.capture import BadLine, read_capture  # noqa: PLC0415
-    from storegate.core.ble.eid import EidResolver  # noqa: PLC0415
-    from storegate.core.presence.infrastructure import Infrastructure  # noqa: PLC0415
-    from storegate.core.presence.pipeline import PresencePipeline  # noqa: PLC0415
     from storegate.core.topics import Topics  # noqa: PLC0415
 
     config = _config(args)
     ident_path = Path(args.identities) if args.identities else config.presence.identities_file
     identities = load_identities(ident_path) if ident_path else []
-    settings = presence_settings(config.presence)
-    if not settings.zones:
+    if not config.presence.zones:
         raise ConfigError(str(args.config or "<config>"), "no zones configured",
                           "presence.zones")
-    resolver = EidResolver()
-    p = config.presence
-    beacons = Infrastructure(load_beacons(p.beacons_file) if p.beacons_file else [])
-    pipe = PresencePipeline(settings, resolver, os.urandom, infrastructure=beacons,
-                            footfall_period_s=p.footfall_period_s,
-                            occupancy_interval_s=p.occupancy_interval_s)
+    pipe = presence_pipeline(config.presence, config_beacons(config.presence))
+    resolver, settings = pipe.resolver, pipe.settings
     bad: list[BadLine] = []
     started = time.monotonic()
     first_ts: float | None = None
@@ -395,6 +387,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     """Record adverts from the live sources to a capture file (JSON lines)."""
     from storegate.app.gateway import mqtt_settings  # noqa: PLC0415
     from storegate.app.presence import build_sources  # noqa: PLC0415
+    from storegate.app.presence_files import config_beacons  # noqa: PLC0415
     from storegate.core.ble.capture import Advert, advert_to_json  # noqa: PLC0415
 
     config = _config(args)
@@ -414,6 +407,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
             sources = build_sources(config, mqtt_settings(config), on_advert=write,
                                     enroll=lambda identities, now: None,
+                                    beacons=config_beacons(config.presence),
                                     client_suffix=f"capture-{os.getpid()}")
             if not sources:
                 raise ConfigError(str(args.config or "<config>"), "no advert source enabled "

@@ -27,7 +27,7 @@ from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
 from storegate.app.commands import CommandHandler
 from storegate.app.pos import PosService
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
-from storegate.app.presence_files import load_beacons, load_identities
+from storegate.app.presence_files import config_beacons, load_identities
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -35,7 +35,6 @@ from storegate.core.backoff import Backoff
 from storegate.core.ble.eid import Identity
 from storegate.core.commands import IdentitiesCommand
 from storegate.core.ids import Uuid7Generator
-from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
 from storegate.errors import OutboxError
@@ -102,7 +101,7 @@ class Gateway:
         p = config.presence
         self._registry: list[Identity] = (
             load_identities(p.identities_file) if p.identities_file else [])
-        self._beacons = Infrastructure(load_beacons(p.beacons_file) if p.beacons_file else [])
+        self._beacons = config_beacons(p)
         # POS lanes: templates are read now, so a broken one stops the start too.
         self.pos: PosService | None = (
             PosService(config, submit=self._submit, wall_clock=wall_clock)
@@ -328,7 +327,7 @@ class Gateway:
                     extra=self._registry, beacons=self._beacons, wall_clock=self._wall)
                 self.presence.sources = build_sources(
                     self.config, mqtt_settings(self.config), on_advert=self.presence.feed,
-                    enroll=self.presence.enroll)
+                    enroll=self.presence.enroll, beacons=self._beacons)
             async with asyncio.TaskGroup() as tg:
                 if self.presence is not None:
                     tg.create_task(self.presence.run(stop))

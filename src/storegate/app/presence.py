@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -20,14 +19,14 @@ from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_nodes import ScannerNodesSource
 from storegate.adapters.mqtt_paho import MqttSettings
 from storegate.app.logs import LogOnce
-from storegate.app.presence_files import load_beacons, presence_settings
+from storegate.app.presence_files import presence_pipeline
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import APPLE
-from storegate.core.ble.eid import EidResolver, Identity
+from storegate.core.ble.eid import Identity
 from storegate.core.commands import IdentitiesCommand
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
@@ -54,7 +53,7 @@ def presence_enabled(config: Config) -> bool:
 
 
 def build_sources(config: Config, mqtt: MqttSettings, *, on_advert: Callable[[Advert], None],
-                  enroll: Callable[[list[Identity], float], None],
+                  enroll: Callable[[list[Identity], float], None], beacons: Infrastructure,
                   client_suffix: str = "nodes") -> list[AdvertSource]:
     """The advert sources the config enables (shared by ``run`` and ``capture``)."""
     s = config.sources
@@ -80,20 +79,18 @@ def build_sources(config: Config, mqtt: MqttSettings, *, on_advert: Callable[[Ad
         out.append(SimulatedStore(
             on_advert=on_advert, enroll=enroll, app_users=m.app_users,
             other_devices=m.other_devices, passers_by=m.passers_by, hour_s=m.hour_s,
-            seed=m.seed, beacons=_zone_beacons(config),
+            seed=m.seed, beacons=_zone_beacons(config, beacons),
         ))
     return out
 
 
-def _zone_beacons(config: Config) -> list[tuple[str, dict[int, bytes]]]:
+def _zone_beacons(config: Config, beacons: Infrastructure) -> list[
+        tuple[str, dict[int, bytes]]]:
     """(scanner, manufacturer data) of the store's iBeacon zone beacons, as the scanners
     of their zone hear them: the simulator advertises them like the real ones."""
-    p = config.presence
-    if p.beacons_file is None:
-        return []
-    scanners = {z.id: z.scanners for z in p.zones}
+    scanners = {z.id: z.scanners for z in config.presence.zones}
     out = []
-    for b in load_beacons(p.beacons_file):
+    for b in beacons.beacons:
         if b.kind != "zone" or b.zone not in scanners or b.ibeacon_uuid is None \
                 or b.major is None or b.minor is None:
             continue
@@ -127,13 +124,8 @@ class PresenceService:
               submit: Callable[[list[ev.EventDraft]], None],
               extra: Sequence[Identity] = (), beacons: Infrastructure | None = None,
               wall_clock: Callable[[], float] = time.time) -> PresenceService:
-        pc = config.presence
-        pipeline = PresencePipeline(
-            presence_settings(pc), EidResolver(), os.urandom,
-            footfall_secret=identities.secret("footfall"), infrastructure=beacons,
-            footfall_period_s=pc.footfall_period_s,
-            occupancy_interval_s=pc.occupancy_interval_s,
-        )
+        pipeline = presence_pipeline(config.presence, beacons or Infrastructure(()),
+                                     identities.secret("footfall"))
         now = wall_clock()
         stored = identities.load()
         pipeline.enroll(stored, now)

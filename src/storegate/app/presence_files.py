@@ -9,6 +9,7 @@ The registry is a JSON list of enrolled identities (consenting customers only):
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 import uuid
 from pathlib import Path
@@ -24,9 +25,10 @@ from pydantic import (
 )
 
 from storegate.config import PresenceConfig
-from storegate.core.ble.eid import Identity
+from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.commands import IdentityRecord
-from storegate.core.presence.infrastructure import Beacon, Kind
+from storegate.core.presence.infrastructure import Beacon, Infrastructure, Kind
+from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings, Zone
 from storegate.errors import ConfigError
 
@@ -162,4 +164,19 @@ def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
         window_s=cfg.window_s,
         switch_margin_db=cfg.switch_margin_db,
         switch_hold_s=cfg.switch_hold_s,
+    )
+
+
+def config_beacons(cfg: PresenceConfig) -> Infrastructure:
+    """The store's infrastructure beacons named by the config (none without a file)."""
+    return Infrastructure(load_beacons(cfg.beacons_file) if cfg.beacons_file else [])
+
+
+def presence_pipeline(cfg: PresenceConfig, beacons: Infrastructure,
+                      footfall_secret: bytes | None = None) -> PresencePipeline:
+    """The pure pipeline as the config sets it up (for ``run`` and ``replay``)."""
+    return PresencePipeline(
+        presence_settings(cfg), EidResolver(), os.urandom, footfall_secret,
+        infrastructure=beacons, footfall_period_s=cfg.footfall_period_s,
+        occupancy_interval_s=cfg.occupancy_interval_s,
     )
