@@ -25,7 +25,7 @@ from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
 from storegate.core.ble.capture import Advert
-from storegate.core.ble.decoders import APPLE
+from storegate.core.ble.decoders import APPLE, encode_ibeacon
 from storegate.core.ble.eid import Identity
 from storegate.core.commands import IdentitiesCommand
 from storegate.core.presence.infrastructure import Infrastructure
@@ -94,8 +94,7 @@ def _zone_beacons(config: Config, beacons: Infrastructure) -> list[
         if b.kind != "zone" or b.zone not in scanners or b.ibeacon_uuid is None \
                 or b.major is None or b.minor is None:
             continue
-        data = (b"\x02\x15" + bytes.fromhex(b.ibeacon_uuid.replace("-", ""))
-                + b.major.to_bytes(2, "big") + b.minor.to_bytes(2, "big") + b"\xc5")
+        data = encode_ibeacon(b.ibeacon_uuid, b.major, b.minor, -59)
         out += [(scanner, {APPLE: data}) for scanner in scanners[b.zone]]
     return out
 

@@ -116,6 +116,13 @@ def decode_ibeacon(data: bytes) -> IBeacon | None:
     )
 
 
+def encode_ibeacon(uuid: str, major: int, minor: int, power_1m: int) -> bytes:
+    """The Apple manufacturer data (company id stripped) that :func:`decode_ibeacon`
+    reads back; ``uuid`` dashed or not."""
+    return (b"\x02\x15" + bytes.fromhex(uuid.replace("-", "")) + major.to_bytes(2, "big")
+            + minor.to_bytes(2, "big") + bytes([power_1m & 0xFF]))
+
+
 def decode_altbeacon(company_id: int, data: bytes) -> AltBeacon | None:
     """``BE AC`` + beacon id (20) + reference RSSI + reserved: exactly 24 bytes."""
     if len(data) != 24 or data[0] != 0xBE or data[1] != 0xAC:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from storegate.core.ble.capture import Advert, parse_advert
-from storegate.core.ble.decoders import APPLE, EDDYSTONE_UUID
+from storegate.core.ble.decoders import APPLE, EDDYSTONE_UUID, encode_ibeacon
 
 ALTBEACON_COMPANY: Final = 0x0118  # Radius Networks, the usual AltBeacon company id
 MAX_ADVERTS_PER_MESSAGE: Final = 1000
@@ -97,18 +97,13 @@ def parse_raw_adverts(topic: str, payload: bytes, now: float,
     return adverts, bad
 
 
-def _ibeacon_bytes(uuid_hex: str, major: int, minor: int, power: int) -> bytes:
-    return (b"\x02\x15" + bytes.fromhex(uuid_hex) + major.to_bytes(2, "big")
-            + minor.to_bytes(2, "big") + bytes([_i8(power)]))
-
-
 def _rebuild(device_id: str, power_1m: int) -> tuple[dict[int, bytes], dict[str, bytes]] | str:
     """The advert data an ESPresense fingerprint stands for (or why it cannot be)."""
     if (m := _IBEACON_ID.match(device_id)) is not None:
         major, minor = int(m.group(2)), int(m.group(3))
         if major > 0xFFFF or minor > 0xFFFF:
             return f"iBeacon major/minor out of range in {device_id!r}"
-        return {APPLE: _ibeacon_bytes(m.group(1).replace("-", ""), major, minor, power_1m)}, {}
+        return {APPLE: encode_ibeacon(m.group(1), major, minor, power_1m)}, {}
     if (m := _ALTBEACON_ID.match(device_id)) is not None:
         major, minor = int(m.group(2)), int(m.group(3))
         if major > 0xFFFF or minor > 0xFFFF:
