@@ -1,5 +1,6 @@
-"""The shipped broker config does what it says: a real store broker bridged to a real
-"central" broker, with the bridge topic lines exactly as deploy/ ships them."""
+"""The shipped bridge lines do what they say: a real store broker bridged to a real
+"central" broker, with the bridge topic lines exactly as deploy/ ships them. The whole
+shipped config (logins, ACLs, TLS, Debian's main config) is tests/test_broker_acl.py."""
 
 from __future__ import annotations
 
@@ -56,7 +57,13 @@ def test_bridge_forwards_events_and_status_but_never_raw_adverts(tmp_path: Path)
                 if all(sub.by_topic.get(t) for t in ok):
                     break
             time.sleep(0.2)
-        time.sleep(0.5)
+        # The bridge is up. Device data once more, then a marker event: the marker
+        # arriving means the adverts before it had their chance to cross.
+        for topic, body in leak.items():
+            node.publish(topic, body, qos=1).wait_for_publish(5)
+        marker = "storegate/v1/store-0042/gw-1/events/marker"
+        node.publish(marker, b'{"id":"marker"}', qos=1).wait_for_publish(5)
+        wait_for(lambda: sub.by_topic.get(marker), 10, "the marker event at central")
         with sub.lock:
             seen = dict(sub.by_topic)
         assert all(seen.get(t) for t in ok), seen
@@ -76,6 +83,13 @@ def test_bridge_forwards_events_and_status_but_never_raw_adverts(tmp_path: Path)
                     if local.by_topic.get("storegate/v1/store-0042/commands/identities"):
                         break
                 time.sleep(0.2)
+            # Another store's command, then a marker for this store: once the marker is
+            # here, the other store's command would be too if the bridge let it down.
+            central_pub.publish("storegate/v1/store-0099/commands/identities", b"{}",
+                                qos=1).wait_for_publish(5)
+            marker = "storegate/v1/store-0042/commands/marker"
+            central_pub.publish(marker, b"{}", qos=1).wait_for_publish(5)
+            wait_for(lambda: local.by_topic.get(marker), 10, "the marker command locally")
             with local.lock:
                 down = dict(local.by_topic)
             assert down.get("storegate/v1/store-0042/commands/identities")

@@ -29,13 +29,16 @@ def mosquitto_binary() -> str:
 class Mosquitto:
     """One broker process; ``kill`` is SIGKILL (a crash), ``stop`` is SIGTERM."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "",
+                 *, config: str | None = None) -> None:
+        """``config``, when given, is the whole configuration (a test of a shipped file):
+        it must listen on ``port`` on 127.0.0.1 and log to ``workdir/mosquitto.log``."""
         self.workdir = workdir
         self.port = port or free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
-        self.conf.write_text(
+        self.conf.write_text(config if config is not None else
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             # As root, mosquitto drops to user 'mosquitto' and then cannot write its log
