@@ -6,7 +6,8 @@ fed by a deterministic purchase generator instead of POS lanes.
 Accepts purchases N..N+M-1 (up to --concurrency at once) and appends "<n> <id>" to
 FILE after each one is accepted (committed), so the test knows exactly which events
 storegate promised to deliver even if this process is SIGKILLed. With --drain it waits
-for the outbox to empty before a graceful stop.
+for the outbox to empty before a graceful stop; with --hold FILE it then keeps running
+(serving replay commands) until FILE exists.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.drain:
         while gw.outbox.depth > 0:
             await asyncio.sleep(0.02)
+    if args.hold:
+        while not Path(args.hold).exists():
+            await asyncio.sleep(0.05)
     stop.set()
     await runner
     print("STOPPED", flush=True)
@@ -87,6 +91,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
     ap.add_argument("--drain", action="store_true")
+    ap.add_argument("--hold", help="after that, keep running until this file exists")
     args = ap.parse_args()
     logs.setup("info", "json", sys.stderr)
     return asyncio.run(main_async(args))

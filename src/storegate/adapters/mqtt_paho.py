@@ -12,11 +12,25 @@ silently, so the outbox, not paho, is the only backlog. An event leaves the outb
 after its PUBACK. A fresh paho client is made for every connection; after a drop the
 unacknowledged events are re-sent from the outbox, oldest first, with their original
 ids, so consumers deduplicate on the CloudEvents ``id``.
+
+Every event taken out of the outbox and not yet acknowledged is in exactly one place:
+in flight, in the send buffer, in the re-send set, held after a refusal, or above the
+cursor (where the outbox itself remembers it). A dropped link moves what only memory
+remembers (in flight, and re-sends waiting in the buffer) back into the re-send set, so
+the gateway recovers without a restart.
+
+An event the broker refuses (an MQTT 5 PUBACK reason code of 0x80 or more, e.g. 0x87
+not authorised) stays in the outbox and is held back with a capped exponential backoff
+per event while the others flow on. MQTT 3.1.1 has no such reason codes (mosquitto
+acknowledges a publish its ACL denied), so under 3.1.1 the publisher checks once per
+connection that its own retained birth certificate comes back from the broker, and says
+permanently in its status that refusals cannot be seen.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import queue
@@ -46,6 +60,20 @@ FETCH_BATCH: Final = 1000
 IDLE_TICK_S: Final = 1.0
 STATUS_ACK_WAIT_S: Final = 2.0
 DEFAULT_BACKOFF: Final = Backoff(0.5, 30.0)
+# A refusal is a broker's (or its ACL's) decision, not a network blip: retry it rarely
+# (first after 1 s, at most every 5 min per event), never in a loop.
+REFUSAL_BACKOFF: Final = Backoff(1.0, 300.0)
+# MQTT 3.1.1: how long after the SUBACK the retained birth may take to come back.
+ECHO_WAIT_S: Final = 5.0
+# A broker that accepts the connection and drops it before any event is acknowledged
+# (mosquitto does after a publish its ACL denied) would otherwise be reconnected to in a
+# loop: such a connection counts as a failed attempt for the reconnect backoff.
+STABLE_CONNECTION_S: Final = 10.0
+ECHO_INTERRUPTIONS: Final = 3  # connections lost in a row right after the birth's PUBACK
+PROTOCOL_311_WARNING: Final = (
+    "protocol 3.1.1: the broker cannot report refused publishes; events denied by its "
+    "ACL are lost (use mqtt.protocol = \"5\")"
+)
 CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json; charset=UTF-8"
 
 
@@ -71,6 +99,7 @@ class MqttSettings:
     connect_timeout_s: float = 10.0
     backoff: Backoff = DEFAULT_BACKOFF
     tls: TlsSettings | None = None
+    refusal_backoff: Backoff = REFUSAL_BACKOFF
 
     @property
     def url(self) -> str:
@@ -96,9 +125,22 @@ class PublisherStatus:
     last_error: str | None
     in_flight: int
     published_total: int
-    rejected_total: int
+    rejected_total: int  # refusals (PUBACK reason code >= 0x80), every attempt counted
+    refused_held: int  # events whose last attempt was refused, waiting in the outbox
+    last_refusal: str | None
     reconnects_total: int
     connect_failures: int
+    warnings: tuple[str, ...]  # conditions an operator must see (e.g. MQTT 3.1.1)
+    birth_check: str | None  # MQTT 3.1.1: did our retained birth come back from the broker
+
+
+@dataclass(slots=True)
+class _Refusal:
+    """An event the broker refused, and when to offer it again (None: offered now)."""
+
+    attempts: int
+    retry_at: float | None
+    reason: str
 
 
 def base_client(s: MqttSettings, client_id: str, *, reconnect_on_failure: bool,
@@ -182,28 +224,48 @@ class MqttPublisher:
         self._connack: ReasonCode | None = None
         self._receive_max = settings.window
         self._in_flight: dict[int, int] = {}  # mid -> sequence
-        self._resend: list[int] = []
-        self._buffer: deque[StoredEvent] = deque()
-        self._cursor = 0
+        self._resend: set[int] = set()  # at or below the cursor: to fetch and send again
+        self._buffer: deque[StoredEvent] = deque()  # fetched, to publish next, in order
+        self._refused: dict[int, _Refusal] = {}  # sequence -> last refusal
+        self._next_retry: float | None = None  # earliest retry_at among the held
+        self._cursor = 0  # every sequence above it not in flight is fetched from the outbox
         self._acked: list[int] = []
         self._status_mid: int | None = None
         self._publish_props: Properties | None = None
         self._status_acked = False
+        # MQTT 3.1.1 only: the birth certificate we wait to see come back from the broker
+        self._echo_payload: bytes | None = None
+        self._echo_mid: int | None = None
+        self._echo_deadline: float | None = None
+        self._echo_interrupted = 0  # connections lost in a row before the check ended
+        self._logged_once: set[str] = set()
         # observable state (written by the thread, read by anyone)
         self.connected = False
         self.since: float | None = None
         self.last_error: str | None = None
         self.published_total = 0
         self.rejected_total = 0
+        self.last_refusal: str | None = None
         self.reconnects_total = 0
         self.connect_failures = 0
         self._ever_connected = False
         self._rejected_logged: set[str] = set()
+        # Replaced whole (never mutated) so readers on other threads see a consistent tuple.
+        self._permanent: tuple[str, ...] = (
+            (PROTOCOL_311_WARNING,) if settings.protocol == "3.1.1" else ())
+        self._broker_warning: str | None = None
+        self.warnings: tuple[str, ...] = self._permanent
+        # MQTT 3.1.1: did the broker return our retained birth? None under MQTT 5 (not
+        # needed: refusals have reason codes); "pending", "confirmed", "missing",
+        # "unreadable" (the SUBACK refused our own status topic), "interrupted".
+        self.birth_check: str | None = "pending" if settings.protocol == "3.1.1" else None
 
     # --- other threads ---------------------------------------------------------------
 
     def start(self, committed: int) -> None:
         self._committed = committed
+        if self.settings.protocol == "3.1.1":
+            log.warning("%s", PROTOCOL_311_WARNING)
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._thread.start()
 
@@ -245,8 +307,12 @@ class MqttPublisher:
             in_flight=len(self._in_flight),
             published_total=self.published_total,
             rejected_total=self.rejected_total,
+            refused_held=len(self._refused),
+            last_refusal=self.last_refusal,
             reconnects_total=self.reconnects_total,
             connect_failures=self.connect_failures,
+            warnings=self.warnings,
+            birth_check=self.birth_check,
         )
 
     # --- publisher thread ----------------------------------------------------------
@@ -258,8 +324,11 @@ class MqttPublisher:
         return self._stop_at is not None and time.monotonic() >= self._stop_at
 
     def _is_drained(self) -> bool:
+        """Nothing left anywhere: every container of the pending set is empty (a held
+        refusal is pending too), and nothing committed lies beyond the cursor."""
         return (
             not self._in_flight and not self._resend and not self._buffer
+            and not self._refused and not self._acked
             and self._resend_inbox.empty() and self._cursor >= self._committed
         )
 
@@ -280,6 +349,7 @@ class MqttPublisher:
                     self._on_lost()
                     self._sleep(1.0)
         finally:
+            self._flush_acks()
             if self._is_drained():
                 self.drained.set()
             self._drop_client()
@@ -299,11 +369,17 @@ class MqttPublisher:
                 self._sleep(self.settings.backoff.delay(attempt, random.random()))
                 attempt += 1
                 continue
-            attempt = 0
+            published, since = self.published_total, time.monotonic()
             try:
                 self._serve(reader)
             except _Disconnected:
                 self._on_lost()
+                if (self.published_total > published
+                        or time.monotonic() - since >= STABLE_CONNECTION_S):
+                    attempt = 0
+                else:  # dropped before doing any work: a failed attempt, not a new start
+                    self._sleep(self.settings.backoff.delay(attempt, random.random()))
+                    attempt += 1
                 continue
             self._goodbye()
             return
@@ -345,6 +421,7 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._publish_props = None
         if v5:
             # CloudEvents MQTT binding, structured mode: say so in the MQTT 5 properties.
@@ -414,15 +491,87 @@ class MqttPublisher:
         self.last_error = None
         self.connect_failures = 0
         self._status_acked = False
+        birth = self._status_msgs.birth()
         info = self._client.publish(
-            self._status_msgs.topic, self._status_msgs.birth(), qos=1, retain=True,
+            self._status_msgs.topic, birth, qos=1, retain=True,
             properties=self._publish_props,
         )
         self._status_mid = info.mid
         for topic in self._subscriptions:
             self._client.subscribe(topic, qos=1)
+        if self.settings.protocol == "3.1.1":
+            # 3.1.1 PUBACKs carry no reason code, and mosquitto acknowledges a publish
+            # its ACL denied. The one check the protocol allows: a retained message we
+            # were allowed to write comes back when we subscribe to it (sent after the
+            # PUBLISH on the same connection, so the broker has handled it by then).
+            self._echo_payload = birth
+            self._echo_deadline = None
+            _, self._echo_mid = self._client.subscribe(self._status_msgs.topic, qos=1)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = next((r for r in reasons if r.is_failure), None)
+        if mid != self._echo_mid:
+            if refused is not None:  # commands cannot reach this gateway
+                self._once(f"sub:{refused}", logging.ERROR,
+                           f"broker {self.settings.url} refused the command subscription: "
+                           f"{refused}")
+            return
+        self._echo_mid = None
+        if refused is not None:
+            self._echo_payload = None
+            self.birth_check = "unreadable"
+            self._warn_broker(
+                f"cannot read its own status topic {self._status_msgs.topic} ({refused}), "
+                "so publishes the broker's ACL denies cannot be detected under MQTT 3.1.1")
+        else:
+            self._echo_deadline = time.monotonic() + ECHO_WAIT_S
+
+    def _check_echo(self, client: mqtt.Client) -> None:
+        """MQTT 3.1.1: the birth did not come back in time: the broker dropped it."""
+        if self._echo_deadline is None or time.monotonic() < self._echo_deadline:
+            return
+        self._end_echo(client)
+        self._echo_interrupted = 0
+        self.birth_check = "missing"
+        self._warn_broker(
+            f"the retained birth certificate did not come back on {self._status_msgs.topic} "
+            f"within {ECHO_WAIT_S:g} s: the broker's ACL denies this gateway writing (or "
+            "reading) it; under MQTT 3.1.1 the broker acknowledges denied publishes, so "
+            "events it denies are deleted from the outbox undelivered")
+
+    def _end_echo(self, client: mqtt.Client) -> None:
+        self._echo_payload = None
+        self._echo_deadline = None
+        with contextlib.suppress(Exception):  # a dead socket: the next connection redoes it
+            client.unsubscribe(self._status_msgs.topic)
+
+    def _warn_broker(self, problem: str | None) -> None:
+        """Set (or clear, with None) the broker condition shown beside the permanent
+        warnings; logged once per distinct problem."""
+        if problem is not None:
+            self._once(problem, logging.ERROR, f"broker {self.settings.url}: {problem}")
+        self._broker_warning = problem
+        self.warnings = self._permanent + ((problem,) if problem else ())
+
+    def _once(self, key: str, level: int, message: str) -> None:
+        if key not in self._logged_once:
+            self._logged_once.add(key)
+            log.log(level, "%s", message)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._status_msgs.topic:  # our own status: never a command
+            if self._echo_payload is not None and bytes(msg.payload) == self._echo_payload:
+                self._end_echo(client)
+                if self._broker_warning is not None:
+                    log.info("broker %s keeps this gateway's birth certificate again",
+                             self.settings.url)
+                self.birth_check = "confirmed"
+                self._echo_interrupted = 0
+                self._warn_broker(None)
+            return
         if self._on_command is None:
             return
         try:
@@ -434,10 +583,30 @@ class MqttPublisher:
         self.connect_failures += 1
 
     def _on_lost(self) -> None:
-        """Connection dropped: what was in flight is re-sent, in order, on reconnect."""
-        self._resend = sorted({*self._resend, *self._in_flight.values()})
+        """Connection dropped: everything taken out of the outbox and not acknowledged is
+        sent again, in order, on reconnect.
+
+        What was in flight, and re-sends waiting in the buffer, sit at or below the
+        cursor, where nothing but these containers remembers them: they go back into the
+        re-send set. The buffer's rows above the cursor are simply fetched again."""
+        cursor = self._cursor
+        self._resend.update(self._in_flight.values())
+        self._resend.update(row.sequence for row in self._buffer if row.sequence <= cursor)
         self._in_flight.clear()
         self._buffer.clear()
+        if self._echo_payload is not None and self._status_acked:
+            # mosquitto 2.0.11 with max_queued_messages 0 (the shipped store broker)
+            # drops a client right after acknowledging a publish its ACL denied.
+            self._echo_interrupted += 1
+            if self._echo_interrupted >= ECHO_INTERRUPTIONS:
+                self.birth_check = "interrupted"
+                self._warn_broker(
+                    "the broker dropped the connection right after acknowledging the birth "
+                    f"certificate {ECHO_INTERRUPTIONS} times in a row: most likely its "
+                    "ACL denies this gateway's publishes (mosquitto then disconnects), and "
+                    "under MQTT 3.1.1 it acknowledges them anyway, so events it denies "
+                    "are deleted from the outbox undelivered")
+        self._echo_payload = self._echo_mid = self._echo_deadline = None
         self._flush_acks()
         if self.connected:
             log.warning("lost connection to %s (%s); %d event(s) to re-send",
@@ -477,8 +646,15 @@ class MqttPublisher:
             if self._done():
                 return
             self._fill_window(client, reader)
-            self._io(client, IDLE_TICK_S)
+            self._io(client, self._tick())
             self._flush_acks()
+            self._check_echo(client)
+
+    def _tick(self) -> float:
+        """How long to wait for the socket: wake for the next held event's retry."""
+        if self._next_retry is None:
+            return IDLE_TICK_S
+        return min(IDLE_TICK_S, max(self._next_retry - time.monotonic(), 0.0))
 
     def _io(self, client: mqtt.Client, timeout: float) -> None:
         sock = client.socket()
@@ -528,11 +704,22 @@ class MqttPublisher:
             except queue.Empty:
                 break
             # Beyond the cursor they are published in the normal course anyway.
-            self._resend.extend(s for s in replay if s <= self._cursor)
-        if self._resend:
-            resend, self._resend = sorted(set(self._resend)), []
-            self._buffer.extend(reader.fetch(resend))  # dropped by retention: gone
-            if self._buffer:
+            self._resend.update(s for s in replay if s <= self._cursor)
+        self._release_held(time.monotonic())
+        while self._resend:
+            # Oldest first, a batch at a time (a replay can ask for more sequences than
+            # one SQL statement may carry). They leave the set only once fetched: a failed
+            # read must not forget them.
+            batch = heapq.nsmallest(FETCH_BATCH, self._resend)
+            rows = reader.fetch(batch)
+            self._resend.difference_update(batch)
+            if len(rows) < len(batch) and self._refused:
+                found = {row.sequence for row in rows}
+                for seq in batch:  # dropped by retention or purged: nothing left to hold
+                    if seq not in found:
+                        self._refused.pop(seq, None)
+            if rows:
+                self._buffer.extend(rows)
                 return True
         committed = self._committed
         if self._cursor >= committed:
@@ -552,23 +739,61 @@ class MqttPublisher:
             # Forget the id at once: paho reuses message ids after 65,535 publishes.
             self._status_mid = None
             self._status_acked = True
+            if reason.is_failure:
+                self._warn_broker(f"refused this gateway's status certificate on "
+                                  f"{self._status_msgs.topic}: {reason}")
+            elif self.settings.protocol == "5" and self._broker_warning is not None:
+                self._warn_broker(None)  # accepted again (3.1.1 answers through the echo)
             return
         seq = self._in_flight.pop(mid, None)
         if seq is None:
             return
         if reason.is_failure:
-            # The broker refused this event (e.g. not authorised on the topic): keep it
-            # in the outbox, count it, and try again after the next reconnect.
-            self.rejected_total += 1
-            self._resend.append(seq)
-            text = str(reason)
-            if text not in self._rejected_logged:
-                self._rejected_logged.add(text)
-                log.error("broker %s rejected event seq %d: %s (kept in the outbox)",
-                          self.settings.url, seq, text)
+            self._refuse(seq, reason)
             return
         self.published_total += 1
         self._acked.append(seq)
+        if self._refused:
+            refusal = self._refused.pop(seq, None)
+            if refusal is not None:
+                log.info("broker %s accepted event seq %d after %d refusal(s)",
+                         self.settings.url, seq, refusal.attempts)
+
+    def _refuse(self, seq: int, reason: ReasonCode) -> None:
+        """The broker refused this event (e.g. 0x87 not authorised on its topic). It
+        stays in the outbox (purchases are never dropped) and is held back with a capped
+        exponential backoff of its own, while the events behind it flow on."""
+        self.rejected_total += 1
+        text = f"{reason} (0x{reason.value:02X})"
+        previous = self._refused.get(seq)
+        attempts = 1 if previous is None else previous.attempts + 1
+        delay = self.settings.refusal_backoff.delay(attempts - 1, random.random())
+        retry_at = time.monotonic() + delay
+        self._refused[seq] = _Refusal(attempts, retry_at, text)
+        if self._next_retry is None or retry_at < self._next_retry:
+            self._next_retry = retry_at
+        self.last_refusal = f"seq {seq}: {text}"
+        if text not in self._rejected_logged:
+            self._rejected_logged.add(text)
+            log.error("broker %s refused event seq %d: %s; it stays in the outbox and is "
+                      "retried with backoff (up to %g s) while later events go on",
+                      self.settings.url, seq, text, self.settings.refusal_backoff.max_s)
+
+    def _release_held(self, now: float) -> None:
+        """Held events whose time has come go back to the re-send set."""
+        if self._next_retry is None or now < self._next_retry:
+            return
+        upcoming: float | None = None
+        for seq, refusal in self._refused.items():
+            at = refusal.retry_at
+            if at is None:
+                continue
+            if at <= now:
+                refusal.retry_at = None
+                self._resend.add(seq)
+            elif upcoming is None or at < upcoming:
+                upcoming = at
+        self._next_retry = upcoming
 
     def _flush_acks(self) -> None:
         if self._acked:
