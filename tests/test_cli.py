@@ -6,8 +6,10 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from storegate import __version__
-from tests.support.gateway_proc import start_run, storegate, write_config
+from tests.support.gateway_proc import one_clear_line, start_run, storegate, write_config
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.outbox import make_outbox, purchase, telemetry
 from tests.support.subscriber import Subscriber
@@ -121,3 +123,114 @@ def test_corrupt_outbox_gives_one_clear_line(tmp_path: Path) -> None:
         assert "not a storegate outbox" in r.stderr
         assert "Traceback" not in r.stderr
     assert db.read_bytes() == b"\x00garbage" * 500
+
+
+# --- bad input never gives a traceback ------------------------------------------------
+
+ZONES = ('store_id = "s"\ngateway_id = "g"\n[[presence.zones]]\nid = "entrance"\n'
+         'scanners = ["sc-1"]\n')
+ADVERT = ('{"ts": 1795000000.0, "scanner": "sc-1", "address": "5A:00:00:00:00:01", '
+          '"rssi": -50}\n')
+CHUNK = ('{"ts": 1795000000.0, "lane": "lane-1", "role": "printer", "dialect": "escpos", '
+         '"data": "1b404142430a1d5600"}\n')
+IDENTITY = ('{"customer": "c-1", "identity_key": "00112233445566778899aabbccddeeff", '
+            '"rotation_exponent": 10, "beacon_time_at_registration": 0, '
+            '"registered_at": %s}')
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "store.toml").write_text(ZONES)
+    (tmp_path / "capture.jsonl").write_text(ADVERT)
+    (tmp_path / "pos.jsonl").write_text(CHUNK)
+    (tmp_path / "garbage").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "latin1.toml").write_bytes(b'name = "\xe9"\n')
+    (tmp_path / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "nan.json").write_text("[" + IDENTITY % "NaN" + "]")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    return tmp_path
+
+
+# (arguments, with {d} the folder of files; what the one line must say)
+HOSTILE = [
+    # replay
+    (("replay", "{d}/capture.jsonl", "-c", "{d}/store.toml", "--events-out",
+      "{d}/missing/out.jsonl"), ("--events-out", "{d}/missing/out.jsonl", "cannot write")),
+    (("replay", "{d}", "-c", "{d}/store.toml", "--events-out", "{d}/out.jsonl"),
+     ("bad data file {d}", "cannot read the capture")),
+    (("replay", "{d}/missing.jsonl", "-c", "{d}/store.toml", "--events-out", "{d}/o.jsonl"),
+     ("bad data file {d}/missing.jsonl", "No such file")),
+    (("replay", "{d}/capture.jsonl", "-c", "{d}/store.toml", "--identities", "{d}/nan.json",
+      "--events-out", "{d}/out.jsonl"), ("bad data file {d}/nan.json", "[0]", "finite")),
+    (("replay", "{d}/capture.jsonl", "-c", "{d}/store.toml", "--identities",
+      "{d}/deep.json", "--events-out", "{d}/out.jsonl"), ("{d}/deep.json", "not JSON")),
+    (("replay", "{d}/capture.jsonl", "-c", "{d}/store.toml", "--identities", "{d}/garbage",
+      "--events-out", "{d}/out.jsonl"), ("{d}/garbage", "not UTF-8")),
+    (("replay", "{d}/capture.jsonl", "-c", "{d}/store.toml", "--identities", "{d}",
+      "--events-out", "{d}/out.jsonl"), ("bad data file {d}", "directory")),
+    (("replay", "{d}/capture.jsonl", "-c", "{d}/store.toml", "--speed", "nan",
+      "--events-out", "{d}/out.jsonl"), ("--speed nan",)),
+    # pos decode
+    (("pos", "decode", "{d}/pos.jsonl", "--encoding", "klingon"),
+     ("--encoding 'klingon'", "unknown text encoding")),
+    (("pos", "decode", "{d}/pos.jsonl", "--template", "{d}/latin1.toml"),
+     ("bad data file {d}/latin1.toml", "not UTF-8")),
+    (("pos", "decode", "{d}/pos.jsonl", "--template", "{d}/deep.toml"),
+     ("bad data file {d}/deep.toml", "nested too deeply")),
+    (("pos", "decode", "{d}/pos.jsonl", "--template", "{d}"), ("bad data file {d}",)),
+    (("pos", "decode", "{d}/pos.jsonl", "--events-out", "{d}/missing/out.jsonl"),
+     ("--events-out", "cannot write")),
+    (("pos", "decode", "{d}"), ("bad data file {d}", "cannot read")),
+    (("pos", "decode", "{d}/empty"), ("raw bytes", "--dialect")),
+    (("pos", "decode", "{d}/pos.jsonl", "--lane", "a/b#"), ("--lane 'a/b#'",)),
+    # others that write files named on the command line
+    (("simulate", "--out-dir", "{d}/garbage"), ("--out-dir {d}/garbage", "cannot write")),
+    (("simulate", "--out-dir", "{d}/sim", "--duration", "nan"), ("--duration nan",)),
+    (("capture", "--out", "{d}/missing/c.jsonl", "-c", "{d}/store.toml"),
+     ("{d}/missing/c.jsonl", "cannot write")),
+    (("contract", "write", "{d}/garbage"), ("{d}/garbage", "cannot write the contract")),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), HOSTILE,
+                         ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(HOSTILE)])
+def test_hostile_input_gets_one_clear_line_and_exit_2(
+        files: Path, args: tuple[str, ...], needles: tuple[str, ...]) -> None:
+    d = str(files)
+    r = storegate(*(a.format(d=d) for a in args))
+    line = one_clear_line(r, *(n.format(d=d) for n in needles))
+    if "bad data file" in line:
+        assert "config error" not in line  # the config is fine: a data file is not
+
+
+def test_out_of_range_capture_lines_are_counted_with_their_numbers(files: Path) -> None:
+    # ts 1e300 once hung replay (and crashed pos decode): now a numbered bad line each
+    (files / "capture.jsonl").write_text(
+        ADVERT + ADVERT.replace("1795000000.0", "1e300") + ADVERT.replace("-50", "NaN")
+        + '{"ts": ' + "1" * 100_000 + "}\n" + ADVERT.replace("1795000000.0", "1795000001.0"))
+    r = storegate("replay", str(files / "capture.jsonl"), "-c", str(files / "store.toml"),
+                  "--events-out", str(files / "out.jsonl"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "replayed 2 adverts" in r.stderr and "3 bad line(s)" in r.stderr
+    assert "bad line 2: ts must be epoch seconds" in r.stderr
+    assert "bad line 3: rssi" in r.stderr
+    assert "bad line 4: line longer than" in r.stderr
+
+    (files / "pos.jsonl").write_text(CHUNK + CHUNK.replace("1795000000.0", "-1e300")
+                                     + CHUNK.replace("escpos", "teletype"))
+    r = storegate("pos", "decode", str(files / "pos.jsonl"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "bad line 2: ts must be epoch seconds" in r.stderr
+    assert "bad line 3: unknown dialect 'teletype'" in r.stderr
+    assert "2 bad capture line(s)" in r.stderr
+
+
+def test_binary_garbage_and_empty_captures_are_reported_not_fatal(files: Path) -> None:
+    for name in ("garbage", "empty"):
+        r = storegate("replay", str(files / name), "-c", str(files / "store.toml"),
+                      "--events-out", str(files / "out.jsonl"))
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert "replayed 0 adverts" in r.stderr
+        r = storegate("pos", "decode", str(files / name), "--dialect", "escpos")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from storegate.config import Config, load, load_default, parse
 from storegate.errors import ConfigError
-from tests.support.gateway_proc import storegate
+from tests.support.gateway_proc import one_clear_line, storegate
 
 GOOD = """
 store_id = "store-7"
@@ -105,9 +111,24 @@ def test_parse_reports_several_problems_at_once() -> None:
     assert "mqtt.port" in msg
 
 
+def self_signed_pem(path: Path) -> Path:
+    """A real CA certificate (PEM), so TLS settings can be checked as run loads them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(GOOD)
+    self_signed_pem(tmp_path / "ca.pem")  # GOOD names it; config check loads it as run does
     r = storegate("config", "check", str(good))
     assert r.returncode == 0, r.stderr
     assert "OK (store store-7, gateway gw-1" in r.stdout
@@ -137,3 +158,118 @@ def test_shipped_example_config_is_valid_and_complete() -> None:
             assert f"[{name}" in text, name
     for name in ("ble", "scanner_nodes", "simulator", "telemetry"):
         assert f"[sources.{name}]" in text
+
+
+BASE = 'store_id = "s"\ngateway_id = "g"\n'
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),  # once a RecursionError
+    (BASE + "[mqtt]\nport = " + "9" * 5000 + "\n", "too long to read"),  # once a ValueError
+    (BASE + "[storage]\nshutdown_drain_s = inf\n", "storage.shutdown_drain_s"),  # once OK
+    (BASE + "[mqtt]\nconnect_timeout_s = nan\n", "mqtt.connect_timeout_s"),
+    (BASE + "[presence]\ndwell_thresholds_s = [60.0, inf]\n", "finite"),
+    ("\u00ff\ufffe" * 100, "not valid TOML"),
+    ("a = 1" + " " * 1_000_000 + "\nb\n", "not valid TOML"),  # a huge line
+])
+def test_config_check_refuses_hostile_files_in_one_line(tmp_path: Path, text: str,
+                                                        needle: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    one_clear_line(storegate("config", "check", str(f)), f"config error in {f}", needle)
+
+
+def test_config_check_on_empty_file_binary_garbage_and_a_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    r = storegate("config", "check", str(empty))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "store_id: Field required" in r.stderr and "gateway_id: Field required" in r.stderr
+    garbage = tmp_path / "garbage.toml"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    one_clear_line(storegate("config", "check", str(garbage)), str(garbage), "cannot read")
+    one_clear_line(storegate("config", "check", str(tmp_path)), str(tmp_path), "directory")
+
+
+def test_config_check_on_an_unreadable_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(BASE)
+    f.chmod(0)
+    if os.geteuid() != 0:  # root reads a 000 file anyway
+        one_clear_line(storegate("config", "check", str(f)), str(f), "cannot read")
+    loop = tmp_path / "loop.toml"  # unreadable for root too
+    loop.symlink_to(loop)
+    one_clear_line(storegate("config", "check", str(loop)), str(loop), "cannot read")
+
+
+BEACON = ('[[beacon]]\nlabel = "door"\nkind = "fixture"\n'
+          'ibeacon = { uuid = "e2c56db5-dffb-48d2-b060-d0f5a71096e0" }\n')
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = (REPO / "firmware-configs" / "pos" / "templates" / "ru-generic.toml").read_text()
+LANE = ('[privacy]\npseudonym_key = "' + "ab" * 32 + '"\n'
+        '[[pos.lanes]]\nid = "lane-1"\ntemplate = "t.toml"\n[[pos.lanes.devices]]\n'
+        'role = "printer"\ndialect = "escpos"\nport = "/dev/serial/by-id/x"\n')
+
+
+@pytest.mark.parametrize(("files", "extra", "name", "needle"), [
+    ({}, '[presence]\nbeacons_file = "b.toml"\n', "b.toml", "file not found"),
+    ({"b.toml": b"[[beacon]\n"}, '[presence]\nbeacons_file = "b.toml"\n', "b.toml",
+     "not valid TOML"),
+    ({"b.toml": BEACON.replace("fixture", "nope").encode()},
+     '[presence]\nbeacons_file = "b.toml"\n', "b.toml", "beacon[0].kind"),
+    ({}, '[presence]\nidentities_file = "ids.json"\n', "ids.json", "file not found"),
+    ({"ids.json": b'[{"customer": "c", "identity_key": "00112233445566778899aabbccddeeff", '
+                  b'"rotation_exponent": 0, "beacon_time_at_registration": 0, '
+                  b'"registered_at": NaN}]'},
+     '[presence]\nidentities_file = "ids.json"\n', "ids.json", "[0]"),
+    ({"ids.json": b"[" * 100_000}, '[presence]\nidentities_file = "ids.json"\n', "ids.json",
+     "not JSON"),
+    ({"t.toml": b'name = "\xff"\n'}, LANE, "t.toml", "not UTF-8"),
+    ({}, LANE, "t.toml", "not found"),
+    ({"ca.pem": b"not a certificate"}, '[mqtt.tls]\nca_file = "ca.pem"\n', "ca.pem",
+     "CA bundle not usable"),
+    ({}, '[mqtt.tls]\nca_file = "ca.pem"\n', "ca.pem", "file not found"),
+])
+def test_config_check_checks_the_files_run_reads(
+        tmp_path: Path, files: dict[str, bytes], extra: str, name: str, needle: str) -> None:
+    for fname, content in files.items():
+        (tmp_path / fname).write_bytes(content)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BASE + f'[storage]\npath = "{tmp_path / "outbox.db"}"\n' + extra)
+    r = storegate("config", "check", str(cfg))
+    one_clear_line(r, f"bad data file {tmp_path / name}", needle)
+    assert "config error" not in r.stderr  # the config is right, the file is not
+
+
+def test_config_check_passes_when_the_files_are_good_and_run_refuses_a_bad_one(
+        tmp_path: Path) -> None:
+    (tmp_path / "b.toml").write_text(BEACON)
+    (tmp_path / "t.toml").write_text(TEMPLATE)
+    self_signed_pem(tmp_path / "ca.pem")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BASE + f'[storage]\npath = "{tmp_path / "outbox.db"}"\n'
+                   '[presence]\nbeacons_file = "b.toml"\n[mqtt.tls]\nca_file = "ca.pem"\n'
+                   + LANE)
+    r = storegate("config", "check", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "OK (store s" in r.stdout
+    # the same function stops run, before anything is opened
+    (tmp_path / "b.toml").write_text("[[beacon]\n")
+    r = storegate("run", "-c", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"bad data file {tmp_path / 'b.toml'}: not valid TOML" in r.stderr
+    assert not (tmp_path / "outbox.db").exists()
+
+
+def test_config_check_of_the_shipped_example_says_what_run_would() -> None:
+    # The example names store-0042's beacons under /etc/storegate, which only exist on
+    # a provisioned box (issue 15: ship or point at real firmware-configs). config check
+    # must fail exactly where run would, naming the file, not pass and let run die.
+    example = Path(__file__).resolve().parents[1] / "deploy" / "storegate.example.toml"
+    beacons = load(example, environ={}).presence.beacons_file
+    r = storegate("config", "check", str(example))
+    if beacons is not None and not beacons.exists():
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert f"bad data file {beacons}: file not found" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr

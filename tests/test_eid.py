@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
-from storegate.core.ble.eid import EidResolver, Identity, compute_eid
+import pytest
+
+from storegate.core.ble.eid import MAX_DRIFT_PERIODS, EidResolver, Identity, compute_eid
 
 IK = bytes.fromhex("0102030405060708090A111213141516")
 
@@ -92,3 +95,40 @@ def test_re_enrolling_does_not_multiply_rotation_work() -> None:
     moved = sum(r.advance(t0 + s) for s in range(1, 161))  # 10 periods of 16 s
     assert moved == 10  # one window move per period, not fifty
     assert r.resolve(compute_eid(IK, 4, 5000 + 160)) == "c-7"
+
+
+def test_adversarial_records_enrol_in_bounded_work() -> None:
+    # The records that once blocked the loop for 30 s and took 540 MB: K = 0 and a
+    # registration 120 years before now asked for 1.1 million periods each.
+    now = 1_795_000_000.0
+    r = EidResolver()
+    bad = [Identity(f"x-{i}", os.urandom(16), 0, 0, -2e9) for i in range(3)]
+    r.enroll_all(bad, now)
+    window = 2 * MAX_DRIFT_PERIODS + 1
+    assert r.periods_computed <= 3 * window
+    assert r.eid_count <= 3 * window
+    # every advance moves each identity at most once, by a bounded window
+    for step in range(1, 11):
+        r.advance(now + step * 1000.0)  # 1000 periods of 1 s jumped each time
+    assert r.periods_computed <= 3 * window * 11
+    assert r.eid_count <= 3 * window
+
+
+def test_a_clock_beyond_the_32_bit_beacon_counter_computes_nothing() -> None:
+    r = EidResolver()
+    r.enroll(Identity("far", IK, 0, (1 << 32) - 1, -1e300), 1_795_000_000.0)
+    r.enroll(Identity("future", IK, 0, 0, 1e300), 1_795_000_000.0)
+    assert r.periods_computed == 0
+    assert r.advance(1_795_000_001.0) == 2  # still scheduled, still free
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("registered_at", math.nan), ("registered_at", math.inf), ("registered_at", -math.inf),
+    ("beacon_time_at_registration", -1), ("beacon_time_at_registration", 1 << 32),
+    ("rotation_exponent", 16), ("rotation_exponent", -1),
+])
+def test_identity_rejects_values_the_resolver_cannot_use(field: str, value: float) -> None:
+    good = {"customer": "c", "identity_key": IK, "rotation_exponent": 10,
+            "beacon_time_at_registration": 0, "registered_at": 1_795_000_000.0}
+    with pytest.raises(ValueError, match=field):
+        Identity(**{**good, field: value})  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from storegate.core.ble.eid import EidResolver
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings, Zone
-from storegate.errors import ConfigError
+from storegate.errors import DataFileError
 
 UUID = "f7826da6-4fa2-4e98-8024-bc5b71e0893e"
 NS = "5d3a7c2e9b1f04a6e8c0"
@@ -87,7 +87,7 @@ def test_broken_beacons_file_names_file_entry_and_problem(
         tmp_path: Path, text: str, key: str | None, problem: str) -> None:
     f = tmp_path / "beacons.toml"
     f.write_text(text)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(DataFileError) as err:  # a data file, not the config, is wrong
         load_beacons(f)
     assert err.value.source == str(f)
     assert err.value.key == key

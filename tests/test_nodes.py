@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, EddystoneUid, decode_advert
-from storegate.core.ble.nodes import NodeRejected, parse_espresense, parse_raw_adverts
+from storegate.core.ble.nodes import (
+    MAX_PAYLOAD_BYTES,
+    NodeRejected,
+    parse_espresense,
+    parse_raw_adverts,
+)
 
 NOW = 1_795_000_000.0
 RAW = "storegate/v1/s1/scanners/esp-entrance/adverts"
@@ -121,3 +126,40 @@ def test_poison_timestamps_and_addresses_are_rejected_not_raised() -> None:
                       {"address": "x" * 65, "rssi": -60}]).encode()
     adverts, bad = parse_raw_adverts(RAW, odd, NOW)
     assert adverts == [] and all("printable ASCII" in b.reason for b in bad)
+
+
+def test_raw_payload_over_the_size_bound_is_refused_unread() -> None:
+    one = {"address": "a", "rssi": -60, "name": "x" * 200}
+    payload = json.dumps([one] * 2000).encode()
+    assert len(payload) > MAX_PAYLOAD_BYTES
+    adverts, bad = parse_raw_adverts(RAW, payload, NOW)
+    assert adverts == [] and [b.reason for b in bad] == [
+        f"payload over {MAX_PAYLOAD_BYTES} bytes"]
+
+
+def test_raw_non_finite_or_absurd_node_times_use_the_receive_time() -> None:
+    items = [{"address": "a", "rssi": -60, "ts": ts} for ts in
+             (float("nan"), float("inf"), 1e300, -1e300)]
+    adverts, bad = parse_raw_adverts(RAW, json.dumps(items).encode(), NOW)
+    assert not bad and [a.ts for a in adverts] == [NOW] * 4
+
+
+def test_espresense_values_out_of_bounds_are_rejected_or_defaulted() -> None:
+    topic = "espresense/devices/x/checkout"
+    for report, reason in (
+        ({"id": "x", "rssi": float("nan")}, "rssi"),
+        ({"id": "x", "rssi": 1e300}, "rssi"),
+        ({"id": "x" * 65, "rssi": -60}, "id must be at most 64"),
+        ({"id": "x", "mac": "m" * 65, "rssi": -60}, "mac must be at most 64"),
+    ):
+        r = parse_espresense(topic, json.dumps(report).encode(), NOW)
+        assert isinstance(r, NodeRejected) and reason in r.reason, report
+    long_room = parse_espresense("espresense/devices/x/" + "r" * 65,
+                                 b'{"id": "x", "rssi": -60}', NOW)
+    assert isinstance(long_room, NodeRejected) and "room" in long_room.reason
+    # a NaN measured power falls back to the default; a huge name is dropped
+    a = parse_espresense(topic, json.dumps(
+        {"id": f"iBeacon:{UUID}-1-2", "rssi": -60, "rssi@1m": float("nan"),
+         "name": "n" * 1000}).encode(), NOW)
+    assert isinstance(a, Advert) and a.name is None
+    assert a.manufacturer_data[0x004C][-1] == (-59) & 0xFF

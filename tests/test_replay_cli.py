@@ -15,7 +15,7 @@ def test_simulate_then_replay_writes_cloudevents(tmp_path: Path) -> None:
     capture = tmp_path / "capture.jsonl"
     with capture.open("a") as f:  # damage: bad lines must be reported, never fatal
         f.write("{broken\n")
-        f.write('{"ts": 1, "scanner": "x", "address": "y", "rssi": "loud"}\n')
+        f.write('{"ts": 1795000000, "scanner": "x", "address": "y", "rssi": "loud"}\n')
     n_lines = len(capture.read_text().splitlines())
     out = tmp_path / "events.jsonl"
     r = storegate("replay", str(capture), "-c", str(tmp_path / "store.toml"),
@@ -60,18 +60,41 @@ def test_replay_without_identities_counts_everyone_as_anonymous(tmp_path: Path) 
     assert "AA:" not in out.read_text() and "address" not in out.read_text()
 
 
-def test_bad_identity_registry_is_a_config_error(tmp_path: Path) -> None:
+def test_bad_identity_registry_is_a_data_file_error(tmp_path: Path) -> None:
     storegate("simulate", "--out-dir", str(tmp_path), "--duration", "60",
               "--app-users", "1", "--passers-by", "0", "--other-devices", "0")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"customer": "c1", "identity_key": "00" * 16,
                                 "rotation_exponent": 10, "beacon_time_at_registration": 0,
-                                "registered_at": 0},
+                                "registered_at": 1_795_000_000},
                                {"customer": "c2", "identity_key": "xyz",
                                 "rotation_exponent": 10, "beacon_time_at_registration": 0,
-                                "registered_at": 0}]))
+                                "registered_at": 1_795_000_000}]))
     r = storegate("replay", str(tmp_path / "capture.jsonl"), "-c", str(tmp_path / "store.toml"),
                   "--identities", str(bad), "--events-out", str(tmp_path / "o.jsonl"))
     assert r.returncode == 2
-    assert f"{bad}: [1].identity_key:" in r.stderr
+    assert f"bad data file {bad}: [1].identity_key:" in r.stderr
+    assert "config error" not in r.stderr  # the config is fine; the registry is not
     assert "Traceback" not in r.stderr
+
+
+def test_adversarial_identities_replay_in_bounded_time_or_are_refused(tmp_path: Path) -> None:
+    # K = 0 and a registration 120 years off once held replay for 30 s and 540 MB per
+    # three records; NaN crashed it. Refused by the record's bounds, or enrolled at a
+    # bounded cost (the resolver caps every identity at 33 EIDs): never a hang or a crash.
+    storegate("simulate", "--out-dir", str(tmp_path), "--duration", "60",
+              "--app-users", "1", "--passers-by", "0", "--other-devices", "0")
+    for registered_at in ("-2e9", "NaN", "1e300"):
+        ids = tmp_path / "ids.json"
+        ids.write_text("[" + ", ".join(
+            f'{{"customer": "x-{i}", "identity_key": "{i:032x}", "rotation_exponent": 0, '
+            f'"beacon_time_at_registration": 0, "registered_at": {registered_at}}}'
+            for i in range(3)) + "]")
+        r = storegate("replay", str(tmp_path / "capture.jsonl"), "-c",
+                      str(tmp_path / "store.toml"), "--identities", str(ids),
+                      "--events-out", str(tmp_path / "o.jsonl"), timeout=60)
+        assert "Traceback" not in r.stderr, r.stderr
+        if r.returncode == 2:
+            assert f"bad data file {ids}: [0]" in r.stderr
+        else:
+            assert r.returncode == 0, r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import random
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import serial  # type: ignore[import-untyped, unused-ignore]
 
+from storegate.adapters import serial_tap
 from storegate.adapters.serial_tap import SerialTap, describe_open_error
 from storegate.core.backoff import Backoff
 from tests.support.pty_lane import PtyDevice
@@ -181,18 +183,28 @@ def test_unplug_is_detected_and_bytes_after_replug_arrive(
 
 
 def test_a_missing_port_is_waited_for_with_one_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     got = Received()
     port = tmp_path / "serial" / "by-id" / "usb-FTDI_lane1-if00-port0"
     tap = make_tap(port, got)
     devices: list[PtyDevice] = []
+    looks = [0]  # the tap's looks for its port: the real os.path.exists, counted
+    real_exists = os.path.exists
+
+    def exists(path: Any) -> bool:
+        if str(path) == str(port):
+            looks[0] += 1
+        return real_exists(path)
+
+    monkeypatch.setattr(serial_tap.os.path, "exists", exists)
 
     async def body(stop: asyncio.Event) -> None:
         await until(lambda: tap.last_error is not None, 3, "the first look for the port")
         assert tap.state == "waiting for device"
         assert "does not exist" in str(tap.last_error)
-        await asyncio.sleep(0.3)  # ~15 presence polls, to prove they are not each logged
+        # 15 looks that found nothing, to prove they are not each logged
+        await until(lambda: looks[0] >= 15, 3, "15 looks for the port")
         assert tap.state == "waiting for device"
         assert len(tap_threads()) == 0  # no thread while there is nothing to read
         devices.append(PtyDevice(tmp_path))
@@ -230,8 +242,9 @@ def test_a_second_tap_on_a_held_port_is_refused_clearly_and_steals_nothing(
         for _ in range(50):
             device.write(b"0123456789")
         await until(lambda: len(first.data) >= 500, 3, "the first tap's bytes")
-        await asyncio.sleep(0.05)  # let the second one try a few more times
-        assert b.snapshot()["state"] != "open"
+        tried = b.open_failures_total  # it keeps trying while the first one reads...
+        await until(lambda: b.open_failures_total >= tried + 3, 3, "three more tries")
+        assert b.snapshot()["state"] != "open"  # ...and never gets in
         stop.set()
         await asyncio.wait_for(b_task, 5)
 

@@ -13,21 +13,47 @@ class StoregateError(Exception):
     exit_code: int = 1
 
 
-class ConfigError(StoregateError):
-    """The configuration file (or an environment override) is unusable.
-
-    ``source`` names the file or variable, ``key`` the dotted setting, ``problem`` what
-    is wrong with it.
-    """
+class _FileProblemError(StoregateError):
+    """A problem in one file: ``source`` names the file (or environment variable),
+    ``key`` where in it, ``problem`` what is wrong."""
 
     exit_code = 2
+    label = "problem in"
 
     def __init__(self, source: str, problem: str, key: str | None = None) -> None:
         self.source = source
         self.key = key
         self.problem = problem
         where = f"{source}: {key}" if key else source
-        super().__init__(f"config error in {where}: {problem}")
+        super().__init__(f"{self.label} {where}: {problem}")
+
+
+class ConfigError(_FileProblemError):
+    """The configuration file (or an environment override) is unusable.
+
+    ``source`` names the file or variable, ``key`` the dotted setting, ``problem`` what
+    is wrong with it.
+    """
+
+    label = "config error in"
+
+
+class DataFileError(_FileProblemError):
+    """A data file (capture, receipt template, identity registry, beacons) is unusable:
+    missing, unreadable, not the format, or a value out of bounds.
+
+    Not a :class:`ConfigError`: the config may be right and the file wrong. ``source``
+    names the file, ``key`` the entry (``[3].registered_at``), ``problem`` what is wrong.
+    """
+
+    label = "bad data file"
+
+
+class UsageError(StoregateError):
+    """A command-line argument is unusable (an unknown ``--encoding``, an output file
+    that cannot be written): the option and the problem."""
+
+    exit_code = 2
 
 
 class OutboxError(StoregateError):

@@ -4,6 +4,12 @@ The registry is a JSON list of enrolled identities (consenting customers only):
 
     [{"customer": "<pseudonym>", "identity_key": "<32 hex chars>", "rotation_exponent": K,
       "beacon_time_at_registration": <int seconds>, "registered_at": <epoch seconds>}]
+
+Both files here are data files: a problem with one is a :class:`DataFileError` naming
+the file and the entry, never a traceback. Bounds: a file at most ``MAX_FILE_BYTES``,
+at most ``MAX_IDENTITIES`` identities and ``MAX_BEACONS`` beacons; every record as
+:class:`~storegate.core.commands.IdentityRecord` and
+:class:`~storegate.core.ble.eid.Identity` validate it (finite numbers only).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import (
     BaseModel,
@@ -24,18 +30,42 @@ from pydantic import (
     model_validator,
 )
 
-from storegate.config import PresenceConfig
+from storegate.config import PresenceConfig, toml_problem
 from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.commands import IdentityRecord
 from storegate.core.presence.infrastructure import Beacon, Infrastructure, Kind
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings, Zone
-from storegate.errors import ConfigError
+from storegate.errors import DataFileError
+
+MAX_FILE_BYTES: Final = 512 * 1024 * 1024  # a million identities are ~200 MB of JSON
+MAX_IDENTITIES: Final = 1_000_000  # as many as one identities command may carry
+MAX_BEACONS: Final = 10_000
+
+
+def read_data_file(path: Path) -> str:
+    """The text of a data file, or a DataFileError saying why not (missing, a folder,
+    unreadable, too big, not UTF-8)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise DataFileError(str(path), "file not found") from exc
+    except OSError as exc:
+        raise DataFileError(str(path), f"cannot read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise DataFileError(str(path), f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(str(path), f"not UTF-8 text: {exc}") from exc
 
 
 def parse_identities(raw: Any, source: str) -> list[Identity]:
     if not isinstance(raw, list):
-        raise ConfigError(source, "an identity registry is a JSON list of records")
+        raise DataFileError(source, "an identity registry is a JSON list of records")
+    if len(raw) > MAX_IDENTITIES:
+        raise DataFileError(source, f"more than {MAX_IDENTITIES} identities")
     out = []
     for i, rec in enumerate(raw):
         try:
@@ -43,17 +73,18 @@ def parse_identities(raw: Any, source: str) -> list[Identity]:
         except ValidationError as exc:
             first = exc.errors()[0]
             key = ".".join(str(x) for x in first["loc"]) or "record"
-            raise ConfigError(source, first["msg"], f"[{i}].{key}") from exc
+            raise DataFileError(source, first["msg"], f"[{i}].{key}") from exc
+        except ValueError as exc:  # the Identity's own checks (finite numbers...)
+            raise DataFileError(source, str(exc), f"[{i}]") from exc
     return out
 
 
 def load_identities(path: Path) -> list[Identity]:
+    text = read_data_file(path)
     try:
-        raw = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(str(path), "file not found") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(path), f"not a readable JSON file: {exc}") from exc
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataFileError(str(path), f"not JSON: {exc}") from exc
     return parse_identities(raw, str(path))
 
 
@@ -123,20 +154,19 @@ class BeaconRecord(_Strict):
 
 def load_beacons(path: Path) -> list[Beacon]:
     """The ``[[beacon]]`` tables of a beacons.toml; errors name the file and the entry."""
+    text = read_data_file(path)
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(str(path), "file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), f"cannot read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+        data = tomllib.loads(text)
+    except (ValueError, RecursionError) as exc:  # see toml_problem
+        raise DataFileError(str(path), f"not valid TOML: {toml_problem(exc)}") from exc
     unknown = set(data) - {"beacon"}
     if unknown:
-        raise ConfigError(str(path), f"unknown table(s) {sorted(unknown)}: only [[beacon]]")
+        raise DataFileError(str(path), f"unknown table(s) {sorted(unknown)}: only [[beacon]]")
     records = data.get("beacon", [])
     if not isinstance(records, list):
-        raise ConfigError(str(path), "beacons are [[beacon]] tables")
+        raise DataFileError(str(path), "beacons are [[beacon]] tables")
+    if len(records) > MAX_BEACONS:
+        raise DataFileError(str(path), f"more than {MAX_BEACONS} beacons")
     out: list[Beacon] = []
     labels: set[str] = set()
     for i, rec in enumerate(records):
@@ -145,9 +175,9 @@ def load_beacons(path: Path) -> list[Beacon]:
         except ValidationError as exc:
             first = exc.errors()[0]
             key = "".join(f".{x}" for x in first["loc"])
-            raise ConfigError(str(path), first["msg"], f"beacon[{i}]{key}") from exc
+            raise DataFileError(str(path), first["msg"], f"beacon[{i}]{key}") from exc
         if b.label in labels:
-            raise ConfigError(str(path), f"label {b.label!r} is used twice", f"beacon[{i}]")
+            raise DataFileError(str(path), f"label {b.label!r} is used twice", f"beacon[{i}]")
         labels.add(b.label)
         out.append(b)
     return out

@@ -7,15 +7,37 @@
 ``ts`` is epoch seconds, manufacturer keys are company ids in decimal, values are hex.
 Optional keys: ``tx_power``, ``name``, ``service_uuids``. A bad line is reported with
 its line number and a reason, never fatal. Pure: text in, adverts or errors out.
+
+Every value is bounded before use (the same bounds hold for scanner-node reports):
+``ts`` 2000-01-01..2100-01-01 (``MIN_EPOCH_S``..``MAX_EPOCH_S``), ``rssi`` and
+``tx_power`` -127..20 dBm, at most 32 manufacturer and 32 service data entries of at
+most 255 bytes each, ``name`` at most 248 characters, at most 32 service UUIDs of at
+most 36 characters, a line at most 16 KiB.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, TypeGuard
+
+MIN_EPOCH_S: Final = 946_684_800.0  # 2000-01-01: earlier is an unset clock
+MAX_EPOCH_S: Final = 4_102_444_800.0  # 2100-01-01
+MIN_DBM: Final = -127
+MAX_DBM: Final = 20
+MAX_DATA_ENTRIES: Final = 32  # manufacturer or service data entries in one advert
+MAX_DATA_BYTES: Final = 255  # an extended advertising AD structure at most
+MAX_NAME_CHARS: Final = 248  # the GAP device name at most
+MAX_SERVICE_UUIDS: Final = 32
+MAX_LINE_CHARS: Final = 16 * 1024  # a full advert with every field at its bound is ~10 KiB
+
+
+def is_sane_epoch(ts: object) -> TypeGuard[int | float]:
+    """A real number of epoch seconds a clock that was ever set could give."""
+    return (not isinstance(ts, bool) and isinstance(ts, int | float)
+            and math.isfinite(ts) and MIN_EPOCH_S <= ts <= MAX_EPOCH_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +70,15 @@ def _hexmap(raw: Any, what: str) -> dict[str, bytes]:
         return {}
     if not isinstance(raw, dict):
         raise _BadAdvertError(f"{what} must be an object")
+    if len(raw) > MAX_DATA_ENTRIES:
+        raise _BadAdvertError(f"{what} has more than {MAX_DATA_ENTRIES} entries")
     out = {}
     for k, v in raw.items():
         if not isinstance(v, str):
-            raise _BadAdvertError(f"{what}[{k!r}] must be a hex string")
+            raise _BadAdvertError(f"{what}[{k[:40]!r}] must be a hex string")
+        if len(k) > 64 or len(v) > 2 * MAX_DATA_BYTES:
+            raise _BadAdvertError(f"{what}[{k[:40]!r}]: key over 64 characters or value "
+                                  f"over {MAX_DATA_BYTES} bytes")
         try:
             out[str(k)] = bytes.fromhex(v)
         except ValueError as exc:
@@ -67,28 +94,33 @@ def parse_advert(obj: Any) -> Advert:
         ts, scanner, address, rssi = obj["ts"], obj["scanner"], obj["address"], obj["rssi"]
     except KeyError as exc:
         raise _BadAdvertError(f"missing key {exc.args[0]!r}") from exc
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise _BadAdvertError("ts must be a number (epoch seconds)")
+    if not is_sane_epoch(ts):
+        raise _BadAdvertError("ts must be epoch seconds between 2000-01-01 and 2100-01-01")
     if not isinstance(scanner, str) or not scanner or len(scanner) > 64 \
             or not scanner.isprintable():
         raise _BadAdvertError("scanner must be 1-64 printable characters")
     if not isinstance(address, str) or not address or len(address) > 64 \
             or not address.isascii() or not address.isprintable():
         raise _BadAdvertError("address must be 1-64 printable ASCII characters")
-    if isinstance(rssi, bool) or not isinstance(rssi, int) or not -127 <= rssi <= 20:
-        raise _BadAdvertError("rssi must be an integer dBm in -127..20")
+    if isinstance(rssi, bool) or not isinstance(rssi, int) or not MIN_DBM <= rssi <= MAX_DBM:
+        raise _BadAdvertError(f"rssi must be an integer dBm in {MIN_DBM}..{MAX_DBM}")
     manufacturer: dict[int, bytes] = {}
     for key, value in _hexmap(obj.get("manufacturer_data"), "manufacturer_data").items():
         if not key.isdigit() or int(key) > 0xFFFF:
             raise _BadAdvertError(f"manufacturer_data key {key!r} is not a decimal company id")
         manufacturer[int(key)] = value
     tx = obj.get("tx_power")
-    if tx is not None and (isinstance(tx, bool) or not isinstance(tx, int)):
-        raise _BadAdvertError("tx_power must be an integer")
+    if tx is not None and (isinstance(tx, bool) or not isinstance(tx, int)
+                           or not MIN_DBM <= tx <= MAX_DBM):
+        raise _BadAdvertError(f"tx_power must be an integer dBm in {MIN_DBM}..{MAX_DBM}")
     name = obj.get("name")
+    if isinstance(name, str) and len(name) > MAX_NAME_CHARS:
+        raise _BadAdvertError(f"name is over {MAX_NAME_CHARS} characters")
     uuids = obj.get("service_uuids") or []
-    if not isinstance(uuids, list) or not all(isinstance(u, str) for u in uuids):
-        raise _BadAdvertError("service_uuids must be a list of strings")
+    if not isinstance(uuids, list) or len(uuids) > MAX_SERVICE_UUIDS \
+            or not all(isinstance(u, str) and len(u) <= 36 for u in uuids):
+        raise _BadAdvertError(f"service_uuids must be a list of at most "
+                              f"{MAX_SERVICE_UUIDS} UUID strings")
     return Advert(
         ts=float(ts), scanner=scanner, address=address, rssi=rssi,
         manufacturer_data=manufacturer,
@@ -105,11 +137,25 @@ def read_capture(lines: Iterable[str]) -> Iterator[Advert | BadLine]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if len(line) > MAX_LINE_CHARS:
+            yield BadLine(number, f"line longer than {MAX_LINE_CHARS} characters")
+            continue
         try:
             yield parse_advert(json.loads(line))
         except (ValueError, RecursionError) as exc:
             reason = str(exc) if isinstance(exc, _BadAdvertError) else f"not JSON: {exc}"
             yield BadLine(number, reason)
+
+
+def bounded_lines(readline: Callable[[int], str], limit: int) -> Iterator[str]:
+    """The lines ``readline`` gives, none longer than ``limit + 1`` characters: an
+    over-long line is cut there (so the reader reports it as too long) and its rest
+    skipped unread into memory. A file of one 10 GB line costs ``limit`` characters."""
+    while line := readline(limit + 1):
+        if len(line) > limit and not line.endswith("\n"):
+            while (rest := readline(limit + 1)) and not rest.endswith("\n"):
+                pass
+        yield line
 
 
 def advert_to_json(a: Advert) -> str:

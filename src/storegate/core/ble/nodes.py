@@ -20,21 +20,36 @@ the scanner. ESPresense sends fingerprints, not advert bytes, so what can be reb
 measured power), ``altBeacon:<id>`` AltBeacon data, ``eddy:<namespace>-<instance>``
 Eddystone-UID service data; any other id is an anonymous device keyed by ``mac`` (or
 the id). Rotating Eddystone-EIDs need the raw format: ESPresense does not relay them.
+
+Bounds (checked before anything is decoded): a payload at most ``MAX_PAYLOAD_BYTES``,
+at most ``MAX_ADVERTS_PER_MESSAGE`` adverts in one, every advert within the capture
+format's bounds (:mod:`storegate.core.ble.capture`); an ESPresense ``id``/``mac`` at
+most 64 printable ASCII characters, ``name`` at most 248, ``rssi`` and ``rssi@1m``
+-127..20 dBm.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from storegate.core.ble.capture import Advert, parse_advert
+from storegate.core.ble.capture import (
+    MAX_DBM,
+    MAX_NAME_CHARS,
+    MIN_DBM,
+    Advert,
+    is_sane_epoch,
+    parse_advert,
+)
 from storegate.core.ble.decoders import APPLE, EDDYSTONE_UUID, encode_ibeacon
 
 ALTBEACON_COMPANY: Final = 0x0118  # Radius Networks, the usual AltBeacon company id
 MAX_ADVERTS_PER_MESSAGE: Final = 1000
+# 1000 adverts of ~200 bytes; refused before JSON decoding spends anything on more
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+MAX_ID_CHARS: Final = 64
 _IBEACON_ID: Final = re.compile(
     r"^iBeacon:([0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
     r"[0-9a-fA-F]{12})-(\d{1,5})-(\d{1,5})(?:-.*)?$")
@@ -68,6 +83,8 @@ def parse_raw_adverts(topic: str, payload: bytes, now: float,
                       max_skew_s: float = 5.0) -> tuple[list[Advert], list[NodeRejected]]:
     """A raw-advert message from ``.../scanners/<node>/adverts``."""
     node = _topic_node(topic, -2) or "?"
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return [], [NodeRejected(node, f"payload over {MAX_PAYLOAD_BYTES} bytes")]
     try:
         raw = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -88,8 +105,7 @@ def parse_raw_adverts(topic: str, payload: bytes, now: float,
         try:
             ts = obj.get("ts")
             at = now
-            if isinstance(ts, int | float) and not isinstance(ts, bool) \
-                    and math.isfinite(ts) and abs(ts - now) <= max_skew_s:
+            if is_sane_epoch(ts) and abs(ts - now) <= max_skew_s:
                 at = min(float(ts), now)  # never ahead of the gateway's clock
             adverts.append(parse_advert({**obj, "scanner": node, "ts": at}))
         except (ValueError, OverflowError) as exc:
@@ -119,6 +135,8 @@ def _rebuild(device_id: str, power_1m: int) -> tuple[dict[int, bytes], dict[str,
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | str:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return f"payload over {MAX_PAYLOAD_BYTES} bytes"
     try:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -126,29 +144,44 @@ def _json_object(payload: bytes) -> dict[str, Any] | str:
     return obj if isinstance(obj, dict) else "payload is not a JSON object"
 
 
-def parse_espresense(topic: str, payload: bytes, now: float) -> Advert | NodeRejected:
-    """An ESPresense report from ``espresense/devices/<id>/<room>``."""
-    room = _topic_node(topic, -1)
-    if room is None or topic.count("/") < 3:
-        return NodeRejected("?", f"not an ESPresense device topic: {topic[:100]!r}")
-    obj = _json_object(payload)
-    if isinstance(obj, str):
-        return NodeRejected(room, obj)
-    rssi = obj.get("rssi")
-    if isinstance(rssi, float) and rssi.is_integer():
-        rssi = int(rssi)
-    if isinstance(rssi, bool) or not isinstance(rssi, int) or not -127 <= rssi <= 20:
-        return NodeRejected(room, "rssi must be an integer dBm in -127..20")
+def _report_ids(obj: dict[str, Any], topic: str) -> tuple[str, str] | str:
+    """(device id, address) of an ESPresense report, or why it has none usable."""
     device_id = obj.get("id")
     if not isinstance(device_id, str) or not device_id:
         device_id = _topic_node(topic, -2) or ""
     mac = obj.get("mac")
     address = mac if isinstance(mac, str) and mac else device_id
     if not address:
-        return NodeRejected(room, "report has neither id nor mac")
+        return "report has neither id nor mac"
+    for what, value in (("id", device_id), ("mac", address)):
+        if len(value) > MAX_ID_CHARS or not value.isascii() or not value.isprintable():
+            return f"{what} must be at most {MAX_ID_CHARS} printable ASCII characters"
+    return device_id, address
+
+
+def parse_espresense(topic: str, payload: bytes, now: float) -> Advert | NodeRejected:
+    """An ESPresense report from ``espresense/devices/<id>/<room>``."""
+    room = _topic_node(topic, -1)
+    if room is None or topic.count("/") < 3 or len(room) > MAX_ID_CHARS \
+            or not room.isprintable():
+        return NodeRejected("?", f"not an ESPresense device topic (room at most "
+                            f"{MAX_ID_CHARS} printable characters): {topic[:100]!r}")
+    obj = _json_object(payload)
+    if isinstance(obj, str):
+        return NodeRejected(room, obj)
+    rssi = obj.get("rssi")
+    if isinstance(rssi, float) and rssi.is_integer():
+        rssi = int(rssi)
+    if isinstance(rssi, bool) or not isinstance(rssi, int) or not MIN_DBM <= rssi <= MAX_DBM:
+        return NodeRejected(room, f"rssi must be an integer dBm in {MIN_DBM}..{MAX_DBM}")
+    ids = _report_ids(obj, topic)
+    if isinstance(ids, str):
+        return NodeRejected(room, ids)
+    device_id, address = ids
     power = obj.get("rssi@1m")
+    # NaN and infinities fail the range test, so they too fall back to the default
     power_1m = int(power) if isinstance(power, int | float) and not isinstance(power, bool) \
-        and -127 <= power <= 20 else -59
+        and MIN_DBM <= power <= MAX_DBM else -59
     frames = _rebuild(device_id, power_1m)
     if isinstance(frames, str):
         return NodeRejected(room, frames)
@@ -156,4 +189,5 @@ def parse_espresense(topic: str, payload: bytes, now: float) -> Advert | NodeRej
     name = obj.get("name")
     return Advert(ts=now, scanner=room, address=address, rssi=rssi,
                   manufacturer_data=manufacturer, service_data=service,
-                  name=name if isinstance(name, str) else None)
+                  name=name if isinstance(name, str) and len(name) <= MAX_NAME_CHARS
+                  else None)

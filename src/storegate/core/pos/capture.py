@@ -5,17 +5,25 @@
 
 ``storegate pos capture`` writes them (for support, and for building templates);
 ``storegate pos decode`` reads them back (or a plain raw byte file). Pure.
+
+Bounds, checked before use: ``ts`` 2000-01-01..2100-01-01 (as advert captures),
+``data`` at most ``MAX_CHUNK_BYTES`` (a serial read is 4 KiB), ``lane``, ``role`` and
+``dialect`` at most 64 characters (``dialect`` one the reader knows, when it says which),
+a line at most ``MAX_LINE_CHARS``. A bad line is reported with its number, never fatal.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from storegate.core.ble.capture import BadLine
+from storegate.core.ble.capture import BadLine, is_sane_epoch
+
+MAX_CHUNK_BYTES: Final = 64 * 1024
+MAX_LINE_CHARS: Final = 2 * MAX_CHUNK_BYTES + 1024
+MAX_NAME_CHARS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,32 +44,44 @@ class _BadChunkError(ValueError):
     pass
 
 
-def _chunk(obj: Any) -> Chunk:
+def _chunk(obj: Any, dialects: Collection[str]) -> Chunk:
     if not isinstance(obj, dict):
         raise _BadChunkError("not a JSON object")
     ts, data = obj.get("ts"), obj.get("data")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise _BadChunkError("ts must be a number (epoch seconds)")
+    if not is_sane_epoch(ts):
+        raise _BadChunkError("ts must be epoch seconds between 2000-01-01 and 2100-01-01")
     if not isinstance(data, str):
         raise _BadChunkError("data must be a hex string")
+    if len(data) > 2 * MAX_CHUNK_BYTES:
+        raise _BadChunkError(f"data is over {MAX_CHUNK_BYTES} bytes")
     try:
         raw = bytes.fromhex(data)
     except ValueError as exc:
         raise _BadChunkError("data is not hex") from exc
-    fields = [obj.get(k, "") for k in ("lane", "role", "dialect")]
-    if not all(isinstance(f, str) for f in fields):
-        raise _BadChunkError("lane, role and dialect are strings")
-    return Chunk(float(ts), str(fields[0]), str(fields[1]), str(fields[2]), raw)
+    lane, role, dialect = (obj.get(k, "") for k in ("lane", "role", "dialect"))
+    if not all(isinstance(f, str) and len(f) <= MAX_NAME_CHARS for f in (lane, role, dialect)):
+        raise _BadChunkError(f"lane, role and dialect are strings of at most "
+                             f"{MAX_NAME_CHARS} characters")
+    if dialects and dialect not in dialects:
+        raise _BadChunkError(f"unknown dialect {dialect!r} (known: {', '.join(dialects)})")
+    return Chunk(float(ts), str(lane), str(role), str(dialect), raw)
 
 
-def read_pos_capture(lines: Iterable[str]) -> Iterator[Chunk | BadLine]:
+def read_pos_capture(lines: Iterable[str],
+                     dialects: Collection[str] = ()) -> Iterator[Chunk | BadLine]:
+    """Chunks in file order; a :class:`BadLine` for each line that is not one. With
+    ``dialects``, a chunk must name one of them."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if len(line) > MAX_LINE_CHARS:
+            yield BadLine(number, f"line longer than {MAX_LINE_CHARS} characters")
+            continue
         try:
-            yield _chunk(json.loads(line))
+            yield _chunk(json.loads(line), dialects)
         except (ValueError, RecursionError) as exc:
-            yield BadLine(number, str(exc))
+            yield BadLine(number, str(exc) if isinstance(exc, _BadChunkError)
+                          else f"not JSON: {exc}")
 
 
 def looks_like_capture(head: bytes) -> bool:
@@ -71,6 +91,6 @@ def looks_like_capture(head: bytes) -> bool:
         return False
     try:
         obj = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and "ts" in obj and "data" in obj

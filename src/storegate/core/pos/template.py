@@ -114,13 +114,22 @@ class Template:
     def from_toml(cls, text: str) -> Template:
         try:
             data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise TemplateError("(file)", f"not valid TOML: {exc}") from exc
+        # ValueError: also an integer over Python's 4300-digit limit; RecursionError:
+        # arrays nested thousands deep. Both are a bad file, not a crash.
+        except (ValueError, RecursionError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) \
+                else str(exc).split(";")[0]
+            raise TemplateError("(file)", f"not valid TOML: {problem}") from exc
         return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: Path) -> Template:
-        return cls.from_toml(path.read_text("utf-8"))
+        """Raises OSError (missing, unreadable) or TemplateError (everything else)."""
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TemplateError("(file)", f"not UTF-8 text: {exc}") from exc
+        return cls.from_toml(text)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Template:
