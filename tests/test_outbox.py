@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from storegate.errors import (
     OutboxUnavailableError,
 )
 from tests.support.outbox import FakeClock, make_outbox, purchase, telemetry, visit
+from tests.support.tmpfs import tmpfs
 
 
 def test_accept_commits_with_monotonic_sequences_that_survive_restarts(tmp_path: Path) -> None:
@@ -173,22 +172,35 @@ def test_unwritable_storage_path_parent_is_a_file(tmp_path: Path) -> None:
         make_outbox(tmp_path / "file" / "sub" / "o.db").open()
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, readonly: bool = False) -> Iterator[Path]:
-    """A real small filesystem (needs root, as CI has): full disks and read-only mounts."""
-    path.mkdir()
-    opts = f"size={size}" + (",ro" if readonly else "")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_unwritable_storage_path_read_only_filesystem(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
         with pytest.raises(OutboxUnavailableError, match="cannot write in storage directory"):
             make_outbox(ro / "o.db").open()
+
+
+def test_outbox_files_are_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """Purchases and loyalty ids at rest: no other local user may read them."""
+    db = tmp_path / "new-dir" / "o.db"
+    files = [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", ".lock"))]
+    old = os.umask(0o022)  # what a shell or service usually has
+    try:
+        box = make_outbox(db)
+        box.open()
+        box.accept_blocking([purchase(1)])
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} \
+            == {f.name: "0o600" for f in files}
+        assert db.parent.stat().st_mode & 0o077 == 0  # a directory it made: owner only
+        box.close()
+        # an outbox an older storegate left readable is closed up when opened
+        for f in (db, files[3]):
+            f.chmod(0o644)
+        box = make_outbox(db)
+        box.open()
+        box.accept_blocking([purchase(2)])
+        assert all(f.stat().st_mode & 0o077 == 0 for f in files)
+        box.close()
+    finally:
+        os.umask(old)
 
 
 def test_second_writer_is_refused(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from storegate.core.pos.frames import (
 from storegate.core.pos.lane import LaneAssembler, LaneSettings
 from storegate.core.pos.scanner import BarcodeScanner
 from storegate.core.pos.template import Template, TemplateError, parse_money, parse_quantity
+from storegate.core.pseudonyms import WITHHELD, PersonalData, parse_key, pseudonym
 from storegate.sim.lane import (
     display_updates,
     escpos_job,
@@ -44,6 +45,8 @@ from storegate.sim.lane import (
 TEMPLATES = defaults_dir() / "pos" / "templates"
 RU = Template.load(TEMPLATES / "ru-generic.toml")
 T0 = 1_795_000_000.0
+KEY = bytes(range(32))
+KEYED = PersonalData(KEY)
 
 
 def jobs(data: bytes, chunks: list[int] | None = None, t: float = T0) -> tuple[list[ReceiptText],
@@ -247,18 +250,19 @@ def test_scanner_strips_prefix_aim_and_suffix() -> None:
 # --- lane assembly ---------------------------------------------------------------------
 
 
-def lane(source: str = "printer") -> LaneAssembler:
+def lane(source: str = "printer", personal: PersonalData = KEYED) -> LaneAssembler:
     import re
 
     return LaneAssembler(LaneSettings(
         "lane-1", "RUB", source, RU,
-        loyalty_pattern=re.compile(r"^LOY\d{9}$"), offer_pattern=re.compile(r"^SGO1\.")),
-        os.urandom)
+        loyalty_pattern=re.compile(r"^LOY\d{9}$"), offer_pattern=re.compile(r"^SGO1\."),
+        personal=personal), os.urandom)
 
 
-def run_lane(r_seed: int, number: int) -> tuple[list[p.Payload], object]:
+def run_lane(r_seed: int, number: int, personal: PersonalData = KEYED
+             ) -> tuple[list[p.Payload], object]:
     r = random_receipt(random.Random(r_seed), number)
-    la = lane()
+    la = lane(personal=personal)
     scanner, display, printer = BarcodeScanner(), PoleDisplay(), EscPos("cp437")
     t = T0
     drafts = []
@@ -284,7 +288,10 @@ def test_lane_purchase_with_scans_display_and_fiscal_qr() -> None:
         pc = purchases[0]
         assert pc.receipt == r.number and pc.total_minor == r.total_minor
         assert not pc.totals_mismatch and pc.currency == "RUB"
-        assert pc.loyalty_id == r.loyalty
+        loyalty = pseudonym(KEY, "loyalty", r.loyalty) if r.loyalty else None
+        assert pc.loyalty_id == loyalty
+        assert pc.operator == pseudonym(KEY, "operator", r.cashier)
+        assert [s.value for s in scans if s.kind == "loyalty"] == ([loyalty] if loyalty else [])
         assert pc.offer_tokens == list(r.offers)
         assert pc.fiscal is not None and pc.fiscal.total_minor == r.total_minor
         assert pc.first_item_at == rfc3339(T0 + 1)  # the first product scanned
@@ -350,7 +357,7 @@ def test_shipped_templates_are_linked_from_firmware_configs() -> None:
 
 def test_lane_next_customer_scanned_while_the_receipt_prints() -> None:
     """Fast cashiers scan the next customer while the last receipt is printing."""
-    la = lane()
+    la = lane(personal=PersonalData(raw_loyalty_ids=True))  # to see whose card is whose
     r1, r2 = random_receipt(random.Random(21), 41), random_receipt(random.Random(22), 42)
     printer, scanner = EscPos("cp437"), BarcodeScanner()
 
@@ -399,3 +406,55 @@ def test_display_scanner_and_lane_never_raise_on_garbage(chunks: list[bytes]) ->
         for parser in parsers:
             for f in parser.feed(c, t) + parser.flush(t + 5):
                 la.feed(f)
+
+
+# --- personal data ---------------------------------------------------------------------
+
+
+def test_pseudonym_is_keyed_stable_and_separated_by_field_kind() -> None:
+    a = pseudonym(KEY, "loyalty", "LOY123456789")
+    assert a == pseudonym(KEY, "loyalty", "LOY123456789")  # central computes the same
+    assert a.startswith("ps1:") and len(a) == 4 + 32 and "LOY" not in a
+    int(a[4:], 16)
+    assert a != pseudonym(KEY, "operator", "LOY123456789")  # domain-separated
+    assert a != pseudonym(bytes(32), "loyalty", "LOY123456789")  # another key, unlinkable
+    # the published form is HMAC-SHA256(key, "loyalty:" + value) cut to 128 bits
+    import hashlib
+    import hmac
+    mac = hmac.new(KEY, b"loyalty:LOY123456789", hashlib.sha256).hexdigest()
+    assert a == "ps1:" + mac[:32]
+
+
+def test_pseudonym_key_parses_hex_or_base64_and_refuses_short_keys() -> None:
+    import base64
+
+    assert parse_key(KEY.hex()) == KEY
+    assert parse_key(base64.b64encode(KEY).decode()) == KEY
+    with pytest.raises(ValueError, match="too short"):
+        parse_key("00" * 15)
+    with pytest.raises(ValueError, match="not hex or base64") as err:
+        parse_key("my secret passphrase!")
+    assert "passphrase" not in str(err.value)  # an error never repeats the key
+
+
+def test_lane_withholds_personal_data_without_a_key_and_publishes_raw_only_by_opt_in() -> None:
+    seed = next(s for s in range(100)
+                if random_receipt(random.Random(s), 1).loyalty is not None)
+    events, r = run_lane(seed, 3000, WITHHELD)
+    [pc] = [e for e in events if isinstance(e, p.PurchaseCompleted)]
+    [scan] = [e for e in events if isinstance(e, p.PosScanned) and e.kind == "loyalty"]
+    assert pc.loyalty_id is None and pc.operator is None and scan.value is None
+    assert r.loyalty not in repr(events) and r.cashier not in repr(events)
+    la = lane(personal=WITHHELD)
+    for f in BarcodeScanner().feed(r.loyalty.encode() + b"\r", T0):
+        la.feed(f)
+    assert la.counters["loyalty-withheld"] == 1
+    raw = PersonalData(key=None, raw_loyalty_ids=True, raw_operator_names=False)
+    events, r = run_lane(seed, 3001, raw)
+    [pc] = [e for e in events if isinstance(e, p.PurchaseCompleted)]
+    assert pc.loyalty_id == r.loyalty and pc.operator is None
+    both = PersonalData(key=KEY, raw_operator_names=True)
+    events, r = run_lane(seed, 3002, both)
+    [pc] = [e for e in events if isinstance(e, p.PurchaseCompleted)]
+    assert pc.operator == r.cashier
+    assert pc.loyalty_id == pseudonym(KEY, "loyalty", r.loyalty)

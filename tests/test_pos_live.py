@@ -5,6 +5,7 @@ a real mosquitto, and the tapped lines must never receive a byte."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from storegate.core.pseudonyms import pseudonym
 from storegate.sim.lane import (
     display_updates,
     escpos_job,
@@ -23,10 +25,12 @@ from tests.support.gateway_proc import env, live_status, start_run, storegate, w
 from tests.support.mosquitto import Mosquitto
 from tests.support.pty_lane import PtyDevice
 from tests.support.subscriber import Subscriber
+from tests.support.tmpfs import fill, tmpfs
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "firmware-configs" / "pos" / "templates" / "ru-generic.toml"
+KEY = bytes(range(100, 132))  # central's pseudonym key, as a store is given it
 
 
 def lane_config(printer: PtyDevice, display: PtyDevice, scanner: PtyDevice) -> str:
@@ -54,6 +58,17 @@ encoding = "ascii"
 """
 
 
+def assert_no_personal_data(storage: Path, receipts: list[Any]) -> None:
+    """Not one loyalty card number or cashier name at rest, in any encoding it could take."""
+    stored = b"".join(f.read_bytes() for f in storage.parent.glob(storage.name + "*")
+                      if f.is_file())
+    assert b'"receipt"' in stored  # the purchases are there (kept for replay)...
+    for r in receipts:  # ...the people are not
+        for value in filter(None, (r.loyalty, r.cashier)):
+            for form in (value.encode(), json.dumps(value).encode()[1:-1]):
+                assert form not in stored, value
+
+
 def tap_states(storage: Path) -> dict[str, str]:
     lanes = (live_status(storage).get("pos") or {}).get("lanes", {})
     return {d["role"]: d["tap"]["state"] for lane in lanes.values() for d in lane["devices"]}
@@ -66,7 +81,8 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
     scanner = PtyDevice(tmp_path / "dev", "usb-Honeywell_scanner-if00")
     storage = tmp_path / "outbox.db"
     cfg = write_config(tmp_path / "gw.toml", port=broker.port, storage=storage,
-                       extra=lane_config(printer, display, scanner), telemetry=True)
+                       extra=lane_config(printer, display, scanner)
+                       + f'[privacy]\npseudonym_key = "{KEY.hex()}"\n', telemetry=True)
     proc = start_run(cfg, stderr=tmp_path / "gw.log")
     rng = random.Random(11)
     try:
@@ -105,13 +121,19 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
             pc = got[r.number]
             assert pc["total_minor"] == r.total_minor and not pc["totals_mismatch"]
             assert [i["amount_minor"] for i in pc["items"]] == [i.amount_minor for i in r.items]
-            assert pc["lane"] == "lane-7" and pc["loyalty_id"] == r.loyalty
+            assert pc["lane"] == "lane-7"
+            # personal data as keyed pseudonyms: central, holding the key, joins on them
+            assert pc["loyalty_id"] == (pseudonym(KEY, "loyalty", r.loyalty)
+                                        if r.loyalty else None)
+            assert pc["operator"] == pseudonym(KEY, "operator", r.cashier)
             assert pc["offer_tokens"] == list(r.offers)
             assert pc["fiscal"]["total_minor"] == r.total_minor
             assert pc["first_item_at"] is not None
         scans = subscriber.of_type("storegate.pos.scanned.v1")
         want = sum((1 if r.loyalty else 0) + len(r.offers) for r in receipts)
         assert len(scans) == want
+        assert {s["data"]["value"] for s in scans if s["data"]["kind"] == "loyalty"} \
+            == {pseudonym(KEY, "loyalty", r.loyalty) for r in receipts if r.loyalty}
         txn = {pc["transaction_id"] for pc in got.values()}
         assert {s["data"]["transaction_id"] for s in scans} <= txn
         wait_for(lambda: live_status(storage)["pos"]["lanes"]["lane-7"]["counters"].get(
@@ -129,6 +151,7 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0
+    assert_no_personal_data(storage, receipts)
     for dev in (printer, display, scanner):  # read-only: not one byte sent to a device
         dev.collect()
         assert dev.written == b""
@@ -225,4 +248,159 @@ def test_pos_decode_offline_matches_ground_truth(tmp_path: Path) -> None:
         == [x.number for x in receipts]
     assert "1 bad capture line(s)" in r.stderr
     r = storegate("pos", "decode", str(raw))
-    assert r.returncode == 2 and "needs --dialect" in r.stderr
+    assert r.returncode == 2 and "--dialect" in r.stderr
+
+
+def receipt_with_loyalty(seed: int, number: int) -> Any:
+    return next(r for s in range(seed, seed + 100)
+                if (r := random_receipt(random.Random(s), number)).loyalty)
+
+
+def test_sigterm_publishes_a_receipt_still_waiting_for_its_idle_gap(
+        tmp_path: Path, broker: Mosquitto, subscriber: Subscriber) -> None:
+    """A printer job without a cut ends only after silence; a SIGTERM in that silence
+    must not cost the purchase (its bytes cannot be read again). Also, with no privacy
+    key: loyalty id and cashier are withheld, and every file at rest is owner-only."""
+    printer = PtyDevice(tmp_path / "dev", "usb-Epson_TM-T20-if00")
+    scanner = PtyDevice(tmp_path / "dev", "usb-Zebra_DS2208-if00")
+    storage = tmp_path / "outbox.db"
+    cfg = write_config(tmp_path / "gw.toml", port=broker.port, storage=storage, extra=f"""
+[[pos.lanes]]
+id = "lane-3"
+template = "{TEMPLATE}"
+loyalty_pattern = '^LOY\\d{{9}}$'
+[[pos.lanes.devices]]
+role = "printer"
+dialect = "escpos"
+port = "{printer.path}"
+idle_s = 60
+[[pos.lanes.devices]]
+role = "scanner"
+dialect = "scanner"
+port = "{scanner.path}"
+encoding = "ascii"
+""")
+    log = tmp_path / "gw.log"
+    umask = os.umask(0o022)  # the gateway inherits a usual, loose umask
+    try:
+        proc = start_run(cfg, stderr=log)
+    finally:
+        os.umask(umask)
+    r = receipt_with_loyalty(40, 4242)
+    job = escpos_job(r)
+    assert job.endswith(b"\x1dV\x42\x03")  # the cut, which the till "forgets" here
+    try:
+        wait_for(lambda: storage.with_name("outbox.db.status.json").exists()
+                 and set(tap_states(storage).values()) == {"open"}, 20, "two taps open")
+        private = ["outbox.db", "outbox.db-wal", "outbox.db-shm", "outbox.db.lock",
+                   "outbox.db.status.json", "outbox.identities.db"]
+        assert {n: oct(storage.with_name(n).stat().st_mode & 0o777) for n in private} \
+            == dict.fromkeys(private, "0o600")
+        scanner.write(r.loyalty.encode() + b"\r")
+        printer.write(job[:-4])
+
+        def printed() -> bool:
+            lane = live_status(storage)["pos"]["lanes"]["lane-3"]
+            taken = {d["role"]: d["tap"]["bytes_total"] for d in lane["devices"]}
+            return taken["printer"] == len(job) - 4 and taken["scanner"] > 0
+        wait_for(printed, 15, "the tap reading the whole receipt")
+        # the same snapshot: every byte read, the job still open (60 s gap, no cut)
+        lane = live_status(storage)["pos"]["lanes"]["lane-3"]
+        assert lane["counters"].get("purchases", 0) == 0
+        wait_for(lambda: subscriber.of_type("storegate.pos.scanned.v1"), 10, "the card scan")
+        [scan] = subscriber.of_type("storegate.pos.scanned.v1")
+        assert scan["data"]["kind"] == "loyalty" and scan["data"]["value"] is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
+    wait_for(lambda: subscriber.of_type("storegate.purchase.completed.v1"), 10,
+             "the purchase flushed at shutdown")
+    [pc] = [e["data"] for e in subscriber.of_type("storegate.purchase.completed.v1")]
+    assert pc["receipt"] == r.number and pc["total_minor"] == r.total_minor
+    assert pc["transaction_id"] == scan["data"]["transaction_id"]
+    assert pc["loyalty_id"] is None and pc["operator"] is None  # no key: withheld
+    text = log.read_text()
+    assert text.count("no privacy.pseudonym_key") == 1
+    assert_no_personal_data(storage, [r])
+    assert storage.stat().st_mode & 0o077 == 0
+    for dev in (printer, scanner):
+        dev.close()
+
+
+def test_a_purchase_read_while_the_disk_is_full_arrives_when_space_returns(
+        tmp_path: Path, broker: Mosquitto, subscriber: Subscriber) -> None:
+    """Disk full: the outbox refuses, the lane's purchases wait in memory (counted),
+    and all of them are published once space returns, with no restart."""
+    printer = PtyDevice(tmp_path / "dev", "usb-Prolific_printer-if00")
+    rng = random.Random(3)
+    rung: list[Any] = []
+    log = tmp_path / "gw.log"
+
+    def ring(number: int) -> Any:
+        r = random_receipt(rng, number)
+        printer.write(escpos_job(r))
+        rung.append(r)
+        return r
+
+    def published() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for e in subscriber.of_type("storegate.purchase.completed.v1"):
+            out.setdefault(e["data"]["receipt"], set()).add(e["id"])
+        return out
+
+    def holding() -> bool:
+        return "holding events in memory" in log.read_text()
+
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        storage = disk / "outbox.db"
+        cfg = write_config(tmp_path / "gw.toml", port=broker.port, storage=storage, extra=f"""
+[[pos.lanes]]
+id = "lane-1"
+template = "{TEMPLATE}"
+[[pos.lanes.devices]]
+role = "printer"
+dialect = "escpos"
+port = "{printer.path}"
+[privacy]
+pseudonym_key = "{KEY.hex()}"
+""")
+        proc = start_run(cfg, stderr=log)
+        try:
+            wait_for(lambda: storage.with_name("outbox.db.status.json").exists()
+                     and tap_states(storage).get("printer") == "open", 20, "printer tap open")
+            first = ring(500)
+            wait_for(lambda: first.number in published(), 10, "a purchase before the fill")
+            ballast = fill(disk)
+            # the WAL may hold a purchase or two in pages it already has; then it is full
+            for n in range(501, 541):
+                r = ring(n)
+                wait_for(lambda r=r: r.number in published() or holding(), 15,
+                         f"receipt {r.number} published or held")
+                if holding():
+                    break
+            assert holding(), "filling the disk never made the outbox refuse"
+            held = r.number
+            assert held not in published()
+            ring(600)  # more customers while the disk is still full: they queue behind
+            ring(601)
+            wait_for(lambda: printer.unread() == 0, 10, "the tap reading both")
+            ballast.unlink()
+            wait_for(lambda: set(published()) >= {x.number for x in rung}, 30,
+                     "every purchase, the held ones included")
+            wait_for(lambda: "accepts again" in log.read_text(), 10, "recovery logged")
+            assert proc.poll() is None  # the same process throughout: no restart
+
+            def accepted_after_holding() -> bool:
+                held = live_status(storage)["outbox"]["pending_accept"]
+                return held["held_total"] >= 3 and held["pending"] == 0
+            wait_for(accepted_after_holding, 10, "status: held purchases, none pending now")
+            assert log.read_text().count("holding events in memory") == 1  # said once
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        assert proc.returncode == 0
+    got = published()
+    assert {x.number for x in rung} == set(got)
+    assert all(len(ids) == 1 for ids in got.values())  # each purchase accepted once
+    printer.close()

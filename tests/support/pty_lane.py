@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import pty
 import select
+import sys
+import termios
 import tty
 from pathlib import Path
 
@@ -68,6 +71,13 @@ class PtyDevice:
                 continue
             view = view[n:]
         self.collect()
+
+    def unread(self) -> int:
+        """Bytes written that the tapped side has not read yet (0: the tap took all)."""
+        if self._slave is None:
+            raise RuntimeError("unplugged")
+        buf = fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder)
 
     def collect(self) -> bytes:
         """Read, without blocking, whatever the tapped side sent; also kept in ``written``."""

@@ -50,6 +50,8 @@ MAX_BATCH_EVENTS: Final = 5000
 AGE_CHECK_INTERVAL_S: Final = 1.0
 ACK_COALESCE_S: Final = 0.05
 ACK_BATCH: Final = 2000
+FILE_MODE: Final = 0o600  # the outbox, its WAL, SHM and lock file: owner only
+DIR_MODE: Final = 0o700  # a storage directory storegate creates
 
 Synchronous = Literal["full", "normal"]
 
@@ -201,11 +203,42 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> Non
             i += size
 
 
+def make_private(path: Path) -> None:
+    """Create the outbox file owner-only, or close up one made by an older storegate.
+
+    The outbox holds purchases (and, by opt-in, loyalty ids): no other local user may
+    read it. SQLite creates the ``-wal`` and ``-shm`` files with the database file's
+    mode, so setting it on the database (before SQLite creates it) covers them; the
+    ones an older version left open are closed up too.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+        for p in (path, _wal(path), _shm(path)):
+            with contextlib.suppress(FileNotFoundError):
+                if p.stat().st_mode & 0o077:
+                    os.chmod(p, FILE_MODE)
+    except OSError as exc:
+        raise OutboxUnavailableError(
+            f"cannot make outbox {path} private ({exc.strerror}); check the owner and "
+            "permissions of the file and its directory"
+        ) from exc
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _shm(path: Path) -> Path:
+    return path.with_name(path.name + "-shm")
+
+
 def take_writer_lock(path: Path) -> int:
     """Take the single-writer lock beside ``path``; the fd holds it until closed."""
     lock_path = path.with_name(path.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        with contextlib.suppress(OSError):  # left open by an older storegate (empty)
+            os.fchmod(fd, FILE_MODE)
     except OSError as exc:
         raise OutboxUnavailableError(
             f"cannot write in storage directory {path.parent}: {exc.strerror}"
@@ -321,7 +354,7 @@ class Outbox:
         writer thread. Raises an :class:`OutboxError` naming the path on any problem."""
         path = self.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         except OSError as exc:
             raise OutboxUnavailableError(
                 f"cannot create storage directory {path.parent}: {exc.strerror}"
@@ -329,6 +362,7 @@ class Outbox:
         check_file(path)
         self._lock_file = take_writer_lock(path)
         try:
+            make_private(path)
             conn = _connect(path, readonly=False)
             is_ours = _validate(conn, path)
             self._init(conn, is_ours)

@@ -2,7 +2,8 @@
 
 ``storegate status`` runs in another process: it reads the outbox itself (depth, age,
 drops) and this file for what only the running process knows (broker connection,
-counters). Written atomically (temp file + rename), so a reader never sees half a file.
+counters). Written atomically (temp file + rename), so a reader never sees half a file,
+and owner-only (0600) like the outbox: it names the broker, lanes and their counters.
 """
 
 from __future__ import annotations
@@ -11,12 +12,25 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+FILE_MODE: Final = 0o600
 
 
 def write(path: Path, status: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, indent=2, default=str), encoding="utf-8")
+    data = json.dumps(status, indent=2, default=str).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # a temp file left by a crashed older version
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no torn temp file behind
+        raise
+    os.close(fd)
     tmp.replace(path)
 
 

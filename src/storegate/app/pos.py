@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import time
@@ -34,12 +35,17 @@ from storegate.core.pos.scanner import BarcodeScanner
 from storegate.core.pos.shtrih_m import ShtrihM
 from storegate.core.pos.stx_etx import StxEtx, StxEtxSettings
 from storegate.core.pos.template import Template, TemplateError
-from storegate.errors import ConfigError
+from storegate.core.pseudonyms import Kind, PersonalData
+from storegate.errors import ConfigError, DataFileError
 from storegate.sim.lane_live import SimulatedLane
 
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.1
+# On SIGTERM a receipt still printing gets this long to finish (its idle gap, 2 s for a
+# printer by default) before the lane is flushed as it stands: the bytes cannot be read
+# again, so a job cut short is published as read (totals checked), never dropped.
+SHUTDOWN_QUIET_S = 2.5
 DEFAULT_IDLE_S = {"escpos": 2.0, "stx-etx": 2.0, "pole-display": 0.3, "scanner": 0.5}
 
 
@@ -69,6 +75,11 @@ def make_dialect(dialect: str, *, encoding: str = "cp866", idle_s: float | None 
     raise ValueError(f"unknown dialect {dialect!r}")
 
 
+def device_idle_s(d: PosDeviceConfig) -> float:
+    """The silence that ends a job on this device."""
+    return d.idle_s if d.idle_s is not None else DEFAULT_IDLE_S.get(d.dialect, 2.0)
+
+
 def device_dialect(d: PosDeviceConfig) -> Dialect:
     return make_dialect(d.dialect, encoding=d.encoding, idle_s=d.idle_s,
                         scanner_prefix=d.scanner_prefix, scanner_suffix=d.scanner_suffix,
@@ -86,19 +97,21 @@ def device_tap(lane: str, d: PosDeviceConfig, on_bytes: Callable[[bytes, float],
 
 
 def load_template(path: Path) -> Template:
+    """A receipt template; a bad one is a data file error naming the file and key."""
     try:
         return Template.load(path)
     except FileNotFoundError as exc:
-        raise ConfigError(str(path), "template file not found") from exc
+        raise DataFileError(str(path), "template file not found") from exc
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc}") from exc
+        raise DataFileError(str(path), f"cannot read: {exc.strerror or exc}") from exc
     except TemplateError as exc:
-        raise ConfigError(str(path), exc.problem, exc.key) from exc
+        raise DataFileError(str(path), exc.problem,
+                            None if exc.key == "(file)" else exc.key) from exc
 
 
-def lane_settings(cfg: PosLaneConfig) -> LaneSettings:
+def lane_settings(cfg: PosLaneConfig, personal: PersonalData) -> LaneSettings:
     return LaneSettings(
-        lane=cfg.id, currency=cfg.currency, purchases_from=cfg.source,
+        lane=cfg.id, currency=cfg.currency, purchases_from=cfg.source, personal=personal,
         template=load_template(cfg.template) if cfg.template else None,
         loyalty_pattern=re.compile(cfg.loyalty_pattern) if cfg.loyalty_pattern else None,
         offer_pattern=re.compile(cfg.offer_pattern) if cfg.offer_pattern else None,
@@ -112,6 +125,7 @@ class _Device:
     dialect: Dialect
     tap: SerialTap | None = None
     frames_total: int = 0
+    last_byte_at: float = float("-inf")
 
 
 class PosService:
@@ -124,8 +138,19 @@ class PosService:
         self.errors_total = 0
         self.lanes: dict[str, LaneAssembler] = {}
         self.devices: list[_Device] = []
+        personal = config.privacy.personal_data()
+        fields: tuple[tuple[str, Kind, str], ...] = (
+            ("loyalty ids", "loyalty", "raw_loyalty_ids"),
+            ("cashier names", "operator", "raw_operator_names"))
+        withheld = [(what, opt) for what, kind, opt in fields if personal.withholds(kind)]
+        if withheld and config.pos.lanes:  # said once, at start; each value is counted
+            log.warning("no privacy.pseudonym_key: %s are published as null (withheld, "
+                        "counted); set STOREGATE_PRIVACY__PSEUDONYM_KEY to the key central "
+                        "gave, or opt in to raw values (%s)",
+                        " and ".join(w for w, _ in withheld),
+                        ", ".join(f"privacy.{o}" for _, o in withheld))
         for i, lane in enumerate(config.pos.lanes):
-            self.lanes[lane.id] = LaneAssembler(lane_settings(lane), rand)
+            self.lanes[lane.id] = LaneAssembler(lane_settings(lane, personal), rand)
             for j, d in enumerate(lane.devices):
                 try:
                     dev = _Device(lane.id, d, device_dialect(d))
@@ -149,6 +174,7 @@ class PosService:
         return lambda data, ts: self._bytes(dev, data, ts)
 
     def _bytes(self, dev: _Device, data: bytes, ts: float) -> None:
+        dev.last_byte_at = ts
         try:
             frames = dev.dialect.feed(data, ts)
         except Exception as exc:  # a parser bug costs these bytes, never the lane
@@ -177,26 +203,43 @@ class PosService:
                    dev.lane, dev.cfg.role, type(exc).__name__, lane=dev.lane)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Read the lanes until ``stop``; then let a receipt still printing finish, stop
+        the taps and flush every lane, so what was read is submitted before the drain."""
+        taps_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             for dev in self.devices:
                 if dev.tap is not None:
-                    tg.create_task(dev.tap.run(stop), name=f"tap {dev.cfg.port}")
+                    tg.create_task(dev.tap.run(taps_stop), name=f"tap {dev.cfg.port}")
             tg.create_task(self._flush(stop))
             if self.simulator is not None:
                 tg.create_task(self.simulator.run(stop), name="lane simulator")
+            await stop.wait()
+            await self._quiet(time.monotonic() + SHUTDOWN_QUIET_S)
+            taps_stop.set()
+        self._tick(math.inf)  # every job and frame still open ends now
 
     async def _flush(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), FLUSH_S)
-            now = self._wall()
-            for dev in self.devices:
-                try:
-                    frames = dev.dialect.flush(now)
-                except Exception as exc:
-                    self._failed(dev, exc)
-                    continue
-                self._frames(dev, frames)
+            self._tick(self._wall())
+
+    async def _quiet(self, deadline: float) -> None:
+        """Keep reading and flushing while a device sent bytes within its idle gap
+        (``deadline`` is monotonic: a wall clock may be driven by a test or jump)."""
+        while time.monotonic() < deadline and any(
+                self._wall() - d.last_byte_at < device_idle_s(d.cfg) for d in self.devices):
+            await asyncio.sleep(FLUSH_S)
+            self._tick(self._wall())
+
+    def _tick(self, now: float) -> None:
+        for dev in self.devices:
+            try:
+                frames = dev.dialect.flush(now)
+            except Exception as exc:
+                self._failed(dev, exc)
+                continue
+            self._frames(dev, frames)
 
     def health(self) -> list[p.LaneHealth]:
         out = []

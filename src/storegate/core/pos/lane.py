@@ -10,6 +10,10 @@ fiscal register's commands); the others enrich the open transaction:
 * a loyalty card or an offer token scanned becomes a ``pos.scanned`` event at once,
   and is attached to the purchase that follows, joined by ``transaction_id``.
 
+Loyalty ids and cashier names are personal data: they leave the lane as keyed
+pseudonyms (``core.pseudonyms``), as read only by explicit opt-in, else withheld and
+counted (``loyalty-withheld``, ``operator-withheld``).
+
 Every purchase is checked: items minus discounts must equal the total printed (or the
 fiscal QR's total); a mismatch is published with ``totals_mismatch``, never "fixed".
 Reprints and repeated receipts are recognised and not published twice. Money is exact
@@ -43,6 +47,7 @@ from storegate.core.pos.frames import (
     TenderKind,
 )
 from storegate.core.pos.template import ParsedReceipt, Template
+from storegate.core.pseudonyms import WITHHELD, Kind, PersonalData
 
 Source = Literal["printer", "fiscal"]
 STALE_S: Final = 30 * 60.0  # an open transaction idle this long is abandoned
@@ -58,6 +63,8 @@ class LaneSettings:
     template: Template | None = None
     loyalty_pattern: re.Pattern[str] | None = None
     offer_pattern: re.Pattern[str] | None = None
+    # loyalty ids and cashiers leave the lane as keyed pseudonyms (or withheld)
+    personal: PersonalData = WITHHELD
 
 
 @dataclass(slots=True)
@@ -134,7 +141,9 @@ class LaneAssembler:
             if t.first_item_at is None:
                 t.first_item_at = f.at
             return []
-        data = p.PosScanned(lane=self.s.lane, kind=kind, value=f.code,
+        # an offer token is the campaign's, not a person's: published as scanned
+        value = f.code if kind == "offer" else self._personal("loyalty", f.code)
+        data = p.PosScanned(lane=self.s.lane, kind=kind, value=value,
                             scanned_at=ev.rfc3339(f.at), transaction_id=t.id)
         return [ev.EventDraft(ev.POS_SCANNED, f"lane/{self.s.lane}", f.at, data)]
 
@@ -261,16 +270,25 @@ class LaneAssembler:
         self._count("purchases")
         data = p.PurchaseCompleted(
             receipt=receipt, lane=self.s.lane, kind=kind, source=source,
-            transaction_id=t.id, operator=operator, items=items,
+            transaction_id=t.id, operator=self._personal("operator", operator), items=items,
             tenders=[p.Tender(kind=k, amount_minor=a) for k, a in tenders],
             discount_minor=discount, total_minor=total, currency=self.s.currency,
-            loyalty_id=loyalty or t.loyalty, offer_tokens=list(t.offers), fiscal=fiscal,
+            loyalty_id=self._personal("loyalty", loyalty or t.loyalty),
+            offer_tokens=list(t.offers), fiscal=fiscal,
             first_item_at=ev.rfc3339(t.first_item_at) if t.first_item_at is not None
             else None,
             completed_at=ev.rfc3339(at), totals_mismatch=mismatch,
         )
         return [ev.EventDraft(ev.PURCHASE_COMPLETED, f"receipt/{self.s.lane}/{receipt}", at,
                               data)]
+
+    def _personal(self, kind: Kind, value: str | None) -> str | None:
+        """The pseudonym to publish for a personal value; a withheld one is counted."""
+        out = self.s.personal.loyalty(value) if kind == "loyalty" \
+            else self.s.personal.operator(value)
+        if value is not None and out is None:
+            self._count(f"{kind}-withheld")
+        return out
 
     def _voided(self, receipt: str | None, at: float, reason: str) -> list[ev.EventDraft]:
         t = self._printing or self._txn
