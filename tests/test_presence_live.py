@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from storegate.core.ble.decoders import EDDYSTONE_UUID
 from storegate.core.ble.eid import Identity, compute_eid
 from tests.support.bluez import BluezMock
+from tests.support.central import CENTRAL
 from tests.support.gateway_proc import live_status, start_run, storegate, write_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
@@ -80,8 +81,9 @@ class Node:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.client.publish(f"espresense/devices/{device}/{room}", body, qos=1).wait_for_publish(5)
 
-    def command(self, name: str, body: dict[str, Any]) -> None:
-        self.client.publish(f"storegate/v1/s1/commands/{name}", json.dumps(body),
+    def command(self, name: str, signed: bytes) -> None:
+        """Central's role here: publish a signed command."""
+        self.client.publish(f"storegate/v1/s1/commands/{name}", signed,
                             qos=1).wait_for_publish(5)
 
     def close(self) -> None:
@@ -178,9 +180,11 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
     bob = identity("cust-bob", IK2)
     node = Node(broker.port)
     try:
-        node.command("identities", {"op": "upsert", "identities": [record(bob)],
-                                    "request_id": "r1"})
-        node.command("identities", {"op": "upsert", "identities": []})  # invalid: counted
+        gateways = {"g1": live_status(storage)["seal_key"]}  # as its birth certificate says
+        node.command("identities", CENTRAL.identities("upsert", [bob], gateways=gateways,
+                                                      request_id="r1"))
+        node.command("identities", CENTRAL.sign("identities", {"op": "upsert",
+                                                               "identities": []}))  # invalid
         wait_for(lambda: live_status(storage)["presence"]["enrolled"] == 2, 10, "bob enrolled")
         assert live_status(storage)["commands"]["rejected_total"] == 1
         db = storage.with_name("outbox.identities.db")
@@ -192,8 +196,8 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
             time.sleep(0.2)
         wait_for(lambda: [e for e in subscriber.of_type("storegate.visit.entered.v1")
                           if e["data"]["customer"] == "cust-bob"], 10, "bob's visit")
-        node.command("identities", {"op": "remove", "customers": ["cust-bob"],
-                                    "request_id": "erase-bob"})
+        node.command("identities", CENTRAL.identities("remove", customers=["cust-bob"],
+                                                      gateways={}, request_id="erase-bob"))
         wait_for(lambda: live_status(storage)["presence"]["enrolled"] == 1, 10, "bob removed")
         wait_for(lambda: [e for e in subscriber.of_type("storegate.gateway.identities_applied.v1")
                           if e["data"]["request_id"] == "erase-bob"], 10, "the confirmation")
@@ -202,13 +206,20 @@ def test_identities_command_enrols_and_erasure_reaches_the_disk(
         assert done["applied"] and done["enrolled"] == 1 and done["op"] == "remove"
         assert IK2 not in db.read_bytes() + _wal(db)  # overwritten, not just unlinked
         seen = len(subscriber.of_type("storegate.visit.entered.v1"))
+        before = live_status(storage)["presence"]["counters"]
+        sent = 0
         t_end = time.time() + 4
         while time.time() < t_end:  # bob's phone is now just an anonymous device
             node.raw("node-b", [eid_advert(bob, -55, "7A:00:00:00:00:02")])
-            time.sleep(0.2)
-        time.sleep(1)
+            sent += 1
+            time.sleep(0.2)  # pacing: a phone advertising for 4 s, not a wait
+        # the positive signal that every one of them had its chance: each was counted as
+        # an EID nobody owns (none resolved to bob, so no visit of his can follow)
+        wait_for(lambda: live_status(storage)["presence"]["counters"]["unresolved_eid"]
+                 >= before["unresolved_eid"] + sent, 10, "bob's adverts processed")
+        after = live_status(storage)["presence"]["counters"]
+        assert after["resolved"] == before["resolved"]
         assert len(subscriber.of_type("storegate.visit.entered.v1")) == seen
-        assert live_status(storage)["presence"]["counters"]["unresolved_eid"] >= 10
     finally:
         node.close()
 

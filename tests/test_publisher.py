@@ -15,6 +15,7 @@ from storegate.adapters.outbox_sqlite import OutboxReader
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
 from storegate.errors import OutboxUnavailableError
+from tests.support.central import CENTRAL
 from tests.support.gateway_proc import start_run, storegate, write_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.outbox import purchase, telemetry, visit
@@ -252,17 +253,18 @@ def test_replay_command_republishes_and_bad_commands_are_counted(
         cmd = "storegate/v1/s1/commands/replay"
         bad = [
             (cmd, b"not json"),
-            (cmd, b'{"gateway": "g1", "from_sequence": 5}'),
-            (cmd, b'{"gateway": "g1", "from_sequence": 9, "to_sequence": 3}'),
-            ("storegate/v1/s1/commands/self-destruct", b"{}"),
+            (cmd, CENTRAL.sign("replay", {"gateway": "g1", "from_sequence": 5})),
+            (cmd, CENTRAL.sign("replay", {"gateway": "g1", "from_sequence": 9,
+                                          "to_sequence": 3})),
+            ("storegate/v1/s1/commands/self-destruct", CENTRAL.sign("self-destruct", {})),
         ]
         for topic, payload in bad:
             subscriber.client.publish(topic, payload, qos=1)
-        subscriber.client.publish(cmd, json.dumps({"gateway": "other-gw", "from_sequence": 1,
-                                                   "to_sequence": 10}), qos=1)
-        subscriber.client.publish(cmd, json.dumps({"gateway": "g1", "from_sequence": 3,
-                                                   "to_sequence": 5, "request_id": "r1"}),
-                                  qos=1)
+        subscriber.client.publish(cmd, CENTRAL.sign(
+            "replay", {"gateway": "other-gw", "from_sequence": 1, "to_sequence": 10}), qos=1)
+        subscriber.client.publish(cmd, CENTRAL.sign(
+            "replay", {"gateway": "g1", "from_sequence": 3, "to_sequence": 5,
+                       "request_id": "r1"}, command_id="cmd-r1"), qos=1)
         wait_for(lambda: all(len(subscriber.events[a.id]) == 2 for a in accepted[2:5]), 10,
                  "sequences 3..5 replayed")
         # byte-identical: same id, same sequence, same payload
@@ -271,12 +273,17 @@ def test_replay_command_republishes_and_bad_commands_are_counted(
         assert all(len(subscriber.events[a.id]) == 1 for a in accepted[:2] + accepted[5:])
         answers = [json.loads(v[0]) for v in subscriber.events.values()
                    if json.loads(v[0])["type"] == "storegate.gateway.replayed.v1"]
-        wait_for(lambda: gw.commands.rejected_total == 4, 10, "bad commands counted")
-        assert gw.commands.accepted_total == 1  # the other gateway's replay is not ours
+        commands = gw.commands
+        assert commands is not None
+        wait_for(lambda: commands.rejected_total == 4, 10, "bad commands counted")
+        assert commands.rejected_by_reason == {"malformed": 1, "invalid": 2,
+                                               "unknown_command": 1}
+        assert commands.accepted_total == 1  # the other gateway's replay is not ours
         assert gw.publisher is not None
         assert gw.publisher.connected  # nothing crashed
     assert len(answers) == 1
-    assert answers[0]["data"] == {"request_id": "r1", "from_sequence": 3, "to_sequence": 5,
+    assert answers[0]["data"] == {"request_id": "r1", "command_id": "cmd-r1",
+                                  "from_sequence": 3, "to_sequence": 5,
                                   "republished": 3, "unavailable": []}
 
 
@@ -287,8 +294,9 @@ def test_replay_of_events_past_the_window_reports_them_unavailable(
     with running(cfg) as gw:
         gw.outbox.accept_blocking([purchase(i) for i in range(4)])
         wait_for(lambda: gw.outbox.depth == 0, 10, "acknowledged (and deleted)")
-        subscriber.client.publish("storegate/v1/s1/commands/replay", json.dumps(
-            {"gateway": "g1", "from_sequence": 1, "to_sequence": 4, "request_id": "r2"}), qos=1)
+        subscriber.client.publish("storegate/v1/s1/commands/replay", CENTRAL.sign(
+            "replay", {"gateway": "g1", "from_sequence": 1, "to_sequence": 4,
+                       "request_id": "r2"}, command_id="cmd-r2"), qos=1)
 
         def answer() -> dict[str, object] | None:
             for v in list(subscriber.events.values()):
@@ -298,8 +306,8 @@ def test_replay_of_events_past_the_window_reports_them_unavailable(
             return None
 
         wait_for(answer, 10, "replay answer")
-    assert answer() == {"request_id": "r2", "from_sequence": 1, "to_sequence": 4,
-                        "republished": 0, "unavailable": [[1, 4]]}
+    assert answer() == {"request_id": "r2", "command_id": "cmd-r2", "from_sequence": 1,
+                        "to_sequence": 4, "republished": 0, "unavailable": [[1, 4]]}
 
 
 def test_sigterm_drains_pending_events_and_closes_cleanly(

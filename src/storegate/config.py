@@ -25,11 +25,19 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from storegate.core.topics import ID_RULE, is_valid_id
+from storegate.core.pseudonyms import PersonalData, parse_key
+from storegate.core.topics import (
+    ID_RULE,
+    RESERVED_GATEWAY_IDS,
+    RESERVED_STORE_IDS,
+    is_valid_id,
+)
+from storegate.core.trust import KID_PATTERN, load_public_key
 from storegate.errors import ConfigError
 
 ENV_PREFIX: Final = "STOREGATE_"
@@ -40,7 +48,9 @@ PACKAGE_PREFIX: Final = "package:"  # a path shipped inside storegate (the demo 
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: TOML has `inf` and `nan`, and `shutdown_drain_s = inf` passes
+    # every `ge=0`; no setting of ours means anything infinite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TlsConfig(Section):
@@ -59,7 +69,12 @@ class TlsConfig(Section):
 class MqttConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT 5 reports a publish the broker refuses (e.g. denied by its ACL) "
+        "and storegate keeps and retries it; 3.1.1 cannot, so such events are lost "
+        "(storegate status warns).",
+    )
     client_id: str | None = Field(
         default=None, description="Defaults to storegate-<store_id>-<gateway_id>."
     )
@@ -363,21 +378,103 @@ class PosConfig(Section):
         return self
 
 
+class CentralKeyConfig(Section):
+    kid: str = Field(pattern=KID_PATTERN.pattern, description="Key id, as commands name it.")
+    public_key: str = Field(description="Ed25519 public key, base64url of 32 bytes "
+                            "(`storegate keys new-central` prints it).")
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        load_public_key(value)  # ValueError names the problem
+        return value
+
+
+class TrustConfig(Section):
+    """Who may command this gateway: commands are signed by central (Ed25519), whatever
+    the broker allows. Several keys: rotation (add the new one, then remove the old)."""
+
+    central_keys: list[CentralKeyConfig] = Field(
+        default=[], max_length=16,
+        description="Central's public keys. None: every command is rejected (and counted).")
+    max_age_s: float = Field(
+        default=86_400.0, gt=0, le=30 * 86_400,
+        description="A command issued longer ago is rejected (it may have waited this long "
+        "in the broker while the gateway was offline); its id is remembered this long.")
+    max_future_s: float = Field(default=300.0, ge=0, le=86_400,
+                                description="Clock skew allowed for central's clock.")
+    max_command_bytes: int = Field(default=64 * MIB, ge=4096, le=256 * MIB,
+                                   description="Larger commands are rejected unread.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> TrustConfig:
+        kids = [k.kid for k in self.central_keys]
+        if len(set(kids)) != len(kids):
+            raise ValueError("a key id is listed twice")
+        return self
+
+
+class PrivacyConfig(Section):
+    """Personal data read at the lanes (loyalty cards, cashiers) leaves the box as keyed
+    pseudonyms: HMAC-SHA256 with a key central provides, so central can still join."""
+
+    pseudonym_key: SecretStr | None = Field(
+        default=None, description="Hex or base64, at least 16 bytes (32 recommended), "
+        "the same at every gateway and at central. Set it from the environment: "
+        "STOREGATE_PRIVACY__PSEUDONYM_KEY. Unset: loyalty ids and cashiers are withheld "
+        "(null), unless published raw below.")
+    raw_loyalty_ids: bool = Field(
+        default=False, description="Publish loyalty card numbers as read (personal data).")
+    raw_operator_names: bool = Field(
+        default=False, description="Publish cashier names as printed (personal data).")
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key(value.get_secret_value())  # the message never repeats the key
+        return value
+
+    def personal_data(self) -> PersonalData:
+        key = self.pseudonym_key
+        return PersonalData(
+            key=parse_key(key.get_secret_value()) if key is not None else None,
+            raw_loyalty_ids=self.raw_loyalty_ids, raw_operator_names=self.raw_operator_names)
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
+    trust: TrustConfig = TrustConfig()
     mqtt: MqttConfig = MqttConfig()
     storage: StorageConfig = StorageConfig()
     sources: SourcesConfig = SourcesConfig()
     presence: PresenceConfig = PresenceConfig()
     pos: PosConfig = PosConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @field_validator("store_id", "gateway_id")
     @classmethod
-    def _topic_safe(cls, value: str) -> str:
+    def _topic_safe(cls, value: str, info: ValidationInfo) -> str:
         if not is_valid_id(value):
             raise ValueError(ID_RULE)
+        reserved = RESERVED_STORE_IDS if info.field_name == "store_id" else RESERVED_GATEWAY_IDS
+        if value in reserved:
+            raise ValueError(f"{value!r} is reserved (a topic level): not one of "
+                             f"{sorted(reserved)}")
         return value
+
+    @property
+    def seal_key_path(self) -> Path:
+        """This gateway's private X25519 key, which opens identity keys sealed to it."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".seal.key")
+
+    @property
+    def commands_path(self) -> Path:
+        """Ids of the commands accepted lately: a captured command is not accepted twice."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".commands.db")
 
     @property
     def client_id(self) -> str:
@@ -450,6 +547,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         fix(tls, key)
 
 
+_SECRET_KEYS: Final = ("password", "pseudonym_key")  # an error never echoes their value
+
+
 def _format_errors(
     exc: ValidationError, source: str, env: dict[tuple[str, ...], tuple[str, str]]
 ) -> ConfigError:
@@ -465,7 +565,7 @@ def _format_errors(
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (misspelt, or in the wrong section?)"
-        elif err["type"] != "missing" and "password" not in key:
+        elif err["type"] != "missing" and not any(s in key for s in _SECRET_KEYS):
             shown = repr(err.get("input"))
             msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
         problems.append(f"{where}: {key}: {msg}")
@@ -475,14 +575,25 @@ def _format_errors(
     return ConfigError(source, "\n  " + "\n  ".join(problems), None)
 
 
+def toml_problem(exc: ValueError | RecursionError) -> str:
+    """What tomllib's failure means, in words a user can act on."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return str(exc)
+    return f"a value too long to read ({str(exc).split(';')[0]})"  # the 4300-digit limit
+
+
 def parse(
     text: str, *, source: str, base: Path, environ: Mapping[str, str] | None = None
 ) -> Config:
     """Parse and validate TOML text; ``source`` names it in errors."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, f"not valid TOML: {exc}") from exc
+    # ValueError: TOMLDecodeError, or an integer over Python's 4300-digit limit;
+    # RecursionError: arrays nested thousands deep (tomllib recurses per level)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(source, f"not valid TOML: {toml_problem(exc)}") from exc
     env = _env_overrides(os.environ if environ is None else environ)
     for path, (var, value) in env.items():
         _apply(data, path, value, var)

@@ -9,13 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.central import CENTRAL, Central
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(path: Path, *, port: int, storage: Path, extra: str = "",
-                 telemetry: bool = False, store: str = "s1", gateway: str = "g1") -> Path:
+                 telemetry: bool = False, store: str = "s1", gateway: str = "g1",
+                 central: Central | None = CENTRAL) -> Path:
+    """A gateway config; it trusts ``central``'s key for signed commands."""
     path.write_text(
         f'store_id = "{store}"\ngateway_id = "{gateway}"\n'
+        + (central.toml() if central is not None else "") +
         f"[mqtt]\nport = {port}\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n"
         "connect_timeout_s = 3\n"
         f'[storage]\npath = "{storage}"\nshutdown_drain_s = 10\n'
@@ -32,13 +37,16 @@ def env() -> dict[str, str]:
 
 
 def start_driver(config: Path, *, start: int, count: int, log: Path, drain: bool = False,
-                 rate: float = 0.0, stderr: Path | None = None) -> subprocess.Popen[str]:
+                 rate: float = 0.0, stderr: Path | None = None,
+                 hold: Path | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "tests.support.driver", str(config), "--start", str(start),
            "--count", str(count), "--log", str(log)]
     if drain:
         cmd.append("--drain")
     if rate:
         cmd += ["--rate", str(rate)]
+    if hold is not None:
+        cmd += ["--hold", str(hold)]
     err = open(stderr, "a") if stderr else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=err,
                             text=True)
@@ -80,3 +88,14 @@ def read_log(log: Path) -> dict[str, int]:
         if len(parts) == 2 and len(parts[1]) == 36:
             out[parts[1]] = int(parts[0])
     return out
+
+
+def one_clear_line(r: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 2, no traceback, exactly one line on stderr, saying each needle."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return str(lines[0])

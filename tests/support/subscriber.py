@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from storegate.core.commands import ranges
+from tests.support.central import CENTRAL
 
 
 class Subscriber:
@@ -52,8 +53,9 @@ class Subscriber:
                 if msg.retain:
                     self.retained[msg.topic] = msg.payload
                 return
-            if "/events/" not in msg.topic:  # e.g. commands we sent ourselves
-                return
+            parts = msg.topic.split("/")  # exactly storegate/v1/<store>/<gw>/events/<kind>
+            if len(parts) != 6 or parts[4] != "events" or parts[3] == "commands":
+                return  # e.g. commands we sent ourselves
             try:
                 event_id = json.loads(msg.payload)["id"]
             except (ValueError, KeyError):
@@ -101,8 +103,8 @@ class Subscriber:
         for first, last in ranges(missing):
             body = {"gateway": gateway, "from_sequence": first, "to_sequence": last,
                     "request_id": f"gap-{first}"}
-            self.client.publish(f"storegate/v1/{store}/commands/replay", json.dumps(body),
-                                qos=1)
+            self.client.publish(f"storegate/v1/{store}/commands/replay",
+                                CENTRAL.sign("replay", body, store=store), qos=1)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -54,9 +54,18 @@ class IdentityStore:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
-    def load(self) -> list[Identity]:
-        rows = self._db.execute("SELECT * FROM identities ORDER BY customer").fetchall()
-        return [Identity(c, bytes(k), r, b, t) for c, k, r, b, t in rows]
+    def load(self) -> tuple[list[Identity], int]:
+        """The stored identities, and how many rows were skipped: a row saved by an
+        older version that today's bounds refuse is never enrolled (it is kept, so
+        central's next full sync replaces or removes it)."""
+        out: list[Identity] = []
+        skipped = 0
+        for c, k, r, b, t in self._db.execute("SELECT * FROM identities ORDER BY customer"):
+            try:
+                out.append(Identity(c, bytes(k), r, b, t))
+            except (TypeError, ValueError):
+                skipped += 1
+        return out, skipped
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM identities").fetchone()[0])

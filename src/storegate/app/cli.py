@@ -1,13 +1,14 @@
 """The ``storegate`` command line.
 
 Every :class:`~storegate.errors.StoregateError` becomes one line on stderr and its exit
-code (2 for configuration errors); only a bug shows a traceback.
+code (2 for a bad config, data file or argument); only a bug shows a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -18,18 +19,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TextIO, get_args
 
 from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.outbox_sqlite import OutboxReader, purge
-from storegate.app import logs
+from storegate.app import keys, logs
 from storegate.config import ENV_CONFIG, Config, PosDialect, load, load_default, redacted
-from storegate.errors import ConfigError, StoregateError
+from storegate.core.topics import ID_RULE, is_valid_id
+from storegate.errors import ConfigError, DataFileError, StoregateError, UsageError
 
 log = logging.getLogger("storegate")
 
 STATUS_STALE_S = 10.0
+MAX_DECODE_BYTES = 256 * 2**20  # pos decode reads its input whole
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -51,7 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from storegate.app.preflight import load_start_files  # noqa: PLC0415
+
     config = load(Path(args.file))
+    # the files the config names, read exactly as `run` reads them at start
+    files = load_start_files(config)
+    for warning in files.warnings:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: OK (store {config.store_id}, gateway {config.gateway_id}, "
         f"broker {config.mqtt.host}:{config.mqtt.port}, outbox {config.storage.path})"
@@ -126,8 +135,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"          published {b.get('published_total', 0)}, in flight "
               f"{b.get('in_flight', 0)}, reconnects {b.get('reconnects_total', 0)}, "
               f"rejected {b.get('rejected_total', 0)}")
+        if b.get("refused_held"):
+            print(f"          REFUSED by the broker: {b['refused_held']} event(s) held in the "
+                  f"outbox, retried with backoff (last: {b.get('last_refusal')})")
+        for warning in b.get("warnings", []):
+            print(f"WARNING   {warning}")
         if g["outbox"].get("last_error"):
             print(f"accepting FAILING: {g['outbox']['last_error']}")
+        held = g["outbox"].get("pending_accept") or {}
+        if held.get("pending") or held.get("dropped"):
+            dropped = sum(held.get("dropped", {}).values())
+            print(f"          {held['pending']} event(s) waiting in memory to be accepted "
+                  f"({held['pending_purchases']} purchases, never dropped); "
+                  f"{dropped} other(s) dropped while waiting")
+        _print_commands(g)
         if g.get("presence"):
             _print_presence(g["presence"], now)
         if g.get("pos"):
@@ -146,6 +167,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, n in sorted(o["dropped"].items()):
             print(f"          dropped {key}: {n}")
     return 0 if connected else 1
+
+
+def _print_commands(g: dict[str, Any]) -> None:
+    c = g.get("commands")
+    if c is None:
+        return
+    keys_ = ", ".join(c["central_keys"]) or "NONE (every command is rejected)"
+    print(f"commands  {c['accepted_total']} accepted, {c['rejected_total']} rejected; "
+          f"central keys: {keys_}")
+    for reason, n in sorted(c["rejected_by_reason"].items()):
+        print(f"          rejected {reason}: {n}")
+    if c.get("last_rejection"):
+        print(f"          last rejected: {c['last_rejection']}")
+    print(f"seal key  {g.get('seal_key')}  (central seals identity keys to it)")
 
 
 def _print_presence(pr: dict[str, Any], now: float) -> None:
@@ -260,7 +295,12 @@ def cmd_contract(args: argparse.Namespace) -> int:
 
     docs = Path(args.dir)
     if args.action == "write":
-        for path in asyncapi.write(docs):
+        try:
+            written = asyncapi.write(docs)
+        except OSError as exc:
+            raise UsageError(f"{docs}: cannot write the contract: "
+                             f"{exc.strerror or exc} ({exc.filename})") from exc
+        for path in written:
             print(path)
         return 0
     stale = [rel for rel, text in asyncapi.render().items()
@@ -275,12 +315,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from storegate.core.ble.capture import advert_to_json  # noqa: PLC0415
     from storegate.sim.store import adverts, build  # noqa: PLC0415
 
+    _bounded(args.duration, "--duration", 1.0, 7 * 86_400.0)
+    for option, n in (("--app-users", args.app_users), ("--passers-by", args.passers_by),
+                      ("--other-devices", args.other_devices)):
+        _bounded(n, option, 0, 10_000)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("identities.json", "store.toml", "capture.jsonl"):
+            (out / name).touch()  # fail now, not after the simulation
+    except OSError as exc:
+        raise UsageError(f"--out-dir {out}: cannot write there: {exc.strerror or exc}") \
+            from exc
     sim = build(args.seed, duration_s=args.duration, app_users=args.app_users,
                 passers_by=args.passers_by, other_devices=args.other_devices)
-    (out / "identities.json").write_text(json.dumps(identity_records(sim.identities()),
-                                                    indent=1))
+    # identity keys (simulated, but in the real format): owner-only, like the real store
+    with os.fdopen(_private_file(str(out / "identities.json")), "w") as ids:
+        ids.write(json.dumps(identity_records(sim.identities()), indent=1))
     zones = ""
     for z in sim.zones:
         scanners = sorted(s for s, zz in sim.scanner_zone.items() if zz == z.id)
@@ -300,6 +351,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded(value: float, option: str, lo: float, hi: float) -> None:
+    """A number from the command line: finite and within [lo, hi], or one clear line."""
+    if not lo <= value <= hi:  # NaN fails this too
+        raise UsageError(f"{option} {value}: must be between {lo:.0f} and {hi:.0f}")
+
+
+def _open_out(path: str, option: str) -> TextIO:
+    """An output file named on the command line, or one clear line saying why not.
+    Owner-only: events name customers' pseudonyms and purchases."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when it existed before
+        return os.fdopen(fd, "w", encoding="utf-8")  # the caller closes it
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write: {exc.strerror or exc}") from exc
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from storegate.app.eventfile import EventFile  # noqa: PLC0415
     from storegate.app.presence_files import (  # noqa: PLC0415
@@ -307,9 +375,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         load_identities,
         presence_pipeline,
     )
-    from storegate.core.ble.capture import BadLine, read_capture  # noqa: PLC0415
+    from storegate.core.ble.capture import (  # noqa: PLC0415
+        MAX_LINE_CHARS,
+        BadLine,
+        bounded_lines,
+        read_capture,
+    )
     from storegate.core.topics import Topics  # noqa: PLC0415
 
+    _bounded(args.speed, "--speed", 0.0, 1e6)
     config = _config(args)
     ident_path = Path(args.identities) if args.identities else config.presence.identities_file
     identities = load_identities(ident_path) if ident_path else []
@@ -324,12 +398,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         src = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
     except OSError as exc:
-        raise ConfigError(args.file, f"cannot read capture: {exc.strerror}") from exc
-    with src, open(args.events_out, "w", encoding="utf-8") as out:
+        raise DataFileError(args.file, f"cannot read the capture: {exc.strerror}") from exc
+    with src, _open_out(args.events_out, "--events-out") as out:
         events = EventFile(out, Topics(config.store_id, config.gateway_id))
         emit = events.write
         last = 0.0
-        for item in read_capture(src):
+        for item in read_capture(bounded_lines(src.readline, MAX_LINE_CHARS)):
             if isinstance(item, BadLine):
                 bad.append(item)
                 continue
@@ -364,7 +438,7 @@ def _private_file(path: str) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
     except OSError as exc:
-        raise ConfigError(path, f"cannot write the capture: {exc.strerror}") from exc
+        raise UsageError(f"{path}: cannot write the capture: {exc.strerror}") from exc
     return fd
 
 
@@ -390,6 +464,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from storegate.app.presence_files import config_beacons  # noqa: PLC0415
     from storegate.core.ble.capture import Advert, advert_to_json  # noqa: PLC0415
 
+    _bounded(args.duration, "--duration", 0.0, 366 * 86_400.0)
     config = _config(args)
     fd = _private_file(args.out)  # raw device addresses
     count = 0
@@ -427,6 +502,7 @@ def cmd_pos_capture(args: argparse.Namespace) -> int:
     from storegate.app.pos import device_tap  # noqa: PLC0415
     from storegate.core.pos.capture import Chunk, chunk_to_json  # noqa: PLC0415
 
+    _bounded(args.duration, "--duration", 0.0, 366 * 86_400.0)
     config = _config(args)
     lane = next((ln for ln in config.pos.lanes if ln.id == args.lane), None)
     if lane is None:
@@ -460,19 +536,41 @@ def cmd_pos_decode(args: argparse.Namespace) -> int:
     """Run dialects and lane assembly offline on a raw byte file or a capture."""
     from storegate.app.eventfile import EventFile  # noqa: PLC0415
     from storegate.app.pos import load_template, make_dialect  # noqa: PLC0415
-    from storegate.core.pos.capture import Chunk, looks_like_capture, read_pos_capture  # noqa: PLC0415
+    from storegate.core.pos.capture import (  # noqa: PLC0415
+        MAX_LINE_CHARS,
+        Chunk,
+        looks_like_capture,
+        read_pos_capture,
+    )
     from storegate.core.pos.frames import Frame  # noqa: PLC0415
     from storegate.core.pos.lane import LaneAssembler, LaneSettings  # noqa: PLC0415
     from storegate.core.topics import Topics  # noqa: PLC0415
 
+    if not is_valid_id(args.lane):
+        raise UsageError(f"--lane {args.lane!r}: {ID_RULE}")
+    if not re.fullmatch(r"[A-Z]{3}", args.currency):
+        raise UsageError(f"--currency {args.currency!r}: an ISO 4217 code such as RUB")
     try:
-        raw = Path(args.file).read_bytes()
+        codecs.lookup(args.encoding)
+    except LookupError as exc:
+        raise UsageError(f"--encoding {args.encoding!r}: unknown text encoding "
+                         "(cp866, cp1251, cp437, utf-8, ...)") from exc
+    template = load_template(Path(args.template)) if args.template else None
+    try:
+        with open(args.file, "rb") as f:
+            raw = f.read(MAX_DECODE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(args.file, f"cannot read: {exc.strerror}") from exc
+        raise DataFileError(args.file, f"cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_DECODE_BYTES:
+        raise DataFileError(args.file, f"larger than {MAX_DECODE_BYTES // 2**20} MiB: "
+                            "decode a part of it")
     bad = 0
     if looks_like_capture(raw[:4096]):
         chunks: list[Chunk] = []
-        for item in read_pos_capture(raw.decode("utf-8", "replace").splitlines()):
+        lines = (line[:MAX_LINE_CHARS + 1]  # an over-long line is reported, not parsed
+                 for line in raw.decode("utf-8", "replace").splitlines())
+        known = () if args.dialect else get_args(PosDialect)
+        for item in read_pos_capture(lines, known):
             if isinstance(item, Chunk):
                 chunks.append(item)
             else:
@@ -480,7 +578,7 @@ def cmd_pos_decode(args: argparse.Namespace) -> int:
                 print(f"  bad line {item.line}: {item.reason}", file=sys.stderr)
     else:
         if not args.dialect:
-            raise ConfigError(args.file, "a raw byte file needs --dialect")
+            raise UsageError(f"{args.file} is raw bytes (not a capture): give --dialect")
         chunks = [Chunk(time.time(), args.lane, "", args.dialect, raw)]
     dialects: dict[str, Any] = {}
     for c in chunks:
@@ -488,12 +586,11 @@ def cmd_pos_decode(args: argparse.Namespace) -> int:
         if name not in dialects:
             dialects[name] = make_dialect(name, encoding=args.encoding)
     fiscal = any(n in ("shtrih-m", "atol-v3") for n in dialects)
-    template = load_template(Path(args.template)) if args.template else None
     lane = LaneAssembler(LaneSettings(
         lane=args.lane, currency=args.currency, purchases_from="fiscal" if fiscal else "printer",
         template=template, offer_pattern=re.compile(r"^SGO1\.")), os.urandom)
     frames: dict[str, int] = {}
-    out = open(args.events_out, "w", encoding="utf-8") if args.events_out else sys.stdout  # noqa: SIM115
+    out = _open_out(args.events_out, "--events-out") if args.events_out else sys.stdout
     try:
         events = EventFile(out, Topics("offline", "decode"))
 
@@ -637,6 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--currency", default="RUB")
     p.add_argument("--events-out", metavar="OUT.jsonl", help="default: standard output")
     p.set_defaults(func=cmd_pos_decode)
+
+    keys.add_parser(sub, _add_config, _config)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

@@ -3,8 +3,11 @@
 Nothing else in storegate constructs adapters. The lifecycle:
 
     start     open the outbox (validate, lock, recover), start the MQTT publisher
-    run       sources accept events into the outbox; the publisher drains it
-    SIGTERM   stop accepting -> drain to the broker within storage.shutdown_drain_s ->
+    run       sources hand events to the intake, which commits them to the outbox (or
+              holds and retries them while it refuses); the publisher drains it
+    SIGTERM   stop the sources (lanes flush receipts waiting for an idle gap) -> commit
+              what the intake holds -> stop accepting ->
+              drain to the broker within storage.shutdown_drain_s ->
               publish the death certificate -> close the database cleanly
 """
 
@@ -20,23 +23,28 @@ from collections.abc import Callable
 from typing import Any
 
 from storegate import __version__
-from storegate.adapters import status_file
+from storegate.adapters import gateway_key, status_file
+from storegate.adapters.command_ledger import CommandLedger
 from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
 from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
+from storegate.app import collector
 from storegate.app.commands import CommandHandler
+from storegate.app.intake import Intake
 from storegate.app.pos import PosService
+from storegate.app.preflight import load_start_files
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
-from storegate.app.presence_files import config_beacons, load_identities
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
+from storegate.core import seal
 from storegate.core.backoff import Backoff
 from storegate.core.ble.eid import Identity
-from storegate.core.commands import IdentitiesCommand
+from storegate.core.commands import IdentityChange
 from storegate.core.ids import Uuid7Generator
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
+from storegate.core.trust import TrustPolicy, load_public_key
 from storegate.errors import OutboxError
 
 log = logging.getLogger(__name__)
@@ -85,32 +93,31 @@ class Gateway:
             replay_window_s=config.storage.replay_window_s,
             on_commit=self._on_commit,
         )
+        # what the sources hand over is committed, or held and retried: never dropped
+        self.intake = Intake(self.outbox)
         self.publisher: MqttPublisher | None = None
-        self.commands = CommandHandler(
-            gateway_id=config.gateway_id, outbox=self.outbox, resend=self._resend,
-            wall_clock=wall_clock, identities=self._on_identities,
-        )
+        self.commands: CommandHandler | None = None
+        self._ledger: CommandLedger | None = None
+        self.seal_key: str | None = None  # public, base64url; the private key stays on disk
+        t = config.trust
+        self._trust = TrustPolicy(
+            {k.kid: load_public_key(k.public_key) for k in t.central_keys},
+            t.max_age_s, t.max_future_s)
         self._reader: OutboxReader | None = None
         self.identities: IdentityStore | None = None
         self.presence: PresenceService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consent_tasks: set[asyncio.Task[None]] = set()
         self.state = "created"
-        # Files the presence pipeline needs are read now: a broken one stops the start
-        # with a clear error, before anything is opened.
-        p = config.presence
-        self._registry: list[Identity] = (
-            load_identities(p.identities_file) if p.identities_file else [])
-        self._beacons = config_beacons(p)
-        # POS lanes: templates are read now, so a broken one stops the start too.
-        self.pos: PosService | None = (
-            PosService(config, submit=self._submit, wall_clock=wall_clock)
-            if config.pos.lanes else None)
-        zones = {z.id for z in p.zones}
-        for b in self._beacons.beacons:
-            if b.zone is not None and b.zone not in zones:
-                log.warning("beacon %s names zone %r, which is not in [presence.zones]",
-                            b.label, b.zone)
+        # Every file the config names (registry, beacons, receipt templates, TLS) is
+        # read now, by the function `config check` runs too: a broken one stops the
+        # start with a clear error, before anything is opened.
+        files = load_start_files(config, submit=self._submit, wall_clock=wall_clock)
+        self._registry: list[Identity] = files.registry
+        self._beacons = files.beacons
+        self.pos: PosService | None = files.pos
+        for warning in files.warnings:
+            log.warning("%s", warning)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -119,6 +126,17 @@ class Gateway:
         self.outbox.open()
         try:
             self.identities = IdentityStore(self.config.identities_path)
+            key = gateway_key.load_or_create(self.config.seal_key_path)
+            self.seal_key = seal.public_text(key.public_key())
+            t = self.config.trust
+            self._ledger = CommandLedger(self.config.commands_path,
+                                         keep_s=t.max_age_s + t.max_future_s)
+            self.commands = CommandHandler(
+                store_id=self.config.store_id, gateway_id=self.config.gateway_id,
+                policy=self._trust, max_bytes=t.max_command_bytes, outbox=self.outbox,
+                ledger=self._ledger, seal_key=key, resend=self._resend,
+                identities=self._on_identities, wall_clock=self._wall)
+            self.commands.start()
             self._reader = OutboxReader(self.config.storage.path)
             self.publisher = MqttPublisher(
                 mqtt_settings(self.config),
@@ -130,14 +148,13 @@ class Gateway:
                     will=lambda: self._status("offline", "connection-lost"),
                     death=lambda: self._status("offline", "shutdown"),
                 ),
-                subscriptions=(self.topics.store_commands,),
+                subscriptions=(self.topics.store_commands, self.topics.central_commands),
                 on_command=self.commands,
                 wall_clock=self._wall,
             )
             self.publisher.start(self.outbox.last_sequence)
         except BaseException:
-            if self.identities is not None:
-                self.identities.close()
+            self._close_stores()
             self.outbox.close()
             raise
         self.state = "running"
@@ -152,6 +169,8 @@ class Gateway:
         if self.state != "running":
             return False
         self.state = "stopping"
+        if self.commands is not None:
+            self.commands.stop()  # the command being applied finishes; its answer goes out
         self.outbox.stop_accepting()
         drained = False
         if self.publisher is not None:
@@ -160,35 +179,47 @@ class Gateway:
         self.outbox.close()
         if self._reader is not None:
             self._reader.close()
-        if self.identities is not None:
-            self.identities.close()
+        self._close_stores()
         self.state = "stopped"
         status_file.remove(self.config.status_path)
+        # "Drained" means the pending set is empty: the outbox, closed now with every
+        # acknowledgement committed, has the last word over the publisher's own account.
+        left = self.outbox.depth
+        if drained and left:
+            log.error("the publisher reported drained but %d event(s) are still pending in "
+                      "the outbox; they are sent after the next start", left)
+            drained = False
         log.info("gateway stopped (%s, %d event(s) left in the outbox)",
-                 "drained" if drained else "not drained", self.outbox.depth)
+                 "drained" if drained else "not drained", left)
         return drained
 
-    def _on_identities(self, cmd: IdentitiesCommand) -> None:
-        """On the publisher thread: hand the consent change to the event loop."""
+    def _close_stores(self) -> None:
+        if self.identities is not None:
+            self.identities.close()
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def _on_identities(self, cmd: IdentityChange) -> None:
+        """On the command thread: hand the consent change to the event loop."""
         loop = self._loop
         if loop is None:
             log.warning("identities command arrived while not running; ignored")
             return
         loop.call_soon_threadsafe(self._spawn_apply, cmd)
 
-    def _spawn_apply(self, cmd: IdentitiesCommand) -> None:
+    def _spawn_apply(self, cmd: IdentityChange) -> None:
         task = asyncio.get_running_loop().create_task(self._apply_identities(cmd))
         self._consent_tasks.add(task)  # a reference, until it is done
         task.add_done_callback(self._consent_tasks.discard)
 
-    async def _apply_identities(self, cmd: IdentitiesCommand) -> None:
+    async def _apply_identities(self, cmd: IdentityChange) -> None:
         error = None
         try:
             if self.presence is not None:
-                await self.presence.apply_identities(cmd)
+                with collector.paused():  # 100,000 identities: see app/collector.py
+                    await self.presence.apply_identities(cmd)
             elif self.identities is not None:  # no presence here: keep the copy current
-                given = [r.identity() for r in cmd.identities]
-                await asyncio.to_thread(self.identities.apply, cmd.op, given,
+                await asyncio.to_thread(self.identities.apply, cmd.op, list(cmd.identities),
                                         list(cmd.customers))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
@@ -200,19 +231,15 @@ class Gateway:
             with contextlib.suppress(Exception):
                 enrolled = len(self.identities)
         data = p.IdentitiesApplied(
-            request_id=cmd.request_id, op=cmd.op, applied=error is None, error=error,
-            received=len(cmd.identities) + len(cmd.customers), enrolled=enrolled)
+            request_id=cmd.request_id, command_id=cmd.command_id, op=cmd.op,
+            applied=error is None, error=error, received=cmd.received, enrolled=enrolled)
         self._submit([ev.EventDraft(ev.GATEWAY_IDENTITIES_APPLIED,
                                     f"gateway/{self.config.gateway_id}", self._wall(), data)])
 
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
-        """Events from the sources into the outbox, without waiting for the commit."""
-        try:
-            fut = self.outbox.submit(drafts)
-        except OutboxError as exc:
-            log.debug("events not accepted: %s", exc)  # the outbox logged it once
-            return
-        fut.add_done_callback(_log_failure)
+        """Events from the sources into the outbox, without waiting for the commit;
+        refused ones (disk full) are held and retried by the intake."""
+        self.intake.submit(drafts)
 
     def _resend(self, sequences: list[int]) -> None:
         if self.publisher is not None:
@@ -235,6 +262,7 @@ class Gateway:
             version=__version__,
             started_at=ev.rfc3339(self.started_at),
             reason=reason,  # type: ignore[arg-type]
+            seal_key=self.seal_key,
         )
         draft = ev.EventDraft(ev.GATEWAY_STATUS, f"gateway/{self.config.gateway_id}", now, data)
         event_id = self._ids.next(int(now * 1000), os.urandom(8))
@@ -242,7 +270,7 @@ class Gateway:
                                      sequence=None))
 
     def telemetry(self) -> p.GatewayTelemetry:
-        pub = self.publisher
+        pub = self.publisher.snapshot() if self.publisher else None
         oldest = None
         dropped = 0
         if self._reader is not None:
@@ -253,10 +281,14 @@ class Gateway:
         return p.GatewayTelemetry(
             last_sequence=self.outbox.last_sequence,
             outbox_depth=self.outbox.depth,
+            pending_accept=self.intake.pending,
             oldest_pending_age_s=oldest,
             dropped_total=dropped,
             published_total=pub.published_total if pub else 0,
             reconnects_total=pub.reconnects_total if pub else 0,
+            refused_total=pub.rejected_total if pub else 0,
+            refused_held=pub.refused_held if pub else 0,
+            commands_rejected_total=self.commands.rejected_total if self.commands else 0,
             presence=self.presence.health() if self.presence else None,
             lanes=self.pos.health() if self.pos else None,
         )
@@ -282,6 +314,10 @@ class Gateway:
                 "in_flight": pub.in_flight,
                 "published_total": pub.published_total,
                 "rejected_total": pub.rejected_total,
+                "refused_held": pub.refused_held,
+                "last_refusal": pub.last_refusal,
+                "warnings": list(pub.warnings),
+                "birth_check": pub.birth_check,
                 "reconnects_total": pub.reconnects_total,
                 "connect_failures": pub.connect_failures,
             },
@@ -292,10 +328,15 @@ class Gateway:
                 "last_error": self.outbox.last_error,
                 "depth": self.outbox.depth,
                 "last_sequence": self.outbox.last_sequence,
+                "pending_accept": self.intake.snapshot(),
             },
-            "commands": {
+            "seal_key": self.seal_key,
+            "commands": None if self.commands is None else {
                 "accepted_total": self.commands.accepted_total,
                 "rejected_total": self.commands.rejected_total,
+                "rejected_by_reason": dict(self.commands.rejected_by_reason),
+                "last_rejection": self.commands.last_rejection,
+                "central_keys": sorted(self._trust.keys),
             },
             "presence": None if self.presence is None else self.presence.snapshot(),
             "pos": None if self.pos is None else self.pos.snapshot(),
@@ -319,6 +360,7 @@ class Gateway:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         self._loop = loop
+        self.intake.bind(loop)
         self.start()
         try:
             if presence_enabled(self.config) and self.identities is not None:
@@ -334,6 +376,7 @@ class Gateway:
                 if self.pos is not None:
                     tg.create_task(self.pos.run(stop))
                 tg.create_task(self._status_loop(stop))
+                tg.create_task(self.intake.run(stop))
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
                 await stop.wait()
@@ -343,6 +386,9 @@ class Gateway:
             await asyncio.sleep(0)  # those already handed over start first...
             if self._consent_tasks:  # ...and finish, so the store is not closed under them
                 await asyncio.wait(self._consent_tasks, timeout=30)
+            # The lanes flushed what waited for an idle gap as their task ended; what
+            # is in flight or held is committed now, before the outbox stops accepting.
+            await self.intake.drain(self.config.storage.shutdown_drain_s)
             drained = await asyncio.to_thread(self.stop)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -372,8 +418,3 @@ class Gateway:
                 log.debug("telemetry not accepted: %s", exc)
             except Exception:  # a bug in a figure must not stop the gateway
                 log.exception("telemetry failed; trying again in %g s", interval)
-
-def _log_failure(fut: Any) -> None:
-    exc = fut.exception()
-    if exc is not None:
-        log.debug("events not accepted: %s", exc)  # the outbox logged it once

@@ -27,7 +27,7 @@ from storegate.core.backoff import Backoff
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import APPLE, encode_ibeacon
 from storegate.core.ble.eid import Identity
-from storegate.core.commands import IdentitiesCommand
+from storegate.core.commands import IdentityChange
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.topics import Topics
@@ -126,7 +126,10 @@ class PresenceService:
         pipeline = presence_pipeline(config.presence, beacons or Infrastructure(()),
                                      identities.secret("footfall"))
         now = wall_clock()
-        stored = identities.load()
+        stored, skipped = identities.load()
+        if skipped:
+            log.warning("presence: %d stored identit(y/ies) out of bounds skipped (the next "
+                        "full sync from central replaces them)", skipped)
         pipeline.enroll(stored, now)
         pipeline.enroll(extra, now)
         if stored or extra:
@@ -151,14 +154,14 @@ class PresenceService:
         """Identities given by a trusted local source (the simulator): not persisted."""
         self.pipeline.enroll(identities, now)
 
-    async def apply_identities(self, cmd: IdentitiesCommand) -> None:
+    async def apply_identities(self, cmd: IdentityChange) -> None:
         """A consent change from central. Withdrawals leave memory first (privacy), then
         disk; the disk work runs off the loop and enrolment yields every few hundred
         identities, so a 100,000-identity full sync never stalls adverts or receipts.
         Commands are applied one at a time, in arrival order."""
         async with self._consent:
             now = self._wall()
-            given = await asyncio.to_thread(lambda: [r.identity() for r in cmd.identities])
+            given = list(cmd.identities)  # checked and unsealed on the command thread
             removed: list[str] = []
             if cmd.op == "remove":
                 removed = list(cmd.customers)
@@ -170,8 +173,8 @@ class PresenceService:
             if cmd.op != "remove":
                 await self._enroll(given, now)
             self.commands_applied += 1
-            log.info("identities %s applied (request %s): %d given, %d removed, %d enrolled "
-                     "now", cmd.op, cmd.request_id, len(given), len(removed),
+            log.info("identities %s applied (command %s): %d given, %d removed, %d enrolled "
+                     "now", cmd.op, cmd.command_id, len(given), len(removed),
                      len(self.pipeline.resolver))
 
     async def _enroll(self, identities: list[Identity], now: float) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from storegate.contract import yaml
 from storegate.core import events as ev
-from storegate.core import topics
+from storegate.core import topics, trust
 from storegate.core.commands import COMMANDS
 
 CONTRACT_VERSION: Final = "1.0.0"
@@ -56,6 +56,58 @@ def envelope_schema(t: ev.EventType, data_ref: str, *, with_sequence: bool) -> d
         "description": t.summary,
         "properties": props,
         "required": required,
+        "additionalProperties": False,
+    }
+
+
+def signed_command_schema() -> dict[str, Any]:
+    """The envelope every command travels in (core/trust.py)."""
+    return {
+        "type": "object",
+        "title": "Signed command (what is published on a command topic)",
+        "description": (
+            "Central signs every command with Ed25519; a gateway holds only central's "
+            "public keys ([trust] central_keys) and checks, in this order: the topic "
+            "(exactly storegate/v1/<store>/commands/<name> or storegate/v1/central/<name>), "
+            "the size (trust.max_command_bytes), the key id, the signature over exactly "
+            "the bytes in 'signed', that the signed command name and store match the "
+            "topic, the time window (trust.max_age_s back, trust.max_future_s ahead), that "
+            "the command id was never accepted before (remembered across restarts), the "
+            "payload, and for identities that the keys open with its own seal key. "
+            "`storegate keys sign` makes one."),
+        "properties": {
+            "kid": {"type": "string", "pattern": trust.KID_PATTERN.pattern,
+                    "description": "Id of central's signing key (keys rotate: gateways "
+                    "may trust several)."},
+            "signed": {"type": "string", "contentEncoding": "base64url",
+                       "description": "base64url (no padding) of the UTF-8 JSON signed "
+                       "body (<Command>Signed)."},
+            "sig": {"type": "string", "contentEncoding": "base64url",
+                    "description": "base64url of the 64-byte Ed25519 signature over the "
+                    "decoded 'signed' bytes."},
+        },
+        "required": ["kid", "signed", "sig"],
+        "additionalProperties": False,
+    }
+
+
+def signed_body_schema(name: str, payload_ref: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "title": f"Signed body of the {name} command",
+        "properties": {
+            "v": {"const": trust.ENVELOPE_VERSION},
+            "id": {"type": "string", "pattern": trust.COMMAND_ID_PATTERN.pattern,
+                   "description": "Unique command id: a gateway accepts it once; answers "
+                   "carry it as command_id."},
+            "command": {"const": name},
+            "store": {"type": "string", "description": "The store addressed, or '*' on "
+                      "storegate/v1/central/..."},
+            "issued_at": {"type": "number", "description": "Epoch seconds when central "
+                          "signed it."},
+            "payload": {"$ref": payload_ref},
+        },
+        "required": ["v", "id", "command", "store", "issued_at", "payload"],
         "additionalProperties": False,
     }
 
@@ -142,34 +194,47 @@ def asyncapi() -> dict[str, Any]:
                 {"$ref": f"#/channels/{cid}/messages/{_camel(t.name)}"} for t in types
             ],
         }
+    schemas["SignedCommand"] = signed_command_schema()
     for name, model in COMMANDS.items():
         data = model.model_json_schema(ref_template=_REF)
         _collect(data, schemas)
         schemas[model.__name__] = data
+        body = f"{model.__name__}Signed"
+        schemas[body] = signed_body_schema(name, _REF.format(model=model.__name__))
         mid = f"{name}Command"
-        cid = f"commands{name[:1].upper()}{name[1:]}"
-        address = "storegate/v1/{store}/commands/" + name
         messages[mid] = {
             "name": mid,
             "title": f"{name} command",
             "summary": (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+            "description": "A signed command envelope (SignedCommand); its 'signed' field "
+            f"decodes to {body}, whose 'payload' is {model.__name__}.",
             "contentType": "application/json",
-            "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+            "payload": {"$ref": "#/components/schemas/SignedCommand"},
+            "x-signed-body": {"$ref": f"#/components/schemas/{body}"},
         }
-        channels[cid] = {
-            "address": address,
-            "description": "Central -> the gateways of one store (QoS 1). Invalid commands "
-            "are counted and logged, never acted on.",
-            "parameters": {"store": params["store"]},
-            "messages": {mid: {"$ref": f"#/components/messages/{mid}"}},
-        }
-        operations[f"receive{cid[:1].upper()}{cid[1:]}"] = {
-            "action": "receive",
-            "channel": {"$ref": f"#/channels/{cid}"},
-            "summary": f"The gateway subscribes to {address}",
-            "bindings": {"mqtt": {"qos": 1, "bindingVersion": "0.2.0"}},
-            "messages": [{"$ref": f"#/channels/{cid}/messages/{mid}"}],
-        }
+        for scope, address, parameters in (
+            ("store", "storegate/v1/{store}/commands/" + name, {"store": params["store"]}),
+            ("central", f"{topics.CENTRAL}/{name}", None),
+        ):
+            cid = f"{'commands' if scope == 'store' else 'central'}{name[:1].upper()}{name[1:]}"
+            channels[cid] = {
+                "address": address,
+                "description": (
+                    "Central -> the gateways of one store (QoS 1)." if scope == "store"
+                    else "Central -> the gateways of every store (QoS 1), signed with store "
+                    "'*'.") + " Signed by central (Ed25519); a command that fails a check "
+                "is never acted on: it is counted, logged and answered with "
+                "storegate.gateway.command_rejected.v1.",
+                **({"parameters": parameters} if parameters else {}),
+                "messages": {mid: {"$ref": f"#/components/messages/{mid}"}},
+            }
+            operations[f"receive{cid[:1].upper()}{cid[1:]}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{cid}"},
+                "summary": f"The gateway subscribes to {address}",
+                "bindings": {"mqtt": {"qos": 1, "bindingVersion": "0.2.0"}},
+                "messages": [{"$ref": f"#/channels/{cid}/messages/{mid}"}],
+            }
     return {
         "asyncapi": "3.0.0",
         "info": {

@@ -64,6 +64,12 @@ GATEWAY_IDENTITIES_APPLIED: Final = _t(
     "storegate.gateway.identities_applied.v1", "gateway", Priority.HIGH, p.IdentitiesApplied,
     "Answer to an identities command: applied or not, and how many are enrolled now.",
 )
+GATEWAY_COMMAND_REJECTED: Final = _t(
+    "storegate.gateway.command_rejected.v1", "gateway", Priority.NORMAL,
+    p.GatewayCommandRejected,
+    "Answer to a command the gateway did not act on: bad signature, unknown key, outside "
+    "its time window, a replayed id, invalid or unsealable.",
+)
 VISIT_ENTERED: Final = _t(
     "storegate.visit.entered.v1", "visit", Priority.HIGH, p.VisitEntered,
     "A consenting customer entered the store or a zone.",
@@ -101,6 +107,7 @@ CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
     for t in (
         GATEWAY_STATUS, GATEWAY_TELEMETRY, GATEWAY_REPLAYED, GATEWAY_IDENTITIES_APPLIED,
+        GATEWAY_COMMAND_REJECTED,
         VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED, OCCUPANCY_MEASURED,
         PURCHASE_COMPLETED, PURCHASE_VOIDED, POS_SCANNED,
     )

@@ -38,6 +38,11 @@ class GatewayStatus(Payload):
     reason: Literal["started", "shutdown", "connection-lost"] = Field(
         description="Why the state is what it is: 'connection-lost' is the MQTT Last Will."
     )
+    seal_key: str | None = Field(
+        default=None,
+        description="This gateway's X25519 public key (base64url, 32 bytes): central seals "
+        "identity keys to it (identities command, sealed_to). Made on the box on first "
+        "start; a new key means central must seal to the new one.")
 
 
 class GatewayTelemetry(Payload):
@@ -47,12 +52,25 @@ class GatewayTelemetry(Payload):
         ge=0, description="Newest sequence accepted: lets central see a gap at the tail."
     )
     outbox_depth: int = Field(ge=0, description="Events accepted but not yet acknowledged.")
+    pending_accept: int = Field(
+        default=0, ge=0, description="Events read but not yet accepted: the outbox refused "
+        "them (disk full) and they wait in memory, retried (purchases are never dropped).")
     oldest_pending_age_s: float | None = Field(
         ge=0, description="Age of the oldest unacknowledged event, null when none."
     )
     dropped_total: int = Field(ge=0, description="Events dropped by the retention budget.")
     published_total: int = Field(ge=0, description="Events acknowledged by the broker.")
     reconnects_total: int = Field(ge=0, description="Successful reconnections since start.")
+    refused_total: int = Field(
+        default=0, ge=0, description="Publishes the broker refused (MQTT 5 reason code >= "
+        "0x80, e.g. not authorised), every attempt counted.")
+    refused_held: int = Field(
+        default=0, ge=0, description="Events whose last publish was refused: kept in the "
+        "outbox and retried with backoff (a broker ACL to fix).")
+    commands_rejected_total: int = Field(
+        default=0, ge=0, description="Commands not acted on (bad signature, unknown key, "
+        "stale, replayed, invalid...): each is also answered, rate-limited, with "
+        "gateway.command_rejected.")
     presence: PresenceHealth | None = Field(
         default=None, description="Presence pipeline health; null when presence is off.")
     lanes: list[LaneHealth] | None = Field(
@@ -87,6 +105,7 @@ class IdentitiesApplied(Payload):
     withdrawal is confirmed only by ``applied: true`` (the keys are gone from the box)."""
 
     request_id: str | None
+    command_id: str | None = Field(default=None, description="The signed command's id.")
     op: Literal["upsert", "remove", "replace"]
     applied: bool = Field(description="False: nothing changed; send the command again.")
     error: str | None = Field(default=None, description="Why it was not applied.")
@@ -98,6 +117,7 @@ class GatewayReplayed(Payload):
     """The answer to a replay command: what was re-published and what was gone."""
 
     request_id: str | None
+    command_id: str | None = Field(default=None, description="The signed command's id.")
     from_sequence: int
     to_sequence: int
     republished: int = Field(ge=0, description="Events queued for publishing again.")
@@ -105,6 +125,29 @@ class GatewayReplayed(Payload):
         description="Inclusive [first, last] sequence ranges no longer held (past the "
         "replay window or dropped by retention): lost to this gateway."
     )
+
+
+class GatewayCommandRejected(Payload):
+    """The answer to a command this gateway did not act on, and why. Every rejection is
+    counted (status, telemetry); answers are rate-limited per reason, so a flood of
+    forgeries cannot fill the outbox: ``suppressed`` says how many went unanswered."""
+
+    command: str | None = Field(description="The command's name from its topic; null when "
+                                "the topic is not a command topic.")
+    command_id: str | None = Field(description="The signed command's id; null unless the "
+                                   "signature verified (forgeries are never echoed).")
+    reason: Literal[
+        "too_large", "wrong_topic", "unknown_command", "malformed", "unknown_key",
+        "bad_signature", "mismatch", "expired", "not_yet_valid", "duplicate", "invalid",
+        "not_sealed_for_this_gateway", "unsealable", "overloaded",
+    ] = Field(description="unknown_key / bad_signature: not signed by a configured central "
+              "key; mismatch: signed for another command or store; expired / not_yet_valid: "
+              "outside trust.max_age_s / max_future_s; duplicate: this command id was "
+              "already accepted; not_sealed_for_this_gateway / unsealable: seal to the "
+              "gateway's current key (its birth certificate).")
+    detail: str = Field(max_length=300)
+    suppressed: int = Field(ge=0, description="Rejections for the same reason since the "
+                            "last answer that were counted but not answered.")
 
 
 # --- presence (completed by the presence issue) --------------------------------------
@@ -199,13 +242,24 @@ class PurchaseCompleted(Payload):
         default="printer", description="Which tap the purchase was read from.")
     transaction_id: str | None = Field(
         default=None, description="Joins the pos.scanned events of the same transaction.")
-    operator: str | None = None
+    operator: str | None = Field(
+        default=None, description="The cashier, as a keyed pseudonym: 'ps1:' + 32 hex "
+        "digits, the first 128 bits of HMAC-SHA256(privacy key, 'operator:' + name as "
+        "printed). The name as printed only where the gateway sets "
+        "privacy.raw_operator_names; null when none was printed, or when the gateway has "
+        "no privacy key (withheld, counted).")
     items: list[LineItem]
     tenders: list[Tender] = []
     discount_minor: int = Field(default=0, ge=0)
     total_minor: int
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
-    loyalty_id: str | None = Field(default=None, description="Pseudonymous loyalty id.")
+    loyalty_id: str | None = Field(
+        default=None, description="The loyalty card, as a keyed pseudonym: 'ps1:' + 32 "
+        "hex digits, the first 128 bits of HMAC-SHA256(privacy key, 'loyalty:' + card "
+        "number as scanned or printed); central, holding the key, computes the same to "
+        "join. The number itself only where the gateway sets privacy.raw_loyalty_ids; "
+        "null when no card was presented, or when the gateway has no privacy key "
+        "(withheld, counted).")
     offer_tokens: list[str] = []
     fiscal: FiscalSign | None = None
     first_item_at: Timestamp | None = Field(
@@ -234,7 +288,11 @@ class PosScanned(Payload):
 
     lane: str
     kind: Literal["loyalty", "offer"]
-    value: str = Field(description="The loyalty id or the offer token, as scanned.")
+    value: str | None = Field(
+        description="offer: the token as scanned. loyalty: the card as a keyed pseudonym, "
+        "the same as the purchase's loyalty_id ('ps1:' + 32 hex digits of HMAC-SHA256("
+        "privacy key, 'loyalty:' + number)); the number itself only where the gateway "
+        "sets privacy.raw_loyalty_ids; null when the gateway has no privacy key.")
     scanned_at: Timestamp
     transaction_id: str = Field(description="The transaction it belongs to; the purchase "
                                 "that completes it carries the same id.")

@@ -4,6 +4,7 @@
     storegate/v1/<store>/<gateway>/status          retained birth / death certificate
     storegate/v1/<store>/commands/<command>        central -> one store
     storegate/v1/central/<command>                 central -> every store
+    (commands are signed by central: core/trust.py; topics are parsed exactly)
     storegate/v1/<store>/scanners/<node>/adverts   ESP32 scanner nodes -> gateways (local
                                                    to the store broker, never bridged)
 
@@ -26,8 +27,40 @@ ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ID_RULE: Final = "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
 
 
+# Levels that mean something in the layout: a store or gateway with one of these names
+# would make its topics ambiguous (and, with ACL patterns that put the login in the
+# gateway level, let a login named "commands" write command topics).
+RESERVED_STORE_IDS: Final = frozenset({"central"})
+RESERVED_GATEWAY_IDS: Final = frozenset({"commands", "scanners", "central", "events",
+                                         "status"})
+ALL_STORES: Final = "*"
+
+
 def is_valid_id(value: str) -> bool:
     return ID_PATTERN.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTopic:
+    """Where a command arrived: its name, and the store it addresses (``*``: all)."""
+
+    name: str
+    store: str
+
+
+def parse_command_topic(topic: str, store: str) -> CommandTopic | None:
+    """Exactly ``storegate/v1/<store>/commands/<name>`` for this store, or exactly
+    ``storegate/v1/central/<name>``; anything else (more levels, another store, an
+    empty or odd name) is None: rejected and counted, never read by its last level."""
+    parts = topic.split("/")
+    if parts[:2] != ["storegate", "v1"]:
+        return None
+    if len(parts) == 5 and parts[2] == store and parts[3] == "commands" \
+            and is_valid_id(parts[4]):
+        return CommandTopic(parts[4], store)
+    if len(parts) == 4 and parts[2] == "central" and is_valid_id(parts[3]):
+        return CommandTopic(parts[3], ALL_STORES)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +71,12 @@ class Topics:
     gateway: str
 
     def __post_init__(self) -> None:
-        for name, value in (("store", self.store), ("gateway", self.gateway)):
+        for name, value, reserved in (("store", self.store, RESERVED_STORE_IDS),
+                                      ("gateway", self.gateway, RESERVED_GATEWAY_IDS)):
             if not is_valid_id(value):
                 raise ValueError(f"invalid {name} id {value!r}: {ID_RULE}")
+            if value in reserved:
+                raise ValueError(f"{name} id {value!r} is reserved: {sorted(reserved)}")
 
     @property
     def prefix(self) -> str:
