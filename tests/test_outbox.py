@@ -23,6 +23,7 @@ from storegate.errors import (
 )
 from tests.support.outbox import FakeClock, make_outbox, purchase, telemetry, visit
 from tests.support.tmpfs import tmpfs
+from tests.support.waiting import wait_for
 
 
 def test_accept_commits_with_monotonic_sequences_that_survive_restarts(tmp_path: Path) -> None:
@@ -264,3 +265,40 @@ def test_purge_counts_as_dropped_and_refuses_while_running(tmp_path: Path) -> No
     assert reader.count_by_type() == {"storegate.purchase.completed.v1": 1}
     assert reader.stats().dropped == {"storegate.gateway.telemetry.v1/purge": 5}
     reader.close()
+
+
+def test_a_reader_racing_the_creation_never_calls_the_outbox_foreign(tmp_path: Path) -> None:
+    """`storegate status` may read while the gateway creates its outbox: the schema and
+    the application id appear in one transaction and are read in one snapshot."""
+    import threading
+
+    from storegate.errors import OutboxNotOursError, OutboxUnavailableError
+
+    foreign = 0
+    for i in range(40):
+        db = tmp_path / f"o{i}.db"
+        stop = threading.Event()
+        opened = [0]
+
+        def poll(db: Path = db, stop: threading.Event = stop, opened: list[int] = opened,
+                 ) -> None:
+            nonlocal foreign
+            while not stop.is_set():
+                try:
+                    with OutboxReader(db) as r:
+                        r.stats()
+                    opened[0] += 1
+                except OutboxUnavailableError:
+                    pass
+                except OutboxNotOursError:
+                    foreign += 1
+
+        t = threading.Thread(target=poll)
+        t.start()
+        o = make_outbox(db)
+        o.open()
+        wait_for(lambda opened=opened: opened[0] > 0, 10, "the reader had its look")
+        o.close()
+        stop.set()
+        t.join()
+    assert foreign == 0

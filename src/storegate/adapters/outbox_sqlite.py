@@ -272,9 +272,12 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
 def _validate(conn: sqlite3.Connection, path: Path) -> bool:
     """Check an opened database is ours; return False if it is new (empty)."""
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        # One statement, one snapshot: read apart, a gateway creating the file between
+        # the reads made it look foreign to `storegate status`.
+        app_id, version, tables = conn.execute(
+            "SELECT a.application_id, v.user_version, "
+            "(SELECT count(*) FROM sqlite_master) "
+            "FROM pragma_application_id() AS a, pragma_user_version() AS v").fetchone()
     except sqlite3.DatabaseError as exc:
         raise OutboxNotOursError(
             f"{path} is corrupt or not a storegate outbox ({exc}); refusing to use it. "
@@ -388,10 +391,13 @@ class Outbox:
                 )
             conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
             if not existing:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executescript(_SCHEMA)  # executescript commits
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                # One transaction: a reader (`storegate status`) never sees the tables
+                # without the application id, which would make the file look foreign.
+                # (executescript commits whatever is pending first, so the BEGIN is
+                # part of the script.)
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA application_id = {APPLICATION_ID};\n"
+                    f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('session', 1) "
