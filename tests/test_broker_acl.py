@@ -160,7 +160,8 @@ TABLE = [
     # --- a gateway: its own events and status go up to central, and nothing else ------
     row("gw-1", f"{S}/gw-1/events/visit", "central"),
     row("gw-1", f"{S}/gw-1/events/purchase", "central"),
-    row("gw-1", f"{S}/gw-1/status", "central", retain=True),
+    # its own status reaches central, and comes back to it (the 3.1.1 birth check)
+    row("gw-1", f"{S}/gw-1/status", "central", "gw-1", retain=True),
     row("gw-2", f"{S}/gw-2/events/visit", "central"),  # gw-1 does not read it
     denied("gw-1", f"{S}/gw-2/events/visit"),  # another gateway's events
     denied("gw-1", f"{S}/gw-2/status"),  # another gateway's status

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from storegate.adapters import gateway_key
+from storegate.core import seal
 from storegate.core.ble.eid import Identity
 from storegate.core.commands import (
     IdentitiesCommand,
@@ -189,8 +190,13 @@ def test_keys_cli_makes_commands_the_gateway_accepts(tmp_path: Path) -> None:
     assert again.returncode == 2 and "never overwritten" in again.stderr
 
     cfg = write_config(tmp_path / "gw.toml", port=1, storage=tmp_path / "s" / "outbox.db")
+    key_file = tmp_path / "s" / "outbox.seal.key"
+    none_yet = storegate("keys", "gateway", "-c", str(cfg))  # read-only: never makes one
+    assert none_yet.returncode == 2 and "first start" in none_yet.stderr
+    assert not key_file.exists()
+    made_by_gateway = gateway_key.load_or_create(key_file)  # as the gateway's start does
     seal_key = storegate("keys", "gateway", "-c", str(cfg)).stdout.strip()
-    assert seal_key == storegate("keys", "gateway", "-c", str(cfg)).stdout.strip()  # kept
+    assert seal_key == seal.public_text(made_by_gateway.public_key())
     payload = tmp_path / "upsert.json"
     payload.write_text(json.dumps({"op": "upsert", "identities": [{
         "customer": BOB.customer, "identity_key": BOB.identity_key.hex(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -194,12 +195,16 @@ def test_seal_key_text_round_trips_and_rejects_garbage() -> None:
 
 
 def test_rejection_answers_are_rate_limited_but_counted() -> None:
-    budget = AnswerBudget(burst=3, per_s=1.0)
-    answered = [budget.take("bad_signature", 100.0) for _ in range(10)]
+    budget = AnswerBudget(burst=3, per_s=1.0, unauthenticated_per_s=0.1)
+    answered = [budget.take("expired", 100.0) for _ in range(10)]
     assert answered[:3] == [0, 0, 0] and answered[3:] == [None] * 7
-    assert budget.take("expired", 100.0) == 0  # per reason
-    assert budget.take("bad_signature", 101.5) == 7  # the next answer says how many
-    assert budget.take("bad_signature", 101.5) is None
+    assert budget.take("duplicate", 100.0) == 0  # per reason
+    assert budget.take("expired", 101.5) == 7  # the next answer says how many
+    assert budget.take("expired", 101.5) is None
+    # what anyone can cause without a key is answered more sparingly
+    assert [budget.take("bad_signature", 200.0) for _ in range(4)] == [0, 0, 0, None]
+    assert budget.take("bad_signature", 201.5) is None  # 1.5 s: no new token yet
+    assert budget.take("bad_signature", 211.0) == 2
 
 
 def test_the_command_queue_is_bounded_and_overflow_is_answered(tmp_path: Path) -> None:
@@ -208,8 +213,8 @@ def test_the_command_queue_is_bounded_and_overflow_is_answered(tmp_path: Path) -
     ledger = CommandLedger(tmp_path / "commands.db", keep_s=3660)
     handler = CommandHandler(
         store_id="s1", gateway_id="g1", policy=POLICY, max_bytes=4096, outbox=outbox,
-        ledger=ledger, seal_key=X25519PrivateKey.generate(), resend=lambda s: None,
-        identities=lambda c: None, wall_clock=lambda: NOW)
+        submit=outbox.submit, ledger=ledger, seal_key=X25519PrivateKey.generate(),
+        resend=lambda s: None, identities=lambda c, done: None, wall_clock=lambda: NOW)
     try:  # not started: nothing drains the queue
         handler("storegate/v1/s1/commands/replay", b"x" * 4097)
         for _ in range(QUEUE_MAX + 3):
@@ -223,11 +228,79 @@ def test_the_command_queue_is_bounded_and_overflow_is_answered(tmp_path: Path) -
 
 def test_a_command_id_is_accepted_once_even_after_a_restart(tmp_path: Path) -> None:
     ledger = CommandLedger(tmp_path / "commands.db", keep_s=100)
-    assert ledger.first_time("c-1", NOW, NOW)
-    assert not ledger.first_time("c-1", NOW, NOW)
+    assert not ledger.seen("c-1")
+    ledger.record("c-1", NOW)
+    assert ledger.seen("c-1")
     ledger.close()
     ledger = CommandLedger(tmp_path / "commands.db", keep_s=100)
-    assert not ledger.first_time("c-1", NOW, NOW + 50)
-    ledger.prune(NOW + 101)  # too old to pass the time check anyway: forgotten
-    assert len(ledger) == 0
-    ledger.close()
+    assert ledger.seen("c-1") and ledger.newest == NOW
+
+
+class ReplayOnlyOutbox:
+    """A replay only needs requeue: everything asked for is still held."""
+
+    def requeue(self, first: int, last: int, done: Callable[..., None]) -> None:
+        done(list(range(first, last + 1)), [])
+
+
+class Handler:
+    """A command handler as the gateway wires it, its answers and hand-overs recorded."""
+
+    def __init__(self, tmp_path: Path, clock: list[float]) -> None:
+        self.answers: list[dict[str, object]] = []
+        self.changes: list[tuple[IdentityChange, Callable[[bool], None]]] = []
+        self.ledger = CommandLedger(tmp_path / "commands.db", keep_s=3660)
+        self.replays: list[list[int]] = []
+
+        self.handler = CommandHandler(
+            store_id="s1", gateway_id="g1", policy=POLICY, max_bytes=1 << 20,
+            outbox=ReplayOnlyOutbox(),  # type: ignore[arg-type]
+            submit=lambda drafts: self.answers.extend(d.data.model_dump() for d in drafts),
+            ledger=self.ledger, seal_key=X25519PrivateKey.generate(),
+            resend=self.replays.append,
+            identities=lambda c, done: self.changes.append((c, done)),
+            wall_clock=lambda: clock[0])
+
+    def send(self, message: bytes, name: str = "replay") -> None:
+        self.handler.handle(f"storegate/v1/s1/commands/{name}", message)
+
+
+def test_a_captured_command_stays_refused_when_the_box_clock_goes_back(
+        tmp_path: Path) -> None:
+    clock = [NOW]
+    h = Handler(tmp_path, clock)
+    captured = CENTRAL.sign("replay", REPLAY, issued_at=NOW, command_id="c-old")
+    h.send(captured)
+    assert h.handler.accepted_total == 1
+    # two days on, central keeps commanding; the ledger forgets c-old (central's clock)
+    clock[0] = NOW + 2 * 86400
+    for i in range(300):
+        h.send(CENTRAL.sign("replay", REPLAY, issued_at=clock[0], command_id=f"c-{i}"))
+    h.ledger.prune()
+    assert not h.ledger.seen("c-old")
+    # the box's clock is set back (no RTC, spoofed NTP): the captured bytes look fresh
+    clock[0] = NOW + 60
+    h.send(captured)
+    assert h.handler.accepted_total == 301
+    assert h.handler.rejected_by_reason == {"expired": 1}
+
+
+def test_an_identities_command_is_recorded_only_once_applied(tmp_path: Path) -> None:
+    h = Handler(tmp_path, [NOW])
+    gw_key = X25519PrivateKey.generate()
+    h.handler._seal_key = gw_key
+    withdraw = CENTRAL.sign("identities", {"op": "remove", "customers": ["cust-1"]},
+                            issued_at=NOW, command_id="w-1")
+    h.send(withdraw, "identities")
+    h.send(withdraw, "identities")  # while the first is being applied: a duplicate
+    assert len(h.changes) == 1
+    change, done = h.changes[0]
+    assert change.customers == ("cust-1",)
+    done(False)  # e.g. the gateway was stopping: it did not take effect
+    assert not h.ledger.seen("w-1")
+    h.send(withdraw, "identities")  # central's resend, same bytes: applied this time
+    assert len(h.changes) == 2
+    h.changes[1][1](True)
+    assert h.ledger.seen("w-1")
+    h.send(withdraw, "identities")
+    assert h.handler.rejected_by_reason == {"duplicate": 2}

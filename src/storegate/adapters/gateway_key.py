@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -29,14 +30,14 @@ MAX_KEY_FILE_BYTES = 4096
 
 
 def load_or_create(path: Path) -> X25519PrivateKey:
-    """The key at ``path``, made (atomically, 0600) if there is none."""
+    """The key at ``path``, made (atomically, 0600, durably) if there is none."""
     try:
-        return _load(path)
+        return load(path)
     except FileNotFoundError:
         pass
     key = X25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -45,9 +46,11 @@ def load_or_create(path: Path) -> X25519PrivateKey:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, path)  # never replaces a key another process made meanwhile
-    except FileExistsError:
-        return _load(path)
+        try:
+            os.link(tmp, path)  # never replaces a key another process made meanwhile
+        except FileExistsError:
+            return load(path)
+        _sync_dir(path.parent)  # the key survives a power cut (central seals to it)
     except OSError as exc:
         raise ConfigError(str(path), f"cannot create the gateway's sealing key: {exc}") from exc
     finally:
@@ -56,7 +59,17 @@ def load_or_create(path: Path) -> X25519PrivateKey:
     return key
 
 
-def _load(path: Path) -> X25519PrivateKey:
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path: Path) -> X25519PrivateKey:
+    """The key at ``path``; FileNotFoundError if there is none, ConfigError if it is not
+    one (never overwritten: move it away)."""
     try:
         st = path.stat()
         if st.st_size > MAX_KEY_FILE_BYTES:

@@ -6,9 +6,9 @@ every object the gateway holds, up to ~300 ms each, and no thread — the event 
 included — runs meanwhile. Bulk work pauses the collector; when the last one ends,
 what it built is long-lived (the enrolled identities), so it is moved out of the
 collector's sight (``gc.freeze``) instead of being traversed again and again.
-Reference counting still frees everything that dies; only cycles created during the
-pause and dead before it ends wait for the next ``gc.unfreeze``, which none of this
-work creates in numbers.
+A full collection runs first, so no garbage is frozen; reference counting still frees
+every frozen object that dies later, and only one that dies in a reference cycle would
+stay (the identities the bulk work builds hold none).
 """
 
 from __future__ import annotations
@@ -35,6 +35,6 @@ def paused() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                gc.collect(1)  # young garbage of the pause, cheaply
+                gc.collect()  # the pause's garbage, cycles included: none is frozen
                 gc.freeze()
                 gc.enable()

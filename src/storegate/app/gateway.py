@@ -29,7 +29,7 @@ from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
 from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
 from storegate.app import collector
-from storegate.app.commands import CommandHandler
+from storegate.app.commands import CommandHandler, Done
 from storegate.app.intake import Intake
 from storegate.app.pos import PosService
 from storegate.app.preflight import load_start_files
@@ -50,6 +50,7 @@ from storegate.errors import OutboxError
 log = logging.getLogger(__name__)
 
 STATUS_FILE_INTERVAL_S = 2.0
+CONSENT_WAIT_S = 10.0  # at shutdown, for a consent change being applied (100k: ~3 s)
 
 
 def mqtt_settings(config: Config) -> MqttSettings:
@@ -108,6 +109,7 @@ class Gateway:
         self.presence: PresenceService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consent_tasks: set[asyncio.Task[None]] = set()
+        self._consent_lock = asyncio.Lock()
         self.state = "created"
         # Every file the config names (registry, beacons, receipt templates, TLS) is
         # read now, by the function `config check` runs too: a broken one stops the
@@ -134,7 +136,7 @@ class Gateway:
             self.commands = CommandHandler(
                 store_id=self.config.store_id, gateway_id=self.config.gateway_id,
                 policy=self._trust, max_bytes=t.max_command_bytes, outbox=self.outbox,
-                ledger=self._ledger, seal_key=key, resend=self._resend,
+                submit=self._submit, ledger=self._ledger, seal_key=key, resend=self._resend,
                 identities=self._on_identities, wall_clock=self._wall)
             self.commands.start()
             self._reader = OutboxReader(self.config.storage.path)
@@ -170,7 +172,7 @@ class Gateway:
             return False
         self.state = "stopping"
         if self.commands is not None:
-            self.commands.stop()  # the command being applied finishes; its answer goes out
+            self.commands.stop()  # normally stopped already, before the loop let go
         self.outbox.stop_accepting()
         drained = False
         if self.publisher is not None:
@@ -199,20 +201,30 @@ class Gateway:
         if self._ledger is not None:
             self._ledger.close()
 
-    def _on_identities(self, cmd: IdentityChange) -> None:
+    def _on_identities(self, cmd: IdentityChange, done: Done) -> None:
         """On the command thread: hand the consent change to the event loop."""
         loop = self._loop
-        if loop is None:
-            log.warning("identities command arrived while not running; ignored")
+        if loop is None:  # stopping: not applied, so not recorded; central sends it again
+            log.warning("identities command %s arrived while stopping; not applied",
+                        cmd.command_id)
+            done(False)
             return
-        loop.call_soon_threadsafe(self._spawn_apply, cmd)
+        loop.call_soon_threadsafe(self._spawn_apply, cmd, done)
 
-    def _spawn_apply(self, cmd: IdentityChange) -> None:
-        task = asyncio.get_running_loop().create_task(self._apply_identities(cmd))
+    def _spawn_apply(self, cmd: IdentityChange, done: Done) -> None:
+        task = asyncio.get_running_loop().create_task(self._apply_identities(cmd, done))
         self._consent_tasks.add(task)  # a reference, until it is done
         task.add_done_callback(self._consent_tasks.discard)
 
-    async def _apply_identities(self, cmd: IdentityChange) -> None:
+    async def _apply_identities(self, cmd: IdentityChange, done: Done) -> None:
+        """One consent change at a time, in arrival order (presence has its own lock;
+        the store-only path needs this one: one SQLite connection, one transaction)."""
+        async with self._consent_lock:
+            applied = await self._apply_one(cmd)
+        # Recorded only now, so a change that did not happen can be sent again as is.
+        await asyncio.to_thread(done, applied)
+
+    async def _apply_one(self, cmd: IdentityChange) -> bool:
         error = None
         try:
             if self.presence is not None:
@@ -235,6 +247,7 @@ class Gateway:
             applied=error is None, error=error, received=cmd.received, enrolled=enrolled)
         self._submit([ev.EventDraft(ev.GATEWAY_IDENTITIES_APPLIED,
                                     f"gateway/{self.config.gateway_id}", self._wall(), data)])
+        return error is None
 
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
         """Events from the sources into the outbox, without waiting for the commit;
@@ -382,10 +395,12 @@ class Gateway:
                 await stop.wait()
         finally:
             log.info("stopping: no new events accepted; draining the outbox")
-            self._loop = None  # commands arriving from now on are not applied
+            if self.commands is not None:  # no command is checked (and burnt) from now on
+                await asyncio.to_thread(self.commands.stop)
+            self._loop = None  # a command handed over meanwhile is not applied (nor recorded)
             await asyncio.sleep(0)  # those already handed over start first...
             if self._consent_tasks:  # ...and finish, so the store is not closed under them
-                await asyncio.wait(self._consent_tasks, timeout=30)
+                await asyncio.wait(self._consent_tasks, timeout=CONSENT_WAIT_S)
             # The lanes flushed what waited for an idle gap as their task ended; what
             # is in flight or held is committed now, before the outbox stops accepting.
             await self.intake.drain(self.config.storage.shutdown_drain_s)

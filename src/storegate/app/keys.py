@@ -83,7 +83,13 @@ def cmd_public(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(config: Config) -> int:
-    key = gateway_key.load_or_create(config.seal_key_path)
+    """Read-only: the key is made by the gateway itself on its first start, as the
+    service's user (made here by root, the service could not read it)."""
+    path = config.seal_key_path
+    if not path.exists():
+        raise UsageError(f"{path}: no sealing key yet; the gateway makes it on its first "
+                         "start (and announces it in its birth certificate)")
+    key = gateway_key.load(path)
     print(seal.public_text(key.public_key()))
     return 0
 

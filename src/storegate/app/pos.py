@@ -206,17 +206,19 @@ class PosService:
         """Read the lanes until ``stop``; then let a receipt still printing finish, stop
         the taps and flush every lane, so what was read is submitted before the drain."""
         taps_stop = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            for dev in self.devices:
-                if dev.tap is not None:
-                    tg.create_task(dev.tap.run(taps_stop), name=f"tap {dev.cfg.port}")
-            tg.create_task(self._flush(stop))
-            if self.simulator is not None:
-                tg.create_task(self.simulator.run(stop), name="lane simulator")
-            await stop.wait()
-            await self._quiet(time.monotonic() + SHUTDOWN_QUIET_S)
-            taps_stop.set()
-        self._tick(math.inf)  # every job and frame still open ends now
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for dev in self.devices:
+                    if dev.tap is not None:
+                        tg.create_task(dev.tap.run(taps_stop), name=f"tap {dev.cfg.port}")
+                tg.create_task(self._flush(stop))
+                if self.simulator is not None:
+                    tg.create_task(self.simulator.run(stop), name="lane simulator")
+                await stop.wait()
+                await self._quiet(time.monotonic() + SHUTDOWN_QUIET_S)
+                taps_stop.set()
+        finally:  # also when cancelled (another task of the gateway failed)
+            self._tick(math.inf)  # every job and frame still open ends now
 
     async def _flush(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -30,7 +30,7 @@ from storegate.core import seal
 from storegate.core.ble.eid import Identity
 from storegate.core.payloads import Payload
 from storegate.core.topics import ID_PATTERN
-from storegate.core.trust import Reason
+from storegate.core.trust import UNAUTHENTICATED, Reason
 
 MAX_REPLAY_SPAN: Final = 1_000_000
 MAX_IDENTITIES: Final = 500_000  # a full sync of a very large store; ~100 MB on the wire
@@ -260,8 +260,10 @@ def validate_payload(name: str, payload: Mapping[str, Any], *, now: float,
 
 def open_identities(cmd: IdentitiesCommand, *, key: X25519PrivateKey, store: str,
                     gateway: str, command_id: str | None = None,
+                    pause: Callable[[], None] | None = None,
                     ) -> IdentityChange | CommandRejected:
-    """Unseal every record's key with this gateway's private key; all or nothing."""
+    """Unseal every record's key with this gateway's private key; all or nothing
+    (``pause`` is called between batches, as in :func:`validate_payload`)."""
     identities: list[Identity] = []
     if cmd.identities:
         wrapped = cmd.sealed_to.get(gateway)
@@ -274,6 +276,8 @@ def open_identities(cmd: IdentitiesCommand, *, key: X25519PrivateKey, store: str
             sealer = seal.RecordSealer(
                 seal.unwrap_key(wrapped, key, store=store, gateway=gateway))
             for n, rec in enumerate(cmd.identities):
+                if pause is not None and n and n % VALIDATE_BATCH == 0:
+                    pause()
                 try:
                     identities.append(rec.with_key(sealer.open(rec.sealed_key, rec.aad())))
                 except (seal.SealError, ValueError) as exc:
@@ -309,14 +313,17 @@ class AnswerBudget:
 
     burst: float = 10.0
     per_s: float = 0.2
+    # failures anyone can cause at will (no valid signature needed): one a minute
+    unauthenticated_per_s: float = 1 / 60
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
     suppressed: dict[str, int] = field(default_factory=dict)
 
     def take(self, reason: str, now: float) -> int | None:
         """None: do not answer (counted as suppressed); else how many were suppressed
         since the last answer for this reason (and that count is reset)."""
+        rate = self.unauthenticated_per_s if reason in UNAUTHENTICATED else self.per_s
         tokens, at = self._tokens.get(reason, (self.burst, now))
-        tokens = min(self.burst, tokens + max(now - at, 0.0) * self.per_s)
+        tokens = min(self.burst, tokens + max(now - at, 0.0) * rate)
         if tokens < 1.0:
             self._tokens[reason] = (tokens, now)
             self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
