@@ -458,3 +458,17 @@ def test_lane_withholds_personal_data_without_a_key_and_publishes_raw_only_by_op
     [pc] = [e for e in events if isinstance(e, p.PurchaseCompleted)]
     assert pc.operator == r.cashier
     assert pc.loyalty_id == pseudonym(KEY, "loyalty", r.loyalty)
+
+
+def test_a_code_both_patterns_match_is_treated_as_personal_never_published_raw() -> None:
+    import dataclasses
+    import re
+
+    la = lane()
+    la.s = dataclasses.replace(la.s, loyalty_pattern=re.compile(r"^\S+$"))  # too broad
+    drafts = []
+    for f in BarcodeScanner().feed(b"SGO1.card-4242\r", T0):
+        drafts += la.feed(f)
+    [scan] = [d.data for d in drafts if isinstance(d.data, p.PosScanned)]
+    assert scan.kind == "loyalty"
+    assert scan.value == pseudonym(KEY, "loyalty", "SGO1.card-4242")

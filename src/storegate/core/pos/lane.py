@@ -131,12 +131,14 @@ class LaneAssembler:
     def _scanned(self, f: Scanned) -> list[ev.EventDraft]:
         t = self._open(f.at)
         kind: Literal["loyalty", "offer"]
-        if self.s.offer_pattern is not None and self.s.offer_pattern.search(f.code):
-            kind = "offer"
-            t.offers.append(f.code)
-        elif self.s.loyalty_pattern is not None and self.s.loyalty_pattern.search(f.code):
+        # Loyalty first: a code both patterns match is treated as personal (pseudonymised),
+        # never published raw as an offer token.
+        if self.s.loyalty_pattern is not None and self.s.loyalty_pattern.search(f.code):
             kind = "loyalty"
             t.loyalty = f.code
+        elif self.s.offer_pattern is not None and self.s.offer_pattern.search(f.code):
+            kind = "offer"
+            t.offers.append(f.code)
         else:  # a product
             if t.first_item_at is None:
                 t.first_item_at = f.at
