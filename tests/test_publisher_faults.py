@@ -4,18 +4,25 @@ reported. Real mosquitto (with ACL files), real SQLite, the real Gateway."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from storegate.adapters.mqtt_paho import PROTOCOL_311_WARNING
+from storegate.adapters import mqtt_paho
+from storegate.adapters.mqtt_paho import PROTOCOL_311_WARNING, MqttPublisher, MqttSettings
 from storegate.adapters.outbox_sqlite import OutboxReader
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
+from storegate.core.backoff import Backoff
 from tests.support.gateway_proc import storegate, write_config
-from tests.support.mosquitto import Mosquitto
+from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.outbox import purchase, visit
+from tests.support.publisher import Pass, PublisherRig
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
 
@@ -227,3 +234,102 @@ def test_a_held_refusal_is_pending_so_the_shutdown_is_not_drained(
     assert "gateway stopped (not drained, 1 event(s) left in the outbox)" in caplog.text
     with OutboxReader(cfg.storage.path) as reader:
         assert [e.type for e in reader.pending(10)] == ["storegate.purchase.completed.v1"]
+
+
+def test_a_due_retry_behind_a_full_window_waits_for_the_broker_not_the_cpu(
+    tmp_path: Path,
+) -> None:
+    """A refused event whose retry time comes while the window is full cannot go out
+    until a PUBACK frees a place: the loop must wait for the socket. (Main computed a
+    zero wait from the due retry but released it only when the window had room: 436,191
+    passes at 100 % CPU until keepalive dropped the link.) The broker is frozen
+    (SIGSTOP) with one visit in flight, so no PUBACK can free the window."""
+    broker, _ = acl_broker(tmp_path / "broker", ACL_DENYING_PURCHASES,
+                           extra="max_queued_messages 1000\n")  # keep us after a denial
+    broker.start()
+    settings = MqttSettings("127.0.0.1", broker.port, "g1-faults", window=1,
+                            refusal_backoff=Backoff(0.5, 0.5))
+    rig = PublisherRig(tmp_path / "outbox.db", settings)
+    rig.start()
+    pub = rig.publisher
+    frozen = False
+    try:
+        rig.outbox.accept_blocking([purchase(1)])
+        wait_for(lambda: pub.snapshot().refused_held == 1, 15, "the purchase refused")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)
+        frozen = True
+        rig.outbox.accept_blocking([visit(2)])
+        wait_for(lambda: pub.snapshot().in_flight == 1, 10, "the visit filling the window")
+
+        def stuck() -> list[Pass]:
+            return [p for p in pub.passes() if p.window_full and p.held_due]
+
+        # Two waits behind the full window once the retry is due: the first right when
+        # it falls due, the next only after the idle tick (or after a million passes).
+        wait_for(lambda: len(stuck()) >= 2, 10, "two passes with the retry due")
+        waits = stuck()
+        busy = [p for p in waits if p.timeout == 0]
+        assert len(busy) <= 1, f"{len(busy)} of {len(waits)} passes did not wait at all"
+
+        broker.proc.send_signal(signal.SIGCONT)
+        frozen = False
+        wait_for(lambda: pub.published_total == 1 and pub.rejected_total >= 2, 15,
+                 "the visit acknowledged, the due purchase offered (and refused) again")
+    finally:
+        if frozen and broker.proc is not None:
+            broker.proc.send_signal(signal.SIGCONT)
+        rig.stop(0.5)
+        broker.kill()
+
+
+class _OsWakingMidRead:
+    """``os`` as the publisher module sees it, except that the first ``read`` of the
+    wake-up pipe lets a commit land first: the writer thread's worst moment."""
+
+    def __init__(self) -> None:
+        self.publisher: MqttPublisher | None = None
+        self.landed = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def read(self, fd: int, n: int) -> bytes:
+        if self.publisher is not None and not self.landed.is_set():
+            self.publisher.notify_committed(0)  # a commit's wake-up, during the drain
+            self.landed.set()
+        return os.read(fd, n)
+
+
+def test_a_wake_up_landing_while_the_pipe_is_drained_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit's wake-up written while the publisher empties its wake-up pipe must not
+    leave later wake-ups unsent. (Main cleared its "woken" flag before reading: the byte
+    was read with the flag left set, every later wake-up was skipped, and stop() could
+    not end a 30 s reconnect backoff: its join timed out, and it closed the pipe under
+    the running thread.) stop() returns only once the thread is gone."""
+    os_mid_read = _OsWakingMidRead()
+    monkeypatch.setattr(mqtt_paho, "os", os_mid_read)
+    settings = MqttSettings("127.0.0.1", free_port(), "g1-faults",  # nobody listening
+                            backoff=Backoff(30.0, 30.0))
+    rig = PublisherRig(tmp_path / "outbox.db", settings)
+    rig.start()
+    pub = rig.publisher
+    wait_for(lambda: pub.connect_failures >= 1, 10, "the first connect refused")
+    os_mid_read.publisher = pub
+    pub.notify_committed(0)  # wakes the backoff sleep; its drain meets the commit
+    wait_for(os_mid_read.landed.is_set, 10, "a commit landing during the drain")
+    drained = rig.stop(0.2)
+    assert pub.exited.is_set(), "stop() returned while the publisher thread still ran"
+    assert drained  # nothing was committed: nothing left behind
+    # A commit after the stop must not write into whatever reused the pipe's numbers.
+    reused_r, reused_w = os.pipe()
+    try:
+        os.set_blocking(reused_r, False)
+        pub.notify_committed(1)
+        with pytest.raises(BlockingIOError):
+            os.read(reused_r, 1)
+    finally:
+        os.close(reused_r)
+        os.close(reused_w)

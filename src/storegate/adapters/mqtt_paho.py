@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 FETCH_BATCH: Final = 1000
 IDLE_TICK_S: Final = 1.0
 STATUS_ACK_WAIT_S: Final = 2.0
+# stop() waits this long beyond the drain deadline, a connection attempt and the death
+# certificate before it reports the publisher thread as hung.
+STOP_GRACE_S: Final = 5.0
 DEFAULT_BACKOFF: Final = Backoff(0.5, 30.0)
 # A refusal is a broker's (or its ACL's) decision, not a network blip: retry it rarely
 # (first after 1 s, at most every 5 min per event), never in a loop.
@@ -211,10 +214,16 @@ class MqttPublisher:
         self._on_command = on_command
         self._resend_inbox: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         self._wall = wall_clock
+        # The wake-up pipe is the only wake-up state: no "already woken" flag beside it
+        # (one cleared before the drain read swallowed a wake-up landing in between, and
+        # every later one was skipped). Closed once, by the thread that used it, on its
+        # way out; the lock keeps a concurrent _wake from writing to a closed descriptor,
+        # or to another file that reused its number.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._wake_pending = False
+        self._wake_lock = threading.Lock()
+        self._wake_open = True
         self._committed = 0
         self._stop_at: float | None = None  # monotonic deadline for draining
         self._thread: threading.Thread | None = None
@@ -281,21 +290,45 @@ class MqttPublisher:
             self._wake()
 
     def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(OSError):  # full pipe: already woken; closed: stopped
+        """One byte per wake-up, always: a syscall per commit is nothing beside the
+        commit, and the thread's one drain reads them all."""
+        with self._wake_lock:
+            if not self._wake_open:
+                return  # the thread has ended: nobody to wake
+            with contextlib.suppress(BlockingIOError):  # full pipe: a wake-up is pending
                 os.write(self._wake_w, b"!")
+
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_open:
+                self._wake_open = False
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def stop(self, drain_timeout_s: float) -> bool:
         """Drain what the outbox holds for up to ``drain_timeout_s``, publish the death
-        certificate, disconnect. Returns True if everything committed was acknowledged."""
+        certificate, disconnect. Returns True if everything committed was acknowledged.
+
+        Returns once the publisher thread has ended, which it does at the drain deadline
+        give or take one connection attempt and the death certificate's wait. A thread
+        still running long after that (hung in a DNS lookup, say) is logged as an error
+        and stop() returns False rather than wait without end: the events stay in the
+        outbox, and the thread closes its pipe itself when it ends."""
         self._stop_at = time.monotonic() + drain_timeout_s
         self._wake()
-        if self._thread is not None:
-            self._thread.join(drain_timeout_s + STATUS_ACK_WAIT_S + 5.0)
-            self._thread = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        thread = self._thread
+        if thread is None:  # never started
+            self._close_wake()
+            return self.drained.is_set()
+        limit_s = (drain_timeout_s + self.settings.connect_timeout_s + STATUS_ACK_WAIT_S
+                   + STOP_GRACE_S)
+        thread.join(limit_s)
+        if thread.is_alive():
+            log.error("the MQTT publisher is still running %g s after it was asked to stop "
+                      "(drain deadline %g s); stopping without it: what it has not had "
+                      "acknowledged stays in the outbox", limit_s, drain_timeout_s)
+            return False
+        self._thread = None
         return self.drained.is_set()
 
     def snapshot(self) -> PublisherStatus:
@@ -337,6 +370,14 @@ class MqttPublisher:
         return self._stopping() and (self._is_drained() or self._past_deadline())
 
     def _run(self) -> None:
+        """The publisher thread. It alone reads the wake-up pipe, so it closes it, last:
+        a wake-up after that (a late commit, stop() itself) is a no-op."""
+        try:
+            self._publish()
+        finally:
+            self._close_wake()
+
+    def _publish(self) -> None:
         reader = OutboxReader(self._outbox_path)
         try:
             while not self._done():
@@ -397,7 +438,9 @@ class MqttPublisher:
             self._drain_wake()
 
     def _drain_wake(self) -> None:
-        self._wake_pending = False
+        """Empty the pipe before looking at what the wake-ups were for. A byte written
+        during the read is either read here (and its cause seen right after) or left
+        to wake the next select: none is lost."""
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
@@ -645,13 +688,19 @@ class MqttPublisher:
         while True:
             if self._done():
                 return
+            # On every pass, not only when the window has room: a retry that fell due
+            # while the window was full would otherwise keep the wait at zero and spin
+            # the loop (measured: 436,191 passes, a whole CPU, until keepalive dropped
+            # the link). Released, it waits in the re-send set for a PUBACK like any.
+            self._release_held(time.monotonic())
             self._fill_window(client, reader)
             self._io(client, self._tick())
             self._flush_acks()
             self._check_echo(client)
 
     def _tick(self) -> float:
-        """How long to wait for the socket: wake for the next held event's retry."""
+        """How long to wait for the socket: wake for the next held event's retry (one
+        in the future: the due ones were released at the start of this pass)."""
         if self._next_retry is None:
             return IDLE_TICK_S
         return min(IDLE_TICK_S, max(self._next_retry - time.monotonic(), 0.0))
@@ -682,9 +731,13 @@ class MqttPublisher:
                 self.last_error = f"connection to {self.settings.url} lost: {mqtt.error_string(rc)}"
             raise _Disconnected
 
+    def _window_room(self) -> int:
+        """Publishes that may go out now: the birth certificate, until acknowledged,
+        takes one place of the window (with a window of 1, none is left)."""
+        return self._receive_max - (0 if self._status_acked else 1) - len(self._in_flight)
+
     def _fill_window(self, client: mqtt.Client, reader: OutboxReader) -> None:
-        limit = self._receive_max - (0 if self._status_acked else 1)
-        while len(self._in_flight) < limit:
+        while self._window_room() > 0:
             if not self._buffer and not self._next_batch(reader):
                 return
             row = self._buffer.popleft()
@@ -705,7 +758,6 @@ class MqttPublisher:
                 break
             # Beyond the cursor they are published in the normal course anyway.
             self._resend.update(s for s in replay if s <= self._cursor)
-        self._release_held(time.monotonic())
         while self._resend:
             # Oldest first, a batch at a time (a replay can ask for more sequences than
             # one SQL statement may carry). They leave the set only once fetched: a failed
