@@ -304,3 +304,15 @@ def test_an_identities_command_is_recorded_only_once_applied(tmp_path: Path) -> 
     assert h.ledger.seen("w-1")
     h.send(withdraw, "identities")
     assert h.handler.rejected_by_reason == {"duplicate": 2}
+
+
+def test_bulk_mode_starts_only_for_what_central_signed() -> None:
+    calls: list[str] = []
+    big = {"gateway": "g1", "from_sequence": 1, "to_sequence": 2, "request_id": "x" * 100}
+    forged = Central("central-1").sign("replay", big, issued_at=NOW)
+    assert reason(verify(forged, name="replay", store="s1", policy=POLICY, now=NOW,
+                         authentic=lambda: calls.append("forged"))) == "bad_signature"
+    genuine = CENTRAL.sign("replay", big, issued_at=NOW)
+    assert isinstance(verify(genuine, name="replay", store="s1", policy=POLICY, now=NOW,
+                             authentic=lambda: calls.append("genuine")), Verified)
+    assert calls == ["genuine"]

@@ -6,9 +6,11 @@ every object the gateway holds, up to ~300 ms each, and no thread — the event 
 included — runs meanwhile. Bulk work pauses the collector; when the last one ends,
 what it built is long-lived (the enrolled identities), so it is moved out of the
 collector's sight (``gc.freeze``) instead of being traversed again and again.
-A full collection runs first, so no garbage is frozen; reference counting still frees
-every frozen object that dies later, and only one that dies in a reference cycle would
-stay (the identities the bulk work builds hold none).
+No collection runs first: a full one is the very pause this avoids (measured: 340 ms on
+the event loop after a 100,000-record sync; a young-generation one 130-190 ms; none:
+the loop held at most 55-75 ms). The price is that cyclic garbage already dead when it
+freezes is kept: measured, 65 objects per 100,000-record sync. Reference counting
+still frees every frozen object that dies later without a cycle.
 """
 
 from __future__ import annotations
@@ -35,6 +37,5 @@ def paused() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                gc.collect()  # the pause's garbage, cycles included: none is frozen
                 gc.freeze()
                 gc.enable()

@@ -42,7 +42,7 @@ from storegate.core.commands import (
     validate_payload,
 )
 from storegate.core.topics import parse_command_topic
-from storegate.core.trust import Rejected, TrustPolicy, verify
+from storegate.core.trust import Rejected, TrustPolicy, Verified, verify
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class CommandHandler:
         if self._stopping.is_set():
             raise _Cancelled
 
-    def handle(self, topic: str, payload: bytes) -> None:  # noqa: PLR0911 - check by check
+    def handle(self, topic: str, payload: bytes) -> None:
         """Check one command and act on it (the command thread; tests call it too)."""
         now = self._wall()
         where = parse_command_topic(topic, self._store_id)
@@ -186,13 +186,22 @@ class CommandHandler:
         if name not in COMMANDS:
             self._reject(CommandRejected(name, "unknown_command", "no such command"))
             return
-        checked = verify(payload, name=name, store=where.store, policy=self._policy, now=now,
-                         pause=self._pause)
-        if isinstance(checked, Rejected):
-            self._reject(CommandRejected(name, checked.reason, checked.detail,
-                                         checked.command_id))
-            return
-        cid = checked.command_id
+        with contextlib.ExitStack() as bulk:
+            def authentic() -> None:  # large and signed by central: bulk work from here
+                if len(payload) >= BULK_BYTES:
+                    bulk.enter_context(collector.paused())
+
+            checked = verify(payload, name=name, store=where.store, policy=self._policy,
+                             now=now, pause=self._pause, authentic=authentic)
+            if isinstance(checked, Rejected):
+                self._reject(CommandRejected(name, checked.reason, checked.detail,
+                                             checked.command_id))
+                return
+            self._checked(checked, now)
+
+    def _checked(self, checked: Verified, now: float) -> None:
+        """An authentic command, in its time window: ledger, payload, seal, effect."""
+        name, cid = checked.name, checked.command_id
         if self._ledger.stale(checked.issued_at):
             self._reject(CommandRejected(
                 name, "expired", "issued long before the newest command applied here "
@@ -203,28 +212,23 @@ class CommandHandler:
         if duplicate or self._ledger.seen(cid):
             self._reject(CommandRejected(name, "duplicate", "already applied", cid))
             return
-        # Authentic and new: large payloads are bulk work from here on (only now, so a
-        # forgery cannot switch the collector off).
-        bulk = collector.paused() if len(payload) >= BULK_BYTES else contextlib.nullcontext()
-        with bulk:
-            cmd = validate_payload(name, checked.payload, now=now, command_id=cid,
-                                   pause=self._pause)
-            if isinstance(cmd, CommandRejected):
-                self._reject(cmd)
+        cmd = validate_payload(name, checked.payload, now=now, command_id=cid,
+                               pause=self._pause)
+        if isinstance(cmd, CommandRejected):
+            self._reject(cmd)
+            return
+        if isinstance(cmd, IdentitiesCommand):
+            change = open_identities(cmd, key=self._seal_key, store=checked.store,
+                                     gateway=self._gateway_id, command_id=cid,
+                                     pause=self._pause)
+            if isinstance(change, CommandRejected):
+                self._reject(change)
                 return
-            if isinstance(cmd, IdentitiesCommand):
-                change = open_identities(cmd, key=self._seal_key, store=checked.store,
-                                         gateway=self._gateway_id, command_id=cid,
-                                         pause=self._pause)
-                if isinstance(change, CommandRejected):
-                    self._reject(change)
-                    return
-                with self._lock:
-                    self._in_flight.add(cid)
-                    self.accepted_total += 1
-                self._identities(change, lambda ok: self._applied(cid, checked.issued_at, ok))
-                return
-        if isinstance(cmd, ReplayCommand):
+            with self._lock:
+                self._in_flight.add(cid)
+                self.accepted_total += 1
+            self._identities(change, lambda ok: self._applied(cid, checked.issued_at, ok))
+        elif isinstance(cmd, ReplayCommand):
             if cmd.gateway != self._gateway_id:
                 return  # addressed to another gateway of this store
             self._ledger.record(cid, checked.issued_at)

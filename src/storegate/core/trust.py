@@ -163,10 +163,13 @@ def sign_command(
 def verify(  # noqa: PLR0911 - a list of early rejections, each with its reason
     message: bytes, *, name: str, store: str, policy: TrustPolicy, now: float,
     pause: Callable[[], None] | None = None,
+    authentic: Callable[[], None] | None = None,
 ) -> Verified | Rejected:
     """Check one command as it arrived on the topic of command ``name`` for ``store``
     (``"*"`` on the every-store topic). Size is bounded by the caller before this;
-    ``pause`` is called between slices of long work (see :func:`b64d`)."""
+    ``pause`` is called between slices of long work (see :func:`b64d`), ``authentic``
+    once the signature verified, before the signed bytes are parsed (the gateway starts
+    its bulk-work mode there, which no forgery may switch on)."""
     try:
         outer = json.loads(message)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -193,6 +196,8 @@ def verify(  # noqa: PLR0911 - a list of early rejections, each with its reason
     except InvalidSignature:
         return Rejected("bad_signature", f"signature does not verify with key {kid!r}")
     # Authentic from here on: central wrote these bytes; still check their shape.
+    if authentic is not None:
+        authentic()
     try:
         inner = json.loads(signed)
     except (ValueError, UnicodeDecodeError, RecursionError):
