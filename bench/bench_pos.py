@@ -32,13 +32,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from storegate.adapters.outbox_sqlite import Outbox  # noqa: E402
 from storegate.adapters.serial_tap import SerialTap  # noqa: E402
-from storegate.app.pos import make_dialect  # noqa: E402
+from storegate.app.pos import make_dialect, read_template  # noqa: E402
 from storegate.config import StxEtxConfig, defaults_dir  # noqa: E402
 from storegate.core.backoff import Backoff  # noqa: E402
 from storegate.core.pos.escpos import EscPos  # noqa: E402
 from storegate.core.pos.lane import LaneAssembler, LaneSettings  # noqa: E402
 from storegate.core.pos.stx_etx import StxEtxSettings  # noqa: E402
-from storegate.core.pos.template import Template  # noqa: E402
 from storegate.core.retention import RetentionBudget  # noqa: E402
 from storegate.sim import fiscal  # noqa: E402
 from storegate.sim.lane import (  # noqa: E402
@@ -113,7 +112,7 @@ async def latency(samples: int, workdir: Path) -> dict[str, Any]:
     tty.setraw(slave)
     link = workdir / "printer"
     link.symlink_to(os.ttyname(slave))
-    template = Template.load(defaults_dir() / "pos" / "templates" / "ru-generic.toml")
+    template = read_template(defaults_dir() / "pos" / "templates" / "ru-generic.toml")
     lane = LaneAssembler(LaneSettings("lane-1", "RUB", "printer", template), os.urandom)
     printer = EscPos("cp437")
     committed: dict[int, float] = {}

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from storegate.app.pos import read_template
 from storegate.core.ble.capture import BadLine
 from storegate.core.pos.capture import (
     MAX_CHUNK_BYTES,
@@ -17,7 +18,7 @@ from storegate.core.pos.capture import (
     looks_like_capture,
     read_pos_capture,
 )
-from storegate.core.pos.template import Template, TemplateError
+from storegate.core.pos.template import TemplateError
 
 GOOD = {"ts": 1_795_000_000.5, "lane": "lane-1", "role": "printer", "dialect": "escpos",
         "data": "1b40"}
@@ -69,5 +70,5 @@ def test_a_broken_template_file_is_a_template_error(tmp_path: Path, content: byt
     f = tmp_path / "t.toml"
     f.write_bytes(content)
     with pytest.raises(TemplateError) as err:
-        Template.load(f)
+        read_template(f)
     assert problem in err.value.problem

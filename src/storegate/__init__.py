@@ -7,6 +7,9 @@ Layers, each a sub-package:
 * ``adapters``  thin I/O edges: SQLite outbox, paho-mqtt publisher, status file.
 * ``app``       the composition root (``gateway``), the CLI and logging.
 * ``contract``  generators for the published contract (JSON Schemas, AsyncAPI).
+* ``sim``       the simulated store, pure; its live halves for the demo are in ``app``.
+
+Imports go one way (core <- adapters <- app); ``tests/test_layers.py`` checks it.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -20,7 +20,8 @@ A template is data (a TOML file per POS vendor or store, in
     ignore = ['...']              # lines that are neither (headers, footers)
 
 Money is parsed exactly into integer minor units ("1 234,50" -> 123450); a line that
-looks like money but does not parse is counted, never guessed. Pure.
+looks like money but does not parse is counted, never guessed. Pure: the file itself is
+read by ``storegate.app.pos.read_template``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from storegate.core.pos.frames import TenderKind
@@ -121,15 +121,6 @@ class Template:
                 else str(exc).split(";")[0]
             raise TemplateError("(file)", f"not valid TOML: {problem}") from exc
         return cls.from_dict(data)
-
-    @classmethod
-    def load(cls, path: Path) -> Template:
-        """Raises OSError (missing, unreadable) or TemplateError (everything else)."""
-        try:
-            text = path.read_text("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TemplateError("(file)", f"not UTF-8 text: {exc}") from exc
-        return cls.from_toml(text)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Template:

@@ -2,18 +2,19 @@
 
 For the demo (a box without radios still shows visits) and for trying settings. The
 simulated app users are enrolled as consenting customers, as central would do. Each
-run lasts ``hour_s``; the next starts with a new seed.
+run lasts ``hour_s``; the next starts with a new seed. The wall clock and the loop's
+waits live here; the simulation itself (``sim/store.py``) stays pure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
+from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.eid import Identity
 from storegate.sim.store import Simulation, adverts, build
@@ -59,11 +60,8 @@ class SimulatedStore:
                         await asyncio.sleep(0)  # fast-forwarding: let the loop breathe
                     continue
                 lag = a.ts - self._wall()
-                if lag > 0.02:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), lag)
-                    if stop.is_set():
-                        return
+                if lag > 0.02 and await sleep_until_stopped(stop, lag):
+                    return
                 self.adverts_total += 1
                 self._on_advert(dataclasses.replace(a, ts=max(a.ts, self._wall() - 1)))
                 if self._beacons and a.ts >= self._next_beacon:  # zone beacons, 1 Hz

@@ -4,6 +4,7 @@ Each of the lane's devices (printer, display, scanner) gets a pty pair; the conf
 port path becomes a symlink to the pty's slave side, exactly where a real
 ``/dev/serial/by-id/...`` link would be, so the gateway's real serial taps read it.
 Every ``every_s`` a customer is rung up: scanner codes, display updates, the receipt.
+The bytes come from ``sim/lane.py`` (pure); the ptys and the waits live here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.sim.lane import display_updates, escpos_job, random_receipt, scanner_codes
 
 
@@ -63,9 +65,7 @@ class SimulatedLane:
         self._open()
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.every_s)
-                if stop.is_set():
+                if await sleep_until_stopped(stop, self.every_s):
                     return
                 await self._customer(stop)
         finally:
