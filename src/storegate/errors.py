@@ -79,19 +79,3 @@ class OutboxFullError(OutboxError):
 
 class OutboxClosedError(OutboxError):
     """The outbox is shutting down and accepts nothing more."""
-
-
-class MqttError(StoregateError):
-    """The MQTT broker could not be used."""
-
-    exit_code = 4
-
-
-class MqttConnectError(MqttError):
-    """The broker refused or failed the connection; ``reason`` is its reason string."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        self.reason = reason
-        self.code = code
-        suffix = f" (code {code})" if code is not None else ""
-        super().__init__(f"broker refused the connection: {reason}{suffix}")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages
+from storegate.adapters.mqtt_client import MqttSettings
+from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages
 from storegate.adapters.outbox_sqlite import Outbox
 from storegate.core.retention import RetentionBudget
 from tests.support.outbox import TOPICS

@@ -11,7 +11,6 @@ backoff, and reports it in status and logs: the process never exits over BlueZ.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
+from storegate.adapters.plumbing import describe_error, sleep_until_stopped
 from storegate.core.backoff import Backoff
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.watchdog import ScanWatchdog
@@ -100,8 +100,7 @@ class BleakSource:
             if stop.is_set():
                 break
             log.info("bluetooth %s: restarting the scan in %.1f s", self.adapter, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await sleep_until_stopped(stop, delay)
             wd.restarting()
         wd.state = "stopped"
 
@@ -114,14 +113,13 @@ class BleakSource:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # BlueZ, D-Bus and OS errors alike
-            return self._failed(f"cannot start scanning: {_describe(exc)}")
+            return self._failed(f"cannot start scanning: {describe_error(exc)}")
         wd.started(self._wall())
         log.info("bluetooth %s: %s scan started (scanner %s)", self.adapter, self.mode,
                  self.scanner)
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._poll_s)
+                await sleep_until_stopped(stop, self._poll_s)
                 if wd.stalled(self._wall()):
                     delay = wd.stall(self._wall(), self._rng.random())
                     log.warning("bluetooth %s: no adverts for %g s; restarting discovery "
@@ -132,7 +130,7 @@ class BleakSource:
             try:
                 await asyncio.wait_for(scanner.stop(), 5.0)
             except Exception as exc:
-                log.debug("bluetooth %s: stop failed: %s", self.adapter, _describe(exc))
+                log.debug("bluetooth %s: stop failed: %s", self.adapter, describe_error(exc))
 
     def _failed(self, error: str) -> float:
         delay = self.watchdog.failed(self._wall(), error, self._rng.random())
@@ -149,12 +147,3 @@ class BleakSource:
             "failures_total": wd.failures_total, "stalls_total": wd.stalls_total,
             "last_error": wd.last_error,
         }
-
-
-def _describe(exc: BaseException) -> str:
-    """``org.bluez.Error.InProgress: Operation already in progress`` and the like."""
-    name = getattr(exc, "dbus_error", None)
-    details = getattr(exc, "dbus_error_details", None)
-    if isinstance(name, str):
-        return f"{name}: {details}" if details else name
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -10,8 +10,6 @@ per node and logged once with its reason; it never stops the source.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import re
 import threading
@@ -22,10 +20,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from storegate.adapters.mqtt_paho import MqttSettings, base_client
-from storegate.app.logs import LogOnce
+from storegate.adapters.mqtt_client import MqttSettings, base_client
+from storegate.adapters.plumbing import LoopHandoff
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.nodes import NodeRejected, parse_espresense, parse_raw_adverts
+from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +64,17 @@ class ScannerNodesSource:
         self._wall = wall_clock
         self._warn = LogOnce(log)
         self._backlog_warn = LogOnce(log)  # its own budget: never crowded out
-        self._lock = threading.Lock()
-        self._pending: collections.deque[Advert] = collections.deque()
-        self._scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()  # guards nodes
+        self._handoff: LoopHandoff[Advert] = LoopHandoff(self._drain, max_size=MAX_BACKLOG)
         self.connected = False
         self.last_error: str | None = None
         self.adverts_total = 0
         self.rejected_total = 0
-        self.shed_total = 0
         self.nodes: dict[str, dict[str, Any]] = {}  # node -> {last_seen, adverts, rejected}
+
+    @property
+    def shed_total(self) -> int:
+        return self._handoff.shed_total
 
     # --- paho thread ---------------------------------------------------------------
 
@@ -135,37 +135,23 @@ class ScannerNodesSource:
             self._hand_over(adverts)
 
     def _hand_over(self, adverts: list[Advert]) -> None:
-        loop = self._loop
-        if loop is None:
+        if self._handoff.loop is None:
             return
-        with self._lock:
-            self._pending.extend(adverts)
-            over = len(self._pending) - MAX_BACKLOG
-            for _ in range(max(over, 0)):
-                self._pending.popleft()
-            if over > 0:
-                self.shed_total += over
-                self._backlog_warn("backlog", "scanner nodes: the pipeline is behind; %d "
-                                   "advert(s) shed", over)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(RuntimeError):  # loop closed: shutting down
-            loop.call_soon_threadsafe(self._drain)
+        over = self._handoff.put(adverts)
+        if over > 0:
+            self._backlog_warn("backlog", "scanner nodes: the pipeline is behind; %d "
+                               "advert(s) shed", over)
 
     # --- event loop ----------------------------------------------------------------
 
     def _drain(self) -> None:
-        with self._lock:
-            batch = list(self._pending)
-            self._pending.clear()
-            self._scheduled = False
+        batch, _ = self._handoff.take()
         self.adverts_total += len(batch)
         for a in batch:
             self._on_advert(a)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._handoff.loop = asyncio.get_running_loop()
         s = self._settings
         client = base_client(s, f"{s.client_id}-{self._client_suffix}",
                              reconnect_on_failure=True,
@@ -182,7 +168,7 @@ class ScannerNodesSource:
         finally:
             client.disconnect()
             await asyncio.to_thread(client.loop_stop)
-            self._loop = None
+            self._handoff.loop = None
 
     def snapshot(self) -> dict[str, Any]:
         now = self._wall()

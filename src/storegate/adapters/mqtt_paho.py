@@ -36,23 +36,23 @@ import os
 import queue
 import random
 import select
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from storegate.adapters.mqtt_client import MqttSettings, base_client
 from storegate.adapters.outbox_sqlite import OutboxReader, StoredEvent
-from storegate.core.backoff import Backoff
+from storegate.adapters.plumbing import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ STATUS_ACK_WAIT_S: Final = 2.0
 # stop() waits this long beyond the drain deadline, a connection attempt and the death
 # certificate before it reports the publisher thread as hung.
 STOP_GRACE_S: Final = 5.0
-DEFAULT_BACKOFF: Final = Backoff(0.5, 30.0)
-# A refusal is a broker's (or its ACL's) decision, not a network blip: retry it rarely
-# (first after 1 s, at most every 5 min per event), never in a loop.
-REFUSAL_BACKOFF: Final = Backoff(1.0, 300.0)
 # MQTT 3.1.1: how long after the SUBACK the retained birth may take to come back.
 ECHO_WAIT_S: Final = 5.0
 # A broker that accepts the connection and drops it before any event is acknowledged
@@ -78,35 +74,6 @@ PROTOCOL_311_WARNING: Final = (
     "ACL are lost (use mqtt.protocol = \"5\")"
 )
 CLOUDEVENTS_CONTENT_TYPE: Final = "application/cloudevents+json; charset=UTF-8"
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    host: str
-    port: int
-    client_id: str
-    protocol: Literal["5", "3.1.1"] = "5"
-    username: str | None = None
-    password: str | None = None
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 24 * 3600
-    window: int = 20
-    connect_timeout_s: float = 10.0
-    backoff: Backoff = DEFAULT_BACKOFF
-    tls: TlsSettings | None = None
-    refusal_backoff: Backoff = REFUSAL_BACKOFF
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,32 +111,6 @@ class _Refusal:
     attempts: int
     retry_at: float | None
     reason: str
-
-
-def base_client(s: MqttSettings, client_id: str, *, reconnect_on_failure: bool,
-                clean_session: bool | None) -> mqtt.Client:
-    """A paho client with the connection settings (protocol, credentials, TLS) applied."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311,
-        clean_session=clean_session,
-        reconnect_on_failure=reconnect_on_failure,
-    )
-    client.connect_timeout = s.connect_timeout_s
-    if s.username is not None:
-        client.username_pw_set(s.username, s.password)
-    if s.tls is not None:
-        t = s.tls
-        client.tls_set(
-            ca_certs=str(t.ca_file) if t.ca_file else None,
-            certfile=str(t.cert_file) if t.cert_file else None,
-            keyfile=str(t.key_file) if t.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        if t.insecure:
-            client.tls_insecure_set(True)
-    return client
 
 
 class _PackedOnce(Properties):
@@ -489,7 +430,7 @@ class MqttPublisher:
             else:  # 3.1.1: the persistent session is clean_session=False on the client
                 client.connect(s.host, s.port, keepalive=s.keepalive_s)
         except (OSError, ValueError) as exc:
-            self._error(f"cannot reach broker {s.url}: {_describe(exc)}")
+            self._error(f"cannot reach broker {s.url}: {describe_error(exc, terse=True)}")
             raise _Disconnected from exc
         deadline = time.monotonic() + s.connect_timeout_s
         while self._connack is None:
@@ -873,9 +814,3 @@ class MqttPublisher:
         self._flush_acks()
         self.connected = False
         self.since = self._wall()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -32,7 +32,6 @@ never raises over the device.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import logging
@@ -48,8 +47,9 @@ from typing import Any, Final, Literal
 
 import serial  # type: ignore[import-untyped, unused-ignore]
 
-from storegate.app.logs import LogOnce
+from storegate.adapters.plumbing import LoopHandoff, describe_error, sleep_until_stopped
 from storegate.core.backoff import Backoff
+from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +134,9 @@ class SerialTap:
         self._rng = random.Random()
         self._new_serial()  # validate the settings now, not at the first open
 
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()  # guards the hand-over fields below
-        self._pending: collections.deque[tuple[bytes, float]] = collections.deque()
-        self._pending_bytes = 0
-        self._scheduled = False
-        self._shed_unlogged = 0
+        # (bytes, arrival time) from the reader thread to the loop, bounded in bytes
+        self._handoff: LoopHandoff[tuple[bytes, float]] = LoopHandoff(
+            self._drain, max_size=MAX_BACKLOG_BYTES, size=lambda chunk: len(chunk[0]))
 
         self._warn = LogOnce(log)  # renewed at each successful open: once per outage
         self._missing_expected = False  # after an unplug the path going away is no news
@@ -153,9 +150,12 @@ class SerialTap:
         self.opens_total = 0
         self.open_failures_total = 0
         self.disconnects_total = 0
-        self.shed_bytes_total = 0
         self.empty_reads_total = 0
         self.callback_errors_total = 0
+
+    @property
+    def shed_bytes_total(self) -> int:
+        return self._handoff.shed_total
 
     # --- settings ------------------------------------------------------------------
 
@@ -179,14 +179,14 @@ class SerialTap:
         try:
             ser.open()
             s.opened_ok = True
-            self._post(_resolve, s.opened)
+            self._handoff.post(_resolve, s.opened)
             s.error = self._pump(ser.fileno(), s)
         except Exception as exc:  # pyserial, OS and driver errors alike: the loop decides
             s.error = exc
         finally:
             with contextlib.suppress(Exception):
                 ser.close()
-            self._post(_resolve, s.ended)
+            self._handoff.post(_resolve, s.ended)
 
     def _pump(self, fd: int, s: _Session) -> BaseException | str | None:
         """Read until the device hangs up (the reason) or the loop wakes us (``None``)."""
@@ -207,7 +207,7 @@ class SerialTap:
             now = self._wall()
             if data:
                 empty_in_a_row = 0
-                self._hand_over(data, now)
+                self._handoff.put(((data, now),))
                 continue
             # Readable but empty: a hung-up tty, or another (non-locking) process took the
             # bytes first. A hung-up tty fails every ioctl with EIO.
@@ -221,35 +221,10 @@ class SerialTap:
                 return (f"{MAX_EMPTY_READS} empty reads in a row on a live port "
                         "(another process reading it?)")
 
-    def _hand_over(self, data: bytes, ts: float) -> None:
-        with self._lock:
-            self._pending.append((data, ts))
-            self._pending_bytes += len(data)
-            while self._pending_bytes > MAX_BACKLOG_BYTES and len(self._pending) > 1:
-                old, _ = self._pending.popleft()
-                self._pending_bytes -= len(old)
-                self.shed_bytes_total += len(old)
-                self._shed_unlogged += len(old)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._post(self._drain)
-
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop closed: shutting down
-                loop.call_soon_threadsafe(callback, *args)
-
     # --- event loop ----------------------------------------------------------------
 
     def _drain(self) -> None:
-        with self._lock:
-            batch = list(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._scheduled = False
-            shed, self._shed_unlogged = self._shed_unlogged, 0
+        batch, shed = self._handoff.take()
         if shed:
             self._warn("backlog", "serial %s: the pipeline is behind; %d byte(s) shed",
                        self.name, shed, port=self.port)
@@ -272,13 +247,13 @@ class SerialTap:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tap the port until ``stop``; device problems are reported, never raised."""
-        self._loop = asyncio.get_running_loop()
+        self._handoff.loop = asyncio.get_running_loop()
         failures = 0
         try:
             while not stop.is_set():
                 if not os.path.exists(self.port):
                     self._missing()
-                    await _sleep(stop, self._poll_s)
+                    await sleep_until_stopped(stop, self._poll_s)
                     continue
                 outcome = await self._session(stop)
                 if stop.is_set():
@@ -288,10 +263,10 @@ class SerialTap:
                 self._set_state("reopening")
                 delay = self._backoff.delay(failures, self._rng.random())
                 failures += 1
-                await _sleep(stop, delay)
+                await sleep_until_stopped(stop, delay)
         finally:
             self._set_state("stopped")
-            self._loop = None
+            self._handoff.loop = None
 
     def _missing(self) -> None:
         self._set_state("waiting for device")
@@ -369,11 +344,11 @@ class SerialTap:
 
     def _disconnected(self, error: BaseException | str | None) -> None:
         self.disconnects_total += 1
-        self.last_error = f"disconnected: {_describe(error)}"
+        self.last_error = f"disconnected: {describe_error(error)}"
         self._missing_expected = True
         self._set_state("reopening")
         log.warning("serial %s: %s disconnected (%s); reopening when it is back",
-                    self.name, self.port, _describe(error), extra={"port": self.port})
+                    self.name, self.port, describe_error(error), extra={"port": self.port})
 
     def _open_failed(self, error: BaseException | str | None) -> None:
         self.open_failures_total += 1
@@ -409,22 +384,10 @@ def describe_open_error(port: str, error: BaseException | str | None) -> tuple[s
         return "denied", (f"permission denied opening {port}: add the gateway's user to "
                           "the group owning it (usually dialout)")
     if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-        return "missing", f"{port} went away while opening ({_describe(error)})"
-    return f"open:{code}", f"cannot open {port}: {_describe(error)}"
-
-
-def _describe(error: BaseException | str | None) -> str:
-    if error is None or isinstance(error, str):
-        return error or "no reason given"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+        return "missing", f"{port} went away while opening ({describe_error(error)})"
+    return f"open:{code}", f"cannot open {port}: {describe_error(error)}"
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
