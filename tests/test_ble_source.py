@@ -17,6 +17,8 @@ from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, decode_eddystone, decode_ibeacon
 from tests.support.bluez import IN_PROGRESS, BluezMock, eventually
 
+pytestmark = pytest.mark.e2e
+
 IBEACON = bytes.fromhex("0215e2c56db5dffb48d2b060d0f5a71096e000019c40c5")  # minor 40000
 EID = bytes.fromhex("30f4") + bytes(range(8))
 

@@ -32,6 +32,8 @@ from tests.support.bluez import (
     sync_bleak,
 )
 
+pytestmark = pytest.mark.e2e
+
 BEACON = "AC:23:3F:00:00:01"
 PHONE = "5A:11:22:33:44:55"
 APPLE = 0x004C

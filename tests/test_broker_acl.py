@@ -44,6 +44,8 @@ from tests.support.store_broker import (
 )
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.e2e
+
 S = f"storegate/v1/{STORE}"
 GATEWAYS = ("gw-1", "gw-2")
 NODES = ("sc-entrance", "sc-dairy")

@@ -6,11 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from storegate.core.ble.capture import Advert, read_capture
 from storegate.core.ble.decoders import EDDYSTONE_UUID
 from tests.support.bluez import BluezMock
 from tests.support.gateway_proc import REPO, env, storegate
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
 
 IBEACON = bytes.fromhex("0215e2c56db5dffb48d2b060d0f5a71096e000019c40c5")
 

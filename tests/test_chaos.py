@@ -27,6 +27,8 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.e2e
+
 TOTAL = 20_000
 BROKER_KILLS = 6
 GATEWAY_KILLS = 2

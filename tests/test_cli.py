@@ -15,6 +15,8 @@ from tests.support.outbox import make_outbox, purchase, telemetry
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.e2e
+
 
 def test_help_lists_every_command() -> None:
     r = storegate("--help")

@@ -35,6 +35,8 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.e2e
+
 BOB = Identity("cust-bob", bytes.fromhex("b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b1"), 8, 7000,
                1_790_000_000.0)
 CAROL = Identity("cust-carol", bytes.fromhex("ca201ca201ca201ca201ca201ca201c2"), 8, 9000,

@@ -125,6 +125,7 @@ def self_signed_pem(path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(GOOD)
@@ -163,6 +164,7 @@ def test_shipped_example_config_is_valid_and_complete() -> None:
 BASE = 'store_id = "s"\ngateway_id = "g"\n'
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("text", "needle"), [
     ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),  # once a RecursionError
     (BASE + "[mqtt]\nport = " + "9" * 5000 + "\n", "too long to read"),  # once a ValueError
@@ -179,6 +181,7 @@ def test_config_check_refuses_hostile_files_in_one_line(tmp_path: Path, text: st
     one_clear_line(storegate("config", "check", str(f)), f"config error in {f}", needle)
 
 
+@pytest.mark.e2e
 def test_config_check_on_empty_file_binary_garbage_and_a_folder(tmp_path: Path) -> None:
     empty = tmp_path / "empty.toml"
     empty.write_text("")
@@ -191,6 +194,7 @@ def test_config_check_on_empty_file_binary_garbage_and_a_folder(tmp_path: Path) 
     one_clear_line(storegate("config", "check", str(tmp_path)), str(tmp_path), "directory")
 
 
+@pytest.mark.e2e
 def test_config_check_on_an_unreadable_file(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text(BASE)
@@ -211,6 +215,7 @@ LANE = ('[privacy]\npseudonym_key = "' + "ab" * 32 + '"\n'
         'role = "printer"\ndialect = "escpos"\nport = "/dev/serial/by-id/x"\n')
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("files", "extra", "name", "needle"), [
     ({}, '[presence]\nbeacons_file = "b.toml"\n', "b.toml", "file not found"),
     ({"b.toml": b"[[beacon]\n"}, '[presence]\nbeacons_file = "b.toml"\n', "b.toml",
@@ -241,6 +246,7 @@ def test_config_check_checks_the_files_run_reads(
     assert "config error" not in r.stderr  # the config is right, the file is not
 
 
+@pytest.mark.e2e
 def test_config_check_passes_when_the_files_are_good_and_run_refuses_a_bad_one(
         tmp_path: Path) -> None:
     (tmp_path / "b.toml").write_text(BEACON)
@@ -261,6 +267,7 @@ def test_config_check_passes_when_the_files_are_good_and_run_refuses_a_bad_one(
     assert not (tmp_path / "outbox.db").exists()
 
 
+@pytest.mark.e2e
 def test_config_check_of_the_shipped_example_says_what_run_would() -> None:
     # The example names store-0042's beacons under /etc/storegate, which only exist on
     # a provisioned box (issue 15: ship or point at real firmware-configs). config check

@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.gateway_proc import REPO, env
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_store_publishes_visits_aggregates_and_purchases(

@@ -173,6 +173,7 @@ def test_unwritable_storage_path_parent_is_a_file(tmp_path: Path) -> None:
         make_outbox(tmp_path / "file" / "sub" / "o.db").open()
 
 
+@pytest.mark.e2e
 def test_unwritable_storage_path_read_only_filesystem(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "1m", readonly=True) as ro:
         with pytest.raises(OutboxUnavailableError, match="cannot write in storage directory"):
@@ -215,6 +216,7 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
         box.close()
 
 
+@pytest.mark.e2e
 def test_disk_full_fails_loudly_and_corrupts_nothing(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "2m") as disk:
         db = disk / "o.db"

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storegate.app.pos import read_template
 from storegate.config import defaults_dir
 from storegate.core import payloads as p
 from storegate.core.events import EventDraft, rfc3339
@@ -43,7 +44,7 @@ from storegate.sim.lane import (
 )
 
 TEMPLATES = defaults_dir() / "pos" / "templates"
-RU = Template.load(TEMPLATES / "ru-generic.toml")
+RU = read_template(TEMPLATES / "ru-generic.toml")
 T0 = 1_795_000_000.0
 KEY = bytes(range(32))
 KEYED = PersonalData(KEY)
@@ -167,7 +168,7 @@ def test_ru_template_reads_every_simulated_receipt_exactly() -> None:
 
 
 def test_en_template_one_line_items() -> None:
-    en = Template.load(TEMPLATES / "en-generic.toml")
+    en = read_template(TEMPLATES / "en-generic.toml")
     got = en.parse([
         "   ACME STORES", "RECEIPT NO: 88-1207", "CASHIER: Dana", "-" * 30,
         "MILK 1L           2 @ 1.15     2.30", "BREAD                  2.49",
@@ -352,7 +353,7 @@ def test_shipped_templates_are_linked_from_firmware_configs() -> None:
     repo = Path(__file__).resolve().parents[1]
     for name in ("ru-generic", "en-generic"):
         shipped = repo / "firmware-configs" / "pos" / "templates" / f"{name}.toml"
-        assert Template.load(shipped).name == name
+        assert read_template(shipped).name == name
 
 
 def test_lane_next_customer_scanned_while_the_receipt_prints() -> None:
@@ -465,7 +466,8 @@ def test_a_code_both_patterns_match_is_treated_as_personal_never_published_raw()
     import re
 
     la = lane()
-    la.s = dataclasses.replace(la.s, loyalty_pattern=re.compile(r"^\S+$"))  # too broad
+    la.settings = dataclasses.replace(
+        la.settings, loyalty_pattern=re.compile(r"^\S+$"))  # too broad
     drafts = []
     for f in BarcodeScanner().feed(b"SGO1.card-4242\r", T0):
         drafts += la.feed(f)

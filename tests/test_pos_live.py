@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from storegate.core.pseudonyms import pseudonym
 from storegate.sim.lane import (
     display_updates,
@@ -27,6 +29,8 @@ from tests.support.pty_lane import PtyDevice
 from tests.support.subscriber import Subscriber
 from tests.support.tmpfs import fill, tmpfs
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "firmware-configs" / "pos" / "templates" / "ru-generic.toml"

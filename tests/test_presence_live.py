@@ -26,6 +26,8 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.e2e
+
 IK = bytes.fromhex("00112233445566778899aabbccddeeff")
 IK2 = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 ZONE_BEACON = "f7826da6-4fa2-4e98-8024-bc5b71e0893e"

@@ -41,6 +41,7 @@ def test_a_bad_key_is_one_clear_error_that_never_repeats_it(value: str, problem:
     assert value not in msg
 
 
+@pytest.mark.e2e
 def test_config_show_masks_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
     cfg.write_text(BASE + f'[privacy]\npseudonym_key = "{KEY}"\n')

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from storegate.adapters.outbox_sqlite import OutboxReader
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
@@ -21,6 +23,8 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.outbox import purchase, telemetry, visit
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def config(tmp_path: Path, port: int, extra: str = "", env: dict[str, str] | None = None,

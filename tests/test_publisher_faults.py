@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from storegate.adapters import mqtt_paho
-from storegate.adapters.mqtt_paho import PROTOCOL_311_WARNING, MqttPublisher, MqttSettings
+from storegate.adapters.mqtt_client import MqttSettings
+from storegate.adapters.mqtt_paho import PROTOCOL_311_WARNING, MqttPublisher
 from storegate.adapters.outbox_sqlite import OutboxReader
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
@@ -25,6 +26,8 @@ from tests.support.outbox import purchase, visit
 from tests.support.publisher import Pass, PublisherRig
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def config(tmp_path: Path, port: int, env: dict[str, str] | None = None) -> Config:

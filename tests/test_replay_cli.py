@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support.gateway_proc import storegate
+
+pytestmark = pytest.mark.e2e
 
 
 def test_simulate_then_replay_writes_cloudevents(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def device(tmp_path: Path) -> Iterator[PtyDevice]:
         yield dev
 
 
+@pytest.mark.e2e
 def test_bytes_arrive_complete_in_order_on_the_loop_and_nothing_is_sent(
     device: PtyDevice,
 ) -> None:
@@ -122,6 +123,7 @@ def test_bytes_arrive_complete_in_order_on_the_loop_and_nothing_is_sent(
     assert snap["line"] == "9600 8N1"
 
 
+@pytest.mark.e2e
 def test_flow_control_bytes_pass_through_even_on_an_xonxoff_line(device: PtyDevice) -> None:
     # With IXON on, the tty layer would eat 0x11/0x13; a tap must see every byte.
     got = Received()
@@ -139,6 +141,7 @@ def test_flow_control_bytes_pass_through_even_on_an_xonxoff_line(device: PtyDevi
     assert tap.snapshot()["flow"] == "rtscts"
 
 
+@pytest.mark.e2e
 def test_unplug_is_detected_and_bytes_after_replug_arrive(
     device: PtyDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -182,6 +185,7 @@ def test_unplug_is_detected_and_bytes_after_replug_arrive(
     assert device.written == b""
 
 
+@pytest.mark.e2e
 def test_a_missing_port_is_waited_for_with_one_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +228,7 @@ def test_a_missing_port_is_waited_for_with_one_warning(
     assert tap.last_error is None
 
 
+@pytest.mark.e2e
 def test_a_second_tap_on_a_held_port_is_refused_clearly_and_steals_nothing(
     device: PtyDevice, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -256,6 +261,7 @@ def test_a_second_tap_on_a_held_port_is_refused_clearly_and_steals_nothing(
     assert len(busy) == 1
 
 
+@pytest.mark.e2e
 def test_the_second_tap_opens_once_the_first_lets_go(device: PtyDevice) -> None:
     got = Received()
     a = make_tap(device.path, Received(), name="lane-1/a")
@@ -295,6 +301,7 @@ def test_stop_while_waiting_for_a_device_is_prompt_and_leaves_no_thread(
     assert set(threading.enumerate()) == before
 
 
+@pytest.mark.e2e
 def test_stop_while_reading_is_prompt_closes_the_port_and_joins_the_reader(
     device: PtyDevice,
 ) -> None:
@@ -319,6 +326,7 @@ def test_stop_while_reading_is_prompt_closes_the_port_and_joins_the_reader(
     assert device.written == b""
 
 
+@pytest.mark.e2e
 def test_stop_during_a_backoff_after_unplug_is_prompt(device: PtyDevice) -> None:
     before = set(threading.enumerate())
     tap = make_tap(device.path, Received(), backoff=Backoff(min_s=30, max_s=60))
@@ -333,6 +341,7 @@ def test_stop_during_a_backoff_after_unplug_is_prompt(device: PtyDevice) -> None
     assert set(threading.enumerate()) == before
 
 
+@pytest.mark.e2e
 def test_a_failing_consumer_costs_no_later_bytes(device: PtyDevice) -> None:
     got = Received()
 

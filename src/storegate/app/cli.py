@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import codecs
-import contextlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any, TextIO, get_args
 from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.outbox_sqlite import OutboxReader, purge
+from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app import keys, logs
 from storegate.config import ENV_CONFIG, Config, PosDialect, load, load_default, redacted
 from storegate.core.topics import ID_RULE, is_valid_id
@@ -452,8 +452,7 @@ async def _run_until_stopped(runs: Sequence[Callable[[asyncio.Event], Coroutine[
         for run in runs:
             tg.create_task(run(stop))
         if duration:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
+            await sleep_until_stopped(stop, duration)
             stop.set()
 
 

@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from storegate.adapters.command_ledger import CommandLedger
 from storegate.adapters.outbox_sqlite import Outbox
 from storegate.app import collector
-from storegate.app.logs import LogOnce
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.commands import (
@@ -43,6 +42,7 @@ from storegate.core.commands import (
 )
 from storegate.core.topics import parse_command_topic
 from storegate.core.trust import Rejected, TrustPolicy, Verified, verify
+from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 

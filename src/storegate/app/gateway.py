@@ -1,6 +1,12 @@
 """The composition root: builds the gateway's parts from one Config and runs them.
 
-Nothing else in storegate constructs adapters. The lifecycle:
+Not every adapter is constructed here. This module builds the outbox, identity store,
+command ledger, seal key and publisher; ``app/presence.py`` (``build_sources``: bleak,
+scanner nodes, the simulated store) and ``app/pos.py`` (``PosService``, built by
+``preflight``: serial taps, the simulated lane) build the sources it starts and stops.
+The CLI builds the same sources for ``capture``/``pos capture`` and opens read-only
+``OutboxReader``s; the publisher opens its own reader and paho client on its thread.
+Adapters never import app/ (``tests/test_layers.py``). The lifecycle:
 
     start     open the outbox (validate, lock, recover), start the MQTT publisher
     run       sources hand events to the intake, which commits them to the outbox (or
@@ -26,8 +32,10 @@ from storegate import __version__
 from storegate.adapters import gateway_key, status_file
 from storegate.adapters.command_ledger import CommandLedger
 from storegate.adapters.identities_sqlite import IdentityStore
-from storegate.adapters.mqtt_paho import MqttPublisher, MqttSettings, StatusMessages, TlsSettings
+from storegate.adapters.mqtt_client import MqttSettings, TlsSettings
+from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages
 from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
+from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app import collector
 from storegate.app.commands import CommandHandler, Done
 from storegate.app.intake import Intake
@@ -413,15 +421,12 @@ class Gateway:
     async def _status_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.write_status()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), STATUS_FILE_INTERVAL_S)
+            await sleep_until_stopped(stop, STATUS_FILE_INTERVAL_S)
 
     async def _telemetry_loop(self, stop: asyncio.Event) -> None:
         interval = self.config.sources.telemetry.interval_s
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-            if stop.is_set():
+            if await sleep_until_stopped(stop, interval):
                 return
             try:
                 draft = ev.EventDraft(

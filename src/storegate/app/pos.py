@@ -9,7 +9,6 @@ past their per-byte timeout. Rejections are counted per lane, device and reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -20,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.adapters.serial_tap import SerialTap
-from storegate.app.logs import LogOnce
+from storegate.app.sim_lane import SimulatedLane
 from storegate.config import Config, PosDeviceConfig, PosLaneConfig, StxEtxConfig
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -37,7 +37,7 @@ from storegate.core.pos.stx_etx import StxEtx, StxEtxSettings
 from storegate.core.pos.template import Template, TemplateError
 from storegate.core.pseudonyms import Kind, PersonalData
 from storegate.errors import ConfigError, DataFileError
-from storegate.sim.lane_live import SimulatedLane
+from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,19 @@ def device_tap(lane: str, d: PosDeviceConfig, on_bytes: Callable[[bytes, float],
     )
 
 
+def read_template(path: Path) -> Template:
+    """Raises OSError (missing, unreadable) or TemplateError (everything else)."""
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TemplateError("(file)", f"not UTF-8 text: {exc}") from exc
+    return Template.from_toml(text)
+
+
 def load_template(path: Path) -> Template:
     """A receipt template; a bad one is a data file error naming the file and key."""
     try:
-        return Template.load(path)
+        return read_template(path)
     except FileNotFoundError as exc:
         raise DataFileError(str(path), "template file not found") from exc
     except OSError as exc:
@@ -222,8 +231,7 @@ class PosService:
 
     async def _flush(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), FLUSH_S)
+            await sleep_until_stopped(stop, FLUSH_S)
             self._tick(self._wall())
 
     async def _quiet(self, deadline: float) -> None:

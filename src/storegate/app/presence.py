@@ -8,7 +8,6 @@ the aggregates, and consent changes from central are applied between two adverts
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,10 +15,11 @@ from typing import Any, Protocol
 
 from storegate.adapters.ble_bleak import BleakSource
 from storegate.adapters.identities_sqlite import IdentityStore
+from storegate.adapters.mqtt_client import MqttSettings
 from storegate.adapters.mqtt_nodes import ScannerNodesSource
-from storegate.adapters.mqtt_paho import MqttSettings
-from storegate.app.logs import LogOnce
+from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app.presence_files import presence_pipeline
+from storegate.app.sim_store import SimulatedStore
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -31,7 +31,7 @@ from storegate.core.commands import IdentityChange
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.topics import Topics
-from storegate.sim.live import SimulatedStore
+from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,11 @@ class PresenceService:
                 raise
             except Exception:
                 log.exception("presence source %s failed; restarting it in 5 s", src.name)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5.0)
+                await sleep_until_stopped(stop, 5.0)
 
     async def _tick(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+            await sleep_until_stopped(stop, TICK_S)
             try:
                 drafts = self.pipeline.tick(self._wall())
                 if stop.is_set():  # shutting down: end open visits, flush what is counted

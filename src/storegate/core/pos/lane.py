@@ -81,7 +81,7 @@ class _Txn:
 
 class LaneAssembler:
     def __init__(self, settings: LaneSettings, rand: Callable[[int], bytes]) -> None:
-        self.s = settings
+        self.settings = settings
         self._rand = rand
         self._ids = Uuid7Generator()
         self._txn: _Txn | None = None
@@ -112,7 +112,7 @@ class LaneAssembler:
                     t.first_item_at = frame.at
             return []
         if isinstance(frame, JobStarted):
-            if self.s.purchases_from == "printer" and self._txn is not None:
+            if self.settings.purchases_from == "printer" and self._txn is not None:
                 # the till closed this sale; scans from now on are the next customer's
                 self._printing, self._txn = self._txn, None
             return []
@@ -123,7 +123,7 @@ class LaneAssembler:
                     self._txn = self._printing
                 self._printing = None
             return drafts
-        if self.s.purchases_from != "fiscal":
+        if self.settings.purchases_from != "fiscal":
             self._count("fiscal-ignored")
             return []
         return self._fiscal(frame)
@@ -133,10 +133,11 @@ class LaneAssembler:
         kind: Literal["loyalty", "offer"]
         # Loyalty first: a code both patterns match is treated as personal (pseudonymised),
         # never published raw as an offer token.
-        if self.s.loyalty_pattern is not None and self.s.loyalty_pattern.search(f.code):
+        if (self.settings.loyalty_pattern is not None
+                and self.settings.loyalty_pattern.search(f.code)):
             kind = "loyalty"
             t.loyalty = f.code
-        elif self.s.offer_pattern is not None and self.s.offer_pattern.search(f.code):
+        elif self.settings.offer_pattern is not None and self.settings.offer_pattern.search(f.code):
             kind = "offer"
             t.offers.append(f.code)
         else:  # a product
@@ -145,20 +146,20 @@ class LaneAssembler:
             return []
         # an offer token is the campaign's, not a person's: published as scanned
         value = f.code if kind == "offer" else self._personal("loyalty", f.code)
-        data = p.PosScanned(lane=self.s.lane, kind=kind, value=value,
+        data = p.PosScanned(lane=self.settings.lane, kind=kind, value=value,
                             scanned_at=ev.rfc3339(f.at), transaction_id=t.id)
-        return [ev.EventDraft(ev.POS_SCANNED, f"lane/{self.s.lane}", f.at, data)]
+        return [ev.EventDraft(ev.POS_SCANNED, f"lane/{self.settings.lane}", f.at, data)]
 
     # --- printer -------------------------------------------------------------------
 
     def _printed(self, job: ReceiptText) -> list[ev.EventDraft]:
-        if self.s.purchases_from != "printer":
+        if self.settings.purchases_from != "printer":
             self._count("printed")  # the register is the source; its printout is not
             return []
-        if self.s.template is None:
+        if self.settings.template is None:
             self._count("no-template")
             return []
-        r = self.s.template.parse(job.lines)
+        r = self.settings.template.parse(job.lines)
         fiscal = next((s for s in map(parse_fiscal_qr, job.qr) if s is not None), None)
         if r.copy:
             self._count("reprint")
@@ -186,7 +187,7 @@ class LaneAssembler:
             fiscal.total_minor if fiscal is not None else computed)
         mismatch = computed != total or (fiscal is not None and fiscal.total_minor != total)
         receipt = r.receipt or (fiscal.fd if fiscal is not None else None) \
-            or f"{self.s.lane}-{int(job.at * 1000)}"
+            or f"{self.settings.lane}-{int(job.at * 1000)}"
         kind: Literal["sale", "return"] = "return" if fiscal is not None \
             and fiscal.operation in (2, 4) else "sale"
         return self._completed(t, receipt, job.at, items=items, tenders=r.tenders,
@@ -246,7 +247,7 @@ class LaneAssembler:
         kind: Literal["sale", "return"] = "return" if all(i.is_return for i in t.items) \
             else "sale"
         return self._completed(
-            t, f"{self.s.lane}-{int(f.at * 1000)}", f.at, items=items,
+            t, f"{self.settings.lane}-{int(f.at * 1000)}", f.at, items=items,
             tenders=list(f.tenders), discount=max(discount, 0), total=total,
             mismatch=tendered < total or discount < 0, operator=None, loyalty=None,
             fiscal=None, kind=kind, source="fiscal")
@@ -271,23 +272,23 @@ class LaneAssembler:
             self._count("totals-mismatch")
         self._count("purchases")
         data = p.PurchaseCompleted(
-            receipt=receipt, lane=self.s.lane, kind=kind, source=source,
+            receipt=receipt, lane=self.settings.lane, kind=kind, source=source,
             transaction_id=t.id, operator=self._personal("operator", operator), items=items,
             tenders=[p.Tender(kind=k, amount_minor=a) for k, a in tenders],
-            discount_minor=discount, total_minor=total, currency=self.s.currency,
+            discount_minor=discount, total_minor=total, currency=self.settings.currency,
             loyalty_id=self._personal("loyalty", loyalty or t.loyalty),
             offer_tokens=list(t.offers), fiscal=fiscal,
             first_item_at=ev.rfc3339(t.first_item_at) if t.first_item_at is not None
             else None,
             completed_at=ev.rfc3339(at), totals_mismatch=mismatch,
         )
-        return [ev.EventDraft(ev.PURCHASE_COMPLETED, f"receipt/{self.s.lane}/{receipt}", at,
+        return [ev.EventDraft(ev.PURCHASE_COMPLETED, f"receipt/{self.settings.lane}/{receipt}", at,
                               data)]
 
     def _personal(self, kind: Kind, value: str | None) -> str | None:
         """The pseudonym to publish for a personal value; a withheld one is counted."""
-        out = self.s.personal.loyalty(value) if kind == "loyalty" \
-            else self.s.personal.operator(value)
+        out = self.settings.personal.loyalty(value) if kind == "loyalty" \
+            else self.settings.personal.operator(value)
         if value is not None and out is None:
             self._count(f"{kind}-withheld")
         return out
@@ -299,10 +300,10 @@ class LaneAssembler:
         else:
             self._txn = None
         self._count("voided")
-        data = p.PurchaseVoided(receipt=receipt, lane=self.s.lane, voided_at=ev.rfc3339(at),
+        data = p.PurchaseVoided(receipt=receipt, lane=self.settings.lane, voided_at=ev.rfc3339(at),
                                 reason=reason, transaction_id=t.id if t else None)
         return [ev.EventDraft(ev.PURCHASE_VOIDED,
-                              f"receipt/{self.s.lane}/{receipt or 'open'}", at, data)]
+                              f"receipt/{self.settings.lane}/{receipt or 'open'}", at, data)]
 
 
 def _extend(price_minor: int, quantity_milli: int) -> int:

@@ -80,7 +80,7 @@ class _Track:
 
 class PresenceEngine:
     def __init__(self, settings: PresenceSettings, rand: Callable[[int], bytes]) -> None:
-        self.s = settings
+        self.settings = settings
         self._rand = rand
         self._ids = Uuid7Generator()
         self._tracks: dict[str, _Track] = {}
@@ -97,7 +97,7 @@ class PresenceEngine:
 
     def observe(self, customer: str, scanner: str, rssi: int, ts: float) -> list[ev.EventDraft]:
         """One sighting of a consenting customer by one scanner."""
-        if rssi < self.s.store_min_rssi_dbm:
+        if rssi < self.settings.store_min_rssi_dbm:
             return []
         out: list[ev.EventDraft] = []
         track = self._tracks.get(customer)
@@ -106,8 +106,8 @@ class PresenceEngine:
         q = track.samples.get(scanner)
         if q is None:
             q = track.samples[scanner] = _Samples()
-        q.add(ts, rssi, self.s.max_samples)
-        if ts - track.evaluated < self.s.evaluate_every_s:
+        q.add(ts, rssi, self.settings.max_samples)
+        if ts - track.evaluated < self.settings.evaluate_every_s:
             # Within one evaluation step: the sample is kept, the decision waits. A
             # phone heard by many scanners would otherwise cost a full re-evaluation
             # per advert for no change in outcome.
@@ -116,7 +116,7 @@ class PresenceEngine:
             return out
         track.evaluated = ts
         medians = self._strength(track, ts)
-        if not medians or max(medians.values()) < self.s.inside_min_rssi_dbm:
+        if not medians or max(medians.values()) < self.settings.inside_min_rssi_dbm:
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
             # being inside; an idle track is dropped by tick().
             return out
@@ -124,7 +124,7 @@ class PresenceEngine:
             first = min(q.ts[0] for q in track.samples.values() if q.ts)
             track.store = self._new_visit(None, first)
         track.store.last = max(track.store.last, ts)
-        self._progress(customer, track.store, self.s.min_presence_s, out)
+        self._progress(customer, track.store, self.settings.min_presence_s, out)
         levels = {z: v for z, v in medians.items() if v >= self._floors[z]}
         if levels:  # no zone close enough: the current zone visit may time out
             self._assign_zone(customer, track, levels, ts, out)
@@ -132,12 +132,12 @@ class PresenceEngine:
 
     def _strength(self, track: _Track, now: float) -> dict[str, float]:
         """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
-        horizon = now - self.s.window_s
+        horizon = now - self.settings.window_s
         best: dict[str, float] = {}
         for scanner, q in track.samples.items():
             q.expire(horizon)
-            zone = self.s.scanner_zone.get(scanner)
-            if len(q.ts) < self.s.min_samples or zone is None:
+            zone = self.settings.scanner_zone.get(scanner)
+            if len(q.ts) < self.settings.min_samples or zone is None:
                 continue  # a lone reflection is not a position
             level = q.median()
             if level > best.get(zone, -999.0):
@@ -151,14 +151,14 @@ class PresenceEngine:
         if zv is not None and zv.zone in levels:
             zv.last = ts
             current_level = levels[zv.zone]
-            if leader == zv.zone or levels[leader] < current_level + self.s.switch_margin_db:
+            if leader == zv.zone or levels[leader] < current_level + self.settings.switch_margin_db:
                 track.challenger = None
-                self._progress(customer, zv, self.s.zone_min_presence_s, out)
+                self._progress(customer, zv, self.settings.zone_min_presence_s, out)
                 return
             if track.challenger != leader:
                 track.challenger, track.challenger_since = leader, ts
                 return
-            if ts - track.challenger_since < self.s.switch_hold_s:
+            if ts - track.challenger_since < self.settings.switch_hold_s:
                 return
         # Switch (or first zone). The new zone's visit starts when it began to lead;
         # the old one ends there too (or at its last evidence, if earlier): no overlap.
@@ -168,7 +168,7 @@ class PresenceEngine:
             self._close(customer, track.zone, out)
         track.zone = self._new_visit(leader, start)
         track.challenger = None
-        self._progress(customer, track.zone, self.s.zone_min_presence_s, out)
+        self._progress(customer, track.zone, self.settings.zone_min_presence_s, out)
 
     def _progress(self, customer: str, v: _Visit, min_presence: float,
                   out: list[ev.EventDraft]) -> None:
@@ -179,10 +179,10 @@ class PresenceEngine:
         if not v.entered and v.last - v.first >= min_presence:
             v.entered = True
             out.append(self._draft(ev.VISIT_ENTERED, customer, v, v.last))
-        while (v.entered and v.dwell_index < len(self.s.dwell_thresholds_s)
-               and v.last - v.first >= self.s.dwell_thresholds_s[v.dwell_index]):
+        while (v.entered and v.dwell_index < len(self.settings.dwell_thresholds_s)
+               and v.last - v.first >= self.settings.dwell_thresholds_s[v.dwell_index]):
             out.append(self._draft(ev.VISIT_DWELLED, customer, v, v.last,
-                                   dwell=self.s.dwell_thresholds_s[v.dwell_index]))
+                                   dwell=self.settings.dwell_thresholds_s[v.dwell_index]))
             v.dwell_index += 1
 
     def _close(self, customer: str, v: _Visit, out: list[ev.EventDraft]) -> None:
@@ -196,14 +196,14 @@ class PresenceEngine:
         out: list[ev.EventDraft] = []
         gone: list[str] = []
         for customer, track in self._tracks.items():
-            if track.zone is not None and now - track.zone.last >= self.s.exit_after_s:
+            if track.zone is not None and now - track.zone.last >= self.settings.exit_after_s:
                 self._close(customer, track.zone, out)
                 track.zone = None
-            if track.store is not None and now - track.store.last >= self.s.exit_after_s:
+            if track.store is not None and now - track.store.last >= self.settings.exit_after_s:
                 self._close(customer, track.store, out)
                 gone.append(customer)
             elif track.store is None and all(
-                not q.ts or now - q.ts[-1] >= self.s.exit_after_s
+                not q.ts or now - q.ts[-1] >= self.settings.exit_after_s
                 for q in track.samples.values()
             ):
                 gone.append(customer)  # only ever heard from outside

@@ -27,7 +27,7 @@ class Footfall:
                  subject: str = "footfall", occupancy_s: float = OCCUPANCY_S) -> None:
         if len(secret) < 16:
             raise ValueError("the footfall secret needs at least 16 bytes")
-        self.s = settings
+        self.settings = settings
         self._secret = secret
         self._period_s = period_s
         self._subject = subject
@@ -55,9 +55,9 @@ class Footfall:
         if self._period is None:
             self._period = math.floor(ts / self._period_s)
             self._period_end = (self._period + 1) * self._period_s
-        if rssi < self.s.inside_min_rssi_dbm:
+        if rssi < self.settings.inside_min_rssi_dbm:
             return out
-        zone = self.s.scanner_zone.get(scanner)
+        zone = self.settings.scanner_zone.get(scanner)
         if zone is None:
             return out
         key = (zone, blake2b(address.encode(), key=self.day_key(ts), digest_size=8).digest())
@@ -90,8 +90,8 @@ class Footfall:
 
     def _count(self, hits_by_key: dict[tuple[str, bytes], int]) -> list[tuple[str | None, int]]:
         """(None, store devices), then (zone, devices) for every zone, in config order."""
-        k = self.s.min_samples
-        per_zone = {z.id: 0 for z in self.s.zones}
+        k = self.settings.min_samples
+        per_zone = {z.id: 0 for z in self.settings.zones}
         store_hits: dict[bytes, int] = {}
         for (zone, h), hits in hits_by_key.items():
             store_hits[h] = store_hits.get(h, 0) + hits
