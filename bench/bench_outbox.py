@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from storegate.adapters.mqtt_client import MqttSettings  # noqa: E402
 from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages  # noqa: E402
-from storegate.adapters.outbox_sqlite import Outbox  # noqa: E402
+from storegate.adapters.outbox import Outbox  # noqa: E402
 from storegate.core import events as ev  # noqa: E402
 from storegate.core import payloads as p  # noqa: E402
 from storegate.core.retention import RetentionBudget  # noqa: E402

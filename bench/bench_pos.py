@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from storegate.adapters.outbox_sqlite import Outbox  # noqa: E402
+from storegate.adapters.outbox import Outbox  # noqa: E402
 from storegate.adapters.serial_tap import SerialTap  # noqa: E402
 from storegate.app.pos import make_dialect, read_template  # noqa: E402
 from storegate.config import StxEtxConfig, defaults_dir  # noqa: E402

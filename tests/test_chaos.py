@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from storegate.adapters.outbox_sqlite import OutboxReader
+from storegate.adapters.outbox import OutboxReader
 from tests.support.driver import expected_data
 from tests.support.gateway_proc import read_log, start_driver, start_run, write_config
 from tests.support.link import Link

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storegate.adapters.outbox_sqlite import OutboxReader
+from storegate.adapters.outbox import OutboxReader
 from storegate.app.intake import Intake
 from storegate.core.backoff import Backoff
 from storegate.core.holding import HeldEvents

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storegate.adapters.outbox_sqlite import OutboxReader, purge
+from storegate.adapters.outbox import OutboxReader, purge
 from storegate.core.retention import RetentionBudget
 from storegate.errors import (
     OutboxClosedError,

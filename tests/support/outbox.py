@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storegate.adapters.outbox_sqlite import Outbox
+from storegate.adapters.outbox import Outbox
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.retention import RetentionBudget

@@ -51,7 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from storegate.adapters.mqtt_client import MqttSettings, base_client
-from storegate.adapters.outbox_sqlite import OutboxReader, StoredEvent
+from storegate.adapters.outbox import OutboxReader, StoredEvent
 from storegate.adapters.plumbing import describe_error
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from storegate.adapters.outbox_sqlite import Accepted, Outbox
+from storegate.adapters.outbox import Accepted, Outbox
 from storegate.core import events as ev
 from storegate.core.backoff import Backoff
 from storegate.core.holding import MAX_DROPPABLE, HeldEvents

@@ -1,4 +1,4 @@
-"""The durable outbox: an event is *accepted* once it is committed to SQLite on disk.
+"""The outbox writer: an event is *accepted* once it is committed to SQLite on disk.
 
 One writer thread owns the write connection and does **group commit**: whatever
 producers submitted while the previous commit was running goes into the next
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -28,8 +27,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal
 
+from storegate.adapters.outbox.file import (
+    _SCHEMA,
+    APPLICATION_ID,
+    DIR_MODE,
+    SCHEMA_VERSION,
+    _connect,
+    _validate,
+    check_file,
+    make_private,
+    take_writer_lock,
+)
 from storegate.core import events as ev
 from storegate.core.ids import Uuid7Generator
 from storegate.core.retention import DROP_ORDER, RetentionBudget, age_cutoff, excess
@@ -37,48 +47,17 @@ from storegate.errors import (
     OutboxClosedError,
     OutboxError,
     OutboxFullError,
-    OutboxNotOursError,
     OutboxUnavailableError,
 )
 
 log = logging.getLogger(__name__)
 
-APPLICATION_ID: Final = 0x53475442  # "SGTB": marks a file as a storegate outbox
-SCHEMA_VERSION: Final = 1
-SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 MAX_BATCH_EVENTS: Final = 5000
 AGE_CHECK_INTERVAL_S: Final = 1.0
 ACK_COALESCE_S: Final = 0.05
 ACK_BATCH: Final = 2000
-FILE_MODE: Final = 0o600  # the outbox, its WAL, SHM and lock file: owner only
-DIR_MODE: Final = 0o700  # a storage directory storegate creates
 
 Synchronous = Literal["full", "normal"]
-
-_SCHEMA: Final = """
-CREATE TABLE events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT    NOT NULL,
-    type        TEXT    NOT NULL,
-    priority    INTEGER NOT NULL,
-    topic       TEXT    NOT NULL,
-    payload     BLOB    NOT NULL,
-    size        INTEGER NOT NULL,
-    accepted_at REAL    NOT NULL,
-    acked_at    REAL                -- NULL: pending; else kept for replay until trimmed
-);
-CREATE INDEX events_droppable ON events (priority, seq) WHERE priority > 0 AND acked_at IS NULL;
-CREATE TABLE drops (
-    type   TEXT    NOT NULL,
-    reason TEXT    NOT NULL,
-    count  INTEGER NOT NULL,
-    PRIMARY KEY (type, reason)
-);
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,39 +66,6 @@ class Accepted:
 
     sequence: int
     id: str
-
-
-class StoredEvent(NamedTuple):
-    """An event as the publisher reads it (a tuple: cheap on the per-event path)."""
-
-    sequence: int
-    topic: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PendingEvent:
-    sequence: int
-    id: str
-    type: str
-    priority: int
-    topic: str
-    size: int
-    accepted_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    depth: int  # pending: accepted, not yet acknowledged by the broker
-    bytes: int  # of the pending events
-    retained: int  # acknowledged, kept for replay requests
-    oldest_accepted_at: float | None
-    last_sequence: int
-    dropped: dict[str, int]  # "type/reason" -> count
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
 
 
 @dataclass(slots=True)
@@ -162,24 +108,6 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
 
 
-def check_file(path: Path) -> None:
-    """Refuse a file at ``path`` that is not a SQLite database, without touching it."""
-    if not path.exists():
-        return
-    if not path.is_file():
-        raise OutboxNotOursError(f"outbox path {path} exists and is not a regular file")
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as exc:
-        raise OutboxUnavailableError(f"cannot read outbox {path}: {exc.strerror}") from exc
-    if head and head != SQLITE_MAGIC:
-        raise OutboxNotOursError(
-            f"{path} is not a storegate outbox (not a SQLite database); refusing to "
-            "overwrite it. Move it away or set storage.path to another file."
-        )
-
-
 _INSERT_CHUNKS: Final = (256, 32, 4, 1)
 
 
@@ -201,110 +129,6 @@ def _insert(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> Non
         while len(rows) - i >= size:
             conn.execute(_INSERT_SQL[size], [v for row in rows[i : i + size] for v in row])
             i += size
-
-
-def make_private(path: Path) -> None:
-    """Create the outbox file owner-only, or close up one made by an older storegate.
-
-    The outbox holds purchases (and, by opt-in, loyalty ids): no other local user may
-    read it. SQLite creates the ``-wal`` and ``-shm`` files with the database file's
-    mode, so setting it on the database (before SQLite creates it) covers them; the
-    ones an older version left open are closed up too.
-    """
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
-        for p in (path, _wal(path), _shm(path)):
-            with contextlib.suppress(FileNotFoundError):
-                if p.stat().st_mode & 0o077:
-                    os.chmod(p, FILE_MODE)
-    except OSError as exc:
-        raise OutboxUnavailableError(
-            f"cannot make outbox {path} private ({exc.strerror}); check the owner and "
-            "permissions of the file and its directory"
-        ) from exc
-
-
-def _wal(path: Path) -> Path:
-    return path.with_name(path.name + "-wal")
-
-
-def _shm(path: Path) -> Path:
-    return path.with_name(path.name + "-shm")
-
-
-def take_writer_lock(path: Path) -> int:
-    """Take the single-writer lock beside ``path``; the fd holds it until closed."""
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        with contextlib.suppress(OSError):  # left open by an older storegate (empty)
-            os.fchmod(fd, FILE_MODE)
-    except OSError as exc:
-        raise OutboxUnavailableError(
-            f"cannot write in storage directory {path.parent}: {exc.strerror}"
-        ) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise OutboxUnavailableError(
-            f"outbox {path} is in use by another storegate process "
-            "(stop it first, or give this one its own storage.path)"
-        ) from exc
-    return fd
-
-
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    try:
-        if readonly:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                check_same_thread=False,
-            )
-        else:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-    except sqlite3.Error as exc:
-        raise OutboxUnavailableError(f"cannot open outbox {path}: {exc}") from exc
-    return conn
-
-
-def _validate(conn: sqlite3.Connection, path: Path) -> bool:
-    """Check an opened database is ours; return False if it is new (empty)."""
-    try:
-        # One statement, one snapshot: read apart, a gateway creating the file between
-        # the reads made it look foreign to `storegate status`.
-        app_id, version, tables = conn.execute(
-            "SELECT a.application_id, v.user_version, "
-            "(SELECT count(*) FROM sqlite_master) "
-            "FROM pragma_application_id() AS a, pragma_user_version() AS v").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise OutboxNotOursError(
-            f"{path} is corrupt or not a storegate outbox ({exc}); refusing to use it. "
-            "Move it away or set storage.path to another file."
-        ) from exc
-    if app_id == 0 and tables == 0:
-        return False
-    if app_id != APPLICATION_ID:
-        raise OutboxNotOursError(
-            f"{path} is a SQLite database of another application (application_id "
-            f"{app_id:#x}); refusing to overwrite it. Set storage.path to another file."
-        )
-    if version > SCHEMA_VERSION:
-        raise OutboxNotOursError(
-            f"{path} was written by a newer storegate (schema {version}, this one reads "
-            f"{SCHEMA_VERSION}); upgrade storegate or move the file away."
-        )
-    try:
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        check = str(exc)
-    if check != "ok":
-        raise OutboxNotOursError(
-            f"{path} is corrupt ({check}); refusing to use it. Keep it for recovery "
-            "(sqlite3 .recover) and set storage.path to another file."
-        )
-    return True
 
 
 class Outbox:
@@ -332,19 +156,27 @@ class Outbox:
         self._synchronous = synchronous
         self._replay_window_s = replay_window_s
         self._on_commit = on_commit
+        # the hand-off: any thread puts, only the writer thread takes
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._ids = Uuid7Generator()
+        # lifecycle, set by open(), stop_accepting() and close() on the owner's thread;
+        # the entry points read them on any thread to refuse work once closed
         self._closed = False
         self._accepting = True
         self._lock_file: int | None = None
         self._thread: threading.Thread | None = None
+        # opened by open(), then used only by the writer thread; close() closes it once
+        # the thread has stopped
         self._conn: sqlite3.Connection | None = None
+        # state owned by the writer thread (open() sets it up before the thread starts;
+        # `depth` and `last_sequence` read _pending and _next_seq from any thread)
+        self._ids = Uuid7Generator()
         self._pending_acks: list[int] = []
         self._next_seq = 1
         self._rows = 0
         self._bytes = 0
         self._pending = 0
         self._last_age_check = 0.0
+        # observable state (written by open() and the writer thread, read by anyone)
         self.session = 0
         self.last_error: str | None = None
         self.accepted_total = 0
@@ -792,129 +624,3 @@ def _settle(pairs: list[tuple[asyncio.Future[list[Accepted]], list[Accepted]]]) 
 def _settle_error(fut: asyncio.Future[list[Accepted]], err: BaseException) -> None:
     if not fut.done():
         fut.set_exception(err)
-
-
-class OutboxReader:
-    """A read-only view of an outbox file: the publisher's feed and the CLI's window.
-
-    Never creates, locks or modifies the file.
-    """
-
-    def __init__(self, path: Path) -> None:
-        if not path.exists():
-            raise OutboxUnavailableError(f"no outbox at {path} (has the gateway run yet?)")
-        check_file(path)
-        self.path = path
-        self._conn = _connect(path, readonly=True)
-        try:
-            initialised = _validate(self._conn, path)
-        except BaseException:
-            self._conn.close()
-            raise
-        if not initialised:
-            self._conn.close()
-            raise OutboxUnavailableError(f"outbox {path} is not initialised yet")
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> OutboxReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def fetch_after(self, sequence: int, limit: int) -> list[StoredEvent]:
-        rows = self._conn.execute(
-            "SELECT seq, topic, payload FROM events WHERE seq > ? AND acked_at IS NULL "
-            "ORDER BY seq LIMIT ?",
-            (sequence, limit),
-        ).fetchall()
-        return list(map(StoredEvent._make, rows))
-
-    def fetch(self, sequences: Sequence[int]) -> list[StoredEvent]:
-        if not sequences:
-            return []
-        marks = ",".join("?" * len(sequences))
-        rows = self._conn.execute(
-            f"SELECT seq, topic, payload FROM events WHERE seq IN ({marks}) ORDER BY seq",  # noqa: S608
-            list(sequences),
-        ).fetchall()
-        return list(map(StoredEvent._make, rows))
-
-    def stats(self) -> OutboxStats:
-        c = self._conn
-        depth, size, retained = c.execute(
-            "SELECT count(*) - count(acked_at), "
-            "coalesce(sum(CASE WHEN acked_at IS NULL THEN size END), 0), count(acked_at) "
-            "FROM events"
-        ).fetchone()
-        oldest = c.execute(
-            "SELECT accepted_at FROM events WHERE acked_at IS NULL ORDER BY seq LIMIT 1"
-        ).fetchone()
-        last = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
-        dropped = {
-            f"{t}/{r}": n for t, r, n in c.execute("SELECT type, reason, count FROM drops")
-        }
-        return OutboxStats(
-            depth=depth,
-            bytes=size,
-            retained=retained,
-            oldest_accepted_at=oldest[0] if oldest else None,
-            last_sequence=last[0] if last else 0,
-            dropped=dropped,
-        )
-
-    def pending(self, limit: int, event_type: str | None = None) -> list[PendingEvent]:
-        sql = ("SELECT seq, id, type, priority, topic, size, accepted_at FROM events "
-               "WHERE acked_at IS NULL")
-        params: list[object] = []
-        if event_type:
-            sql += " AND type = ?"
-            params.append(event_type)
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(limit)
-        return [PendingEvent(*row) for row in self._conn.execute(sql, params)]
-
-    def count_by_type(self) -> dict[str, int]:
-        return dict(self._conn.execute(
-            "SELECT type, count(*) FROM events WHERE acked_at IS NULL GROUP BY type"
-        ))
-
-
-def purge(path: Path, *, event_type: str | None) -> int:
-    """Delete pending events (all, or of one type) from a stopped gateway's outbox.
-
-    Takes the single-writer lock, so it refuses while a gateway runs on the file. Every
-    purged event is counted in the drops table with reason ``purge``.
-    """
-    if not path.exists():
-        raise OutboxUnavailableError(f"no outbox at {path}")
-    check_file(path)
-    lock = take_writer_lock(path)
-    try:
-        conn = _connect(path, readonly=False)
-        try:
-            _validate(conn, path)
-            conn.execute("BEGIN IMMEDIATE")
-            where = "WHERE acked_at IS NULL" + (" AND type = ?" if event_type else "")
-            params = [event_type] if event_type else []
-            counts = conn.execute(
-                f"SELECT type, count(*) FROM events {where} GROUP BY type", params  # noqa: S608
-            ).fetchall()
-            conn.execute(f"DELETE FROM events {where}", params)  # noqa: S608
-            conn.executemany(
-                "INSERT INTO drops (type, reason, count) VALUES (?, 'purge', ?) "
-                "ON CONFLICT (type, reason) DO UPDATE SET count = count + excluded.count",
-                counts,
-            )
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise OutboxError(f"purge of {path} failed: {exc}") from exc
-        finally:
-            conn.close()
-    finally:
-        os.close(lock)
-    return sum(n for _, n in counts)
