@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storegate.adapters.outbox_sqlite import OutboxReader
+from storegate.adapters.outbox import OutboxReader
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
 from storegate.errors import OutboxUnavailableError

@@ -16,7 +16,7 @@ import pytest
 from storegate.adapters import mqtt_paho
 from storegate.adapters.mqtt_client import MqttSettings
 from storegate.adapters.mqtt_paho import PROTOCOL_311_WARNING, MqttPublisher
-from storegate.adapters.outbox_sqlite import OutboxReader
+from storegate.adapters.outbox import OutboxReader
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
 from storegate.core.backoff import Backoff

@@ -12,7 +12,7 @@ from typing import Any
 
 from storegate.adapters.mqtt_client import MqttSettings
 from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages
-from storegate.adapters.outbox_sqlite import Outbox
+from storegate.adapters.outbox import Outbox
 from storegate.core.retention import RetentionBudget
 from tests.support.outbox import TOPICS
 

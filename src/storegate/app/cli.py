@@ -2,6 +2,10 @@
 
 Every :class:`~storegate.errors.StoregateError` becomes one line on stderr and its exit
 code (2 for a bad config, data file or argument); only a bug shows a traceback.
+
+This module is the parser and thin ``cmd_*`` functions: they check the arguments, call,
+and print. The offline commands' work (replay, pos decode, simulate) is in
+``app/offline.py``; ``status`` renders the typed view of ``app/status.py``.
 """
 
 from __future__ import annotations
@@ -18,21 +22,21 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import Any, get_args
 
 from storegate import __version__
 from storegate.adapters import status_file
-from storegate.adapters.outbox_sqlite import OutboxReader, purge
+from storegate.adapters.outbox import OutboxReader, purge
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app import keys, logs
+from storegate.app.status import BrokerStatus, GatewayStatusView, PosStatus, PresenceStatus
 from storegate.config import ENV_CONFIG, Config, PosDialect, load, load_default, redacted
 from storegate.core.topics import ID_RULE, is_valid_id
-from storegate.errors import ConfigError, DataFileError, StoregateError, UsageError
+from storegate.errors import ConfigError, StoregateError, UsageError
 
 log = logging.getLogger("storegate")
 
 STATUS_STALE_S = 10.0
-MAX_DECODE_BYTES = 256 * 2**20  # pos decode reads its input whole
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -117,42 +121,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     now = time.time()
     rep = status_report(config, now)
-    connected = bool(rep["running"] and rep["gateway"]["broker"]
-                     and rep["gateway"]["broker"]["connected"])
+    g = GatewayStatusView.from_json(rep["gateway"])
+    connected = bool(g and g.broker and g.broker.connected)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0 if connected else 1
-    g = rep["gateway"]
     name = f"{config.store_id}/{config.gateway_id}"
     if g:
-        print(f"gateway   {name}  running (pid {g['pid']}, session {g['session']}, "
-              f"up {_age(now - g['started_at'])})")
-        b = g["broker"] or {}
-        state = "connected" if b.get("connected") else "DISCONNECTED"
-        since = f" for {_age(now - b['since'])}" if b.get("since") else ""
-        print(f"broker    {b.get('url')}  {state}{since}"
-              + (f"  last error: {b['last_error']}" if b.get("last_error") else ""))
-        print(f"          published {b.get('published_total', 0)}, in flight "
-              f"{b.get('in_flight', 0)}, reconnects {b.get('reconnects_total', 0)}, "
-              f"rejected {b.get('rejected_total', 0)}")
-        if b.get("refused_held"):
-            print(f"          REFUSED by the broker: {b['refused_held']} event(s) held in the "
-                  f"outbox, retried with backoff (last: {b.get('last_refusal')})")
-        for warning in b.get("warnings", []):
-            print(f"WARNING   {warning}")
-        if g["outbox"].get("last_error"):
-            print(f"accepting FAILING: {g['outbox']['last_error']}")
-        held = g["outbox"].get("pending_accept") or {}
-        if held.get("pending") or held.get("dropped"):
-            dropped = sum(held.get("dropped", {}).values())
-            print(f"          {held['pending']} event(s) waiting in memory to be accepted "
-                  f"({held['pending_purchases']} purchases, never dropped); "
-                  f"{dropped} other(s) dropped while waiting")
-        _print_commands(g)
-        if g.get("presence"):
-            _print_presence(g["presence"], now)
-        if g.get("pos"):
-            _print_pos(g["pos"], now)
+        _print_gateway(g, name, now)
     else:
         print(f"gateway   {name}  not running")
         print("broker    unknown (the gateway is not running)")
@@ -169,30 +145,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if connected else 1
 
 
-def _print_commands(g: dict[str, Any]) -> None:
-    c = g.get("commands")
+def _print_gateway(g: GatewayStatusView, name: str, now: float) -> None:
+    print(f"gateway   {name}  running (pid {g.pid}, session {g.session}, "
+          f"up {_age(now - g.started_at)})")
+    # no publisher yet: shown as a disconnected broker with zero counters
+    b = g.broker or BrokerStatus.from_json({})
+    state = "connected" if b.connected else "DISCONNECTED"
+    since = f" for {_age(now - b.since)}" if b.since else ""
+    print(f"broker    {b.url}  {state}{since}"
+          + (f"  last error: {b.last_error}" if b.last_error else ""))
+    print(f"          published {b.published_total}, in flight {b.in_flight}, "
+          f"reconnects {b.reconnects_total}, rejected {b.rejected_total}")
+    if b.refused_held:
+        print(f"          REFUSED by the broker: {b.refused_held} event(s) held in the "
+              f"outbox, retried with backoff (last: {b.last_refusal})")
+    for warning in b.warnings:
+        print(f"WARNING   {warning}")
+    if g.outbox.last_error:
+        print(f"accepting FAILING: {g.outbox.last_error}")
+    held = g.outbox.pending_accept
+    if held.pending or held.dropped:
+        print(f"          {held.pending} event(s) waiting in memory to be accepted "
+              f"({held.pending_purchases} purchases, never dropped); "
+              f"{sum(held.dropped.values())} other(s) dropped while waiting")
+    _print_commands(g)
+    if g.presence:
+        _print_presence(g.presence, now)
+    if g.pos:
+        _print_pos(g.pos, now)
+
+
+def _print_commands(g: GatewayStatusView) -> None:
+    c = g.commands
     if c is None:
         return
-    keys_ = ", ".join(c["central_keys"]) or "NONE (every command is rejected)"
-    print(f"commands  {c['accepted_total']} accepted, {c['rejected_total']} rejected; "
+    keys_ = ", ".join(c.central_keys) or "NONE (every command is rejected)"
+    print(f"commands  {c.accepted_total} accepted, {c.rejected_total} rejected; "
           f"central keys: {keys_}")
-    for reason, n in sorted(c["rejected_by_reason"].items()):
+    for reason, n in sorted(c.rejected_by_reason.items()):
         print(f"          rejected {reason}: {n}")
-    if c.get("last_rejection"):
-        print(f"          last rejected: {c['last_rejection']}")
-    print(f"seal key  {g.get('seal_key')}  (central seals identity keys to it)")
+    if c.last_rejection:
+        print(f"          last rejected: {c.last_rejection}")
+    print(f"seal key  {g.seal_key}  (central seals identity keys to it)")
 
 
-def _print_presence(pr: dict[str, Any], now: float) -> None:
-    present = ", ".join(f"{k} {v}" for k, v in pr["present"].items())
-    print(f"presence  {pr['enrolled']} enrolled, {pr['tracked']} tracked; present: {present}")
-    c = pr["counters"]
-    infra = ", ".join(f"{k} {v}" for k, v in sorted(c["infrastructure"].items())) or "none"
-    print(f"          adverts {c['adverts']}: {c['resolved']} of customers, {c['anonymous']} "
-          f"anonymous, {c['unresolved_eid']} unknown EIDs; store beacons: {infra}"
-          + (f"; {c['unknown_scanner']} from scanners in no zone" if c["unknown_scanner"]
+def _print_presence(pr: PresenceStatus, now: float) -> None:
+    present = ", ".join(f"{k} {v}" for k, v in pr.present.items())
+    print(f"presence  {pr.enrolled} enrolled, {pr.tracked} tracked; present: {present}")
+    c = pr.counters
+    infra = ", ".join(f"{k} {v}" for k, v in sorted(c.infrastructure.items())) or "none"
+    print(f"          adverts {c.adverts}: {c.resolved} of customers, {c.anonymous} "
+          f"anonymous, {c.unresolved_eid} unknown EIDs; store beacons: {infra}"
+          + (f"; {c.unknown_scanner} from scanners in no zone" if c.unknown_scanner
              else ""))
-    for src in pr["sources"]:
+    for src in pr.sources:  # each source's own snapshot (adapters/)
         kind = src["kind"]
         if kind == "ble":
             last = src.get("last_advert_at")
@@ -213,18 +219,18 @@ def _print_presence(pr: dict[str, Any], now: float) -> None:
         print(line)
 
 
-def _print_pos(pos: dict[str, Any], now: float) -> None:
-    for lane_id, lane in pos["lanes"].items():
-        c = lane["counters"]
+def _print_pos(pos: PosStatus, now: float) -> None:
+    for lane_id, lane in pos.lanes.items():
+        c = lane.counters
         print(f"lane      {lane_id}: {c.get('purchases', 0)} purchases, {c.get('voided', 0)} "
               f"voided, {c.get('totals-mismatch', 0)} totals mismatches, "
               f"{c.get('duplicate', 0)} duplicates")
-        for d in lane["devices"]:
-            tap = d.get("tap") or {}
+        for d in lane.devices:
+            tap = d.tap or {}  # the serial tap's own snapshot (adapters/)
             last = tap.get("last_byte_at")
             heard = f"last byte {_age(now - last)} ago" if last else "no bytes yet"
-            rejected = ", ".join(f"{k} {v}" for k, v in sorted(d["rejected"].items()))
-            line = (f"          {d['role']} ({d['dialect']}, {d['port']}): "
+            rejected = ", ".join(f"{k} {v}" for k, v in sorted(d.rejected.items()))
+            line = (f"          {d.role} ({d.dialect}, {d.port}): "
                     f"{tap.get('state', '?')}, {tap.get('bytes_total', 0)} bytes, {heard}")
             if rejected:
                 line += f"; rejected: {rejected}"
@@ -311,43 +317,18 @@ def cmd_contract(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from storegate.app.presence_files import identity_records  # noqa: PLC0415
-    from storegate.core.ble.capture import advert_to_json  # noqa: PLC0415
-    from storegate.sim.store import adverts, build  # noqa: PLC0415
+    from storegate.app import offline  # noqa: PLC0415
 
     _bounded(args.duration, "--duration", 1.0, 7 * 86_400.0)
     for option, n in (("--app-users", args.app_users), ("--passers-by", args.passers_by),
                       ("--other-devices", args.other_devices)):
         _bounded(n, option, 0, 10_000)
     out = Path(args.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("identities.json", "store.toml", "capture.jsonl"):
-            (out / name).touch()  # fail now, not after the simulation
-    except OSError as exc:
-        raise UsageError(f"--out-dir {out}: cannot write there: {exc.strerror or exc}") \
-            from exc
-    sim = build(args.seed, duration_s=args.duration, app_users=args.app_users,
-                passers_by=args.passers_by, other_devices=args.other_devices)
-    # identity keys (simulated, but in the real format): owner-only, like the real store
-    with os.fdopen(_private_file(str(out / "identities.json")), "w") as ids:
-        ids.write(json.dumps(identity_records(sim.identities()), indent=1))
-    zones = ""
-    for z in sim.zones:
-        scanners = sorted(s for s, zz in sim.scanner_zone.items() if zz == z.id)
-        zones += (f'\n[[presence.zones]]\nid = "{z.id}"\nscanners = {json.dumps(scanners)}\n'
-                  f"min_rssi_dbm = {z.min_rssi_dbm}\n")
-    (out / "store.toml").write_text(
-        "# Generated by storegate simulate: the simulated store.\n"
-        'store_id = "sim-store"\ngateway_id = "gw-1"\n[storage]\npath = "outbox.db"\n'
-        '[presence]\nidentities_file = "identities.json"\n' + zones)
-    n = 0
-    with (out / "capture.jsonl").open("w") as f:
-        for a in adverts(sim, args.seed + 1):
-            f.write(advert_to_json(a) + "\n")
-            n += 1
-    print(f"wrote {n} adverts of {len(sim.people)} people to {out / 'capture.jsonl'}, "
-          f"{len(sim.identities())} identities, config {out / 'store.toml'}")
+    r = offline.simulate(out, seed=args.seed, duration_s=args.duration,
+                         app_users=args.app_users, passers_by=args.passers_by,
+                         other_devices=args.other_devices)
+    print(f"wrote {r.adverts} adverts of {r.people} people to {out / 'capture.jsonl'}, "
+          f"{r.identities} identities, config {out / 'store.toml'}")
     return 0
 
 
@@ -357,31 +338,9 @@ def _bounded(value: float, option: str, lo: float, hi: float) -> None:
         raise UsageError(f"{option} {value}: must be between {lo:.0f} and {hi:.0f}")
 
 
-def _open_out(path: str, option: str) -> TextIO:
-    """An output file named on the command line, or one clear line saying why not.
-    Owner-only: events name customers' pseudonyms and purchases."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # also when it existed before
-        return os.fdopen(fd, "w", encoding="utf-8")  # the caller closes it
-    except OSError as exc:
-        raise UsageError(f"{option} {path}: cannot write: {exc.strerror or exc}") from exc
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
-    from storegate.app.eventfile import EventFile  # noqa: PLC0415
-    from storegate.app.presence_files import (  # noqa: PLC0415
-        config_beacons,
-        load_identities,
-        presence_pipeline,
-    )
-    from storegate.core.ble.capture import (  # noqa: PLC0415
-        MAX_LINE_CHARS,
-        BadLine,
-        bounded_lines,
-        read_capture,
-    )
-    from storegate.core.topics import Topics  # noqa: PLC0415
+    from storegate.app import offline  # noqa: PLC0415
+    from storegate.app.presence_files import load_identities  # noqa: PLC0415
 
     _bounded(args.speed, "--speed", 0.0, 1e6)
     config = _config(args)
@@ -390,56 +349,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not config.presence.zones:
         raise ConfigError(str(args.config or "<config>"), "no zones configured",
                           "presence.zones")
-    pipe = presence_pipeline(config.presence, config_beacons(config.presence))
-    resolver, settings = pipe.resolver, pipe.settings
-    bad: list[BadLine] = []
-    started = time.monotonic()
-    first_ts: float | None = None
-    try:
-        src = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
-    except OSError as exc:
-        raise DataFileError(args.file, f"cannot read the capture: {exc.strerror}") from exc
-    with src, _open_out(args.events_out, "--events-out") as out:
-        events = EventFile(out, Topics(config.store_id, config.gateway_id))
-        emit = events.write
-        last = 0.0
-        for item in read_capture(bounded_lines(src.readline, MAX_LINE_CHARS)):
-            if isinstance(item, BadLine):
-                bad.append(item)
-                continue
-            if first_ts is None:
-                first_ts = item.ts
-                resolver.enroll_all(identities, item.ts)
-            if args.speed:
-                delay = (item.ts - first_ts) / args.speed - (time.monotonic() - started)
-                if delay > 0:
-                    time.sleep(delay)
-            last = max(last, item.ts)
-            emit(pipe.feed(item))
-        emit(pipe.tick(last + settings.exit_after_s + 1))  # close what is still open
-    c = pipe.counters
+    r = offline.replay(config, args.file, args.events_out, identities, args.speed)
+    c, bad = r.counters, r.bad
     print(f"replayed {c.adverts} adverts ({c.resolved} of enrolled customers, "
           f"{c.anonymous} anonymous, {sum(c.infrastructure.values())} from the store's "
-          f"beacons), {len(bad)} bad line(s); wrote {events.sequence} event(s) to "
+          f"beacons), {len(bad)} bad line(s); wrote {r.events} event(s) to "
           f"{args.events_out}", file=sys.stderr)
-    for t, n in sorted(events.counts.items()):
+    for t, n in sorted(r.by_type.items()):
         print(f"  {t}: {n}", file=sys.stderr)
     for b in bad[:10]:
         print(f"  bad line {b.line}: {b.reason}", file=sys.stderr)
     if len(bad) > 10:
         print(f"  ... and {len(bad) - 10} more bad line(s)", file=sys.stderr)
     return 0
-
-
-def _private_file(path: str) -> int:
-    """A capture file only its owner can read (it holds addresses or loyalty ids),
-    also when it existed before."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write the capture: {exc.strerror}") from exc
-    return fd
 
 
 async def _run_until_stopped(runs: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]],
@@ -459,13 +381,14 @@ async def _run_until_stopped(runs: Sequence[Callable[[asyncio.Event], Coroutine[
 def cmd_capture(args: argparse.Namespace) -> int:
     """Record adverts from the live sources to a capture file (JSON lines)."""
     from storegate.app.gateway import mqtt_settings  # noqa: PLC0415
+    from storegate.app.offline import private_file  # noqa: PLC0415
     from storegate.app.presence import build_sources  # noqa: PLC0415
     from storegate.app.presence_files import config_beacons  # noqa: PLC0415
     from storegate.core.ble.capture import Advert, advert_to_json  # noqa: PLC0415
 
     _bounded(args.duration, "--duration", 0.0, 366 * 86_400.0)
     config = _config(args)
-    fd = _private_file(args.out)  # raw device addresses
+    fd = private_file(args.out)  # raw device addresses
     count = 0
 
     async def capture() -> None:
@@ -498,6 +421,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_pos_capture(args: argparse.Namespace) -> int:
     """Record a lane's raw bytes, with arrival times, to a capture file."""
+    from storegate.app.offline import private_file  # noqa: PLC0415
     from storegate.app.pos import device_tap  # noqa: PLC0415
     from storegate.core.pos.capture import Chunk, chunk_to_json  # noqa: PLC0415
 
@@ -508,7 +432,7 @@ def cmd_pos_capture(args: argparse.Namespace) -> int:
         known = ", ".join(ln.id for ln in config.pos.lanes) or "none configured"
         raise ConfigError(str(args.config or "<config>"), f"no lane {args.lane!r} "
                           f"(lanes: {known})", "pos.lanes")
-    fd = _private_file(args.file)  # receipts carry loyalty ids
+    fd = private_file(args.file)  # receipts carry loyalty ids
     count = [0, 0]
 
     async def capture() -> None:
@@ -533,17 +457,8 @@ def cmd_pos_capture(args: argparse.Namespace) -> int:
 
 def cmd_pos_decode(args: argparse.Namespace) -> int:
     """Run dialects and lane assembly offline on a raw byte file or a capture."""
-    from storegate.app.eventfile import EventFile  # noqa: PLC0415
-    from storegate.app.pos import load_template, make_dialect  # noqa: PLC0415
-    from storegate.core.pos.capture import (  # noqa: PLC0415
-        MAX_LINE_CHARS,
-        Chunk,
-        looks_like_capture,
-        read_pos_capture,
-    )
-    from storegate.core.pos.frames import Frame  # noqa: PLC0415
-    from storegate.core.pos.lane import LaneAssembler, LaneSettings  # noqa: PLC0415
-    from storegate.core.topics import Topics  # noqa: PLC0415
+    from storegate.app import offline  # noqa: PLC0415
+    from storegate.app.pos import load_template  # noqa: PLC0415
 
     if not is_valid_id(args.lane):
         raise UsageError(f"--lane {args.lane!r}: {ID_RULE}")
@@ -555,68 +470,21 @@ def cmd_pos_decode(args: argparse.Namespace) -> int:
         raise UsageError(f"--encoding {args.encoding!r}: unknown text encoding "
                          "(cp866, cp1251, cp437, utf-8, ...)") from exc
     template = load_template(Path(args.template)) if args.template else None
-    try:
-        with open(args.file, "rb") as f:
-            raw = f.read(MAX_DECODE_BYTES + 1)
-    except OSError as exc:
-        raise DataFileError(args.file, f"cannot read: {exc.strerror}") from exc
-    if len(raw) > MAX_DECODE_BYTES:
-        raise DataFileError(args.file, f"larger than {MAX_DECODE_BYTES // 2**20} MiB: "
-                            "decode a part of it")
-    bad = 0
-    if looks_like_capture(raw[:4096]):
-        chunks: list[Chunk] = []
-        lines = (line[:MAX_LINE_CHARS + 1]  # an over-long line is reported, not parsed
-                 for line in raw.decode("utf-8", "replace").splitlines())
-        known = () if args.dialect else get_args(PosDialect)
-        for item in read_pos_capture(lines, known):
-            if isinstance(item, Chunk):
-                chunks.append(item)
-            else:
-                bad += 1
-                print(f"  bad line {item.line}: {item.reason}", file=sys.stderr)
-    else:
-        if not args.dialect:
-            raise UsageError(f"{args.file} is raw bytes (not a capture): give --dialect")
-        chunks = [Chunk(time.time(), args.lane, "", args.dialect, raw)]
-    dialects: dict[str, Any] = {}
-    for c in chunks:
-        name = args.dialect or c.dialect
-        if name not in dialects:
-            dialects[name] = make_dialect(name, encoding=args.encoding)
-    fiscal = any(n in ("shtrih-m", "atol-v3") for n in dialects)
-    lane = LaneAssembler(LaneSettings(
-        lane=args.lane, currency=args.currency, purchases_from="fiscal" if fiscal else "printer",
-        template=template, offer_pattern=re.compile(r"^SGO1\.")), os.urandom)
-    frames: dict[str, int] = {}
-    out = _open_out(args.events_out, "--events-out") if args.events_out else sys.stdout
-    try:
-        events = EventFile(out, Topics("offline", "decode"))
-
-        def take(fs: list[Frame]) -> None:
-            for f in fs:
-                frames[type(f).__name__] = frames.get(type(f).__name__, 0) + 1
-                events.write(lane.feed(f))
-
-        last = 0.0
-        for c in chunks:
-            last = max(last, c.ts)
-            take(dialects[args.dialect or c.dialect].feed(c.data, c.ts))
-        for d in dialects.values():
-            take(d.flush(last + 3600))
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    print(f"decoded {sum(len(c.data) for c in chunks)} byte(s): "
-          + (", ".join(f"{n} {k}" for k, n in sorted(frames.items())) or "no frames")
-          + f"; {events.sequence} event(s)" + (f"; {bad} bad capture line(s)" if bad else ""),
+    chunks, bad = offline.read_pos_input(args.file, args.dialect, args.lane)
+    for b in bad:
+        print(f"  bad line {b.line}: {b.reason}", file=sys.stderr)
+    r = offline.decode(chunks, dialect=args.dialect, encoding=args.encoding, lane=args.lane,
+                       currency=args.currency, template=template, events_out=args.events_out)
+    print(f"decoded {r.bytes_total} byte(s): "
+          + (", ".join(f"{n} {k}" for k, n in sorted(r.frames.items())) or "no frames")
+          + f"; {r.events} event(s)" + (f"; {len(bad)} bad capture line(s)" if bad else ""),
           file=sys.stderr)
-    for name, d in dialects.items():
-        for reason, n in sorted(d.rejected.items()):
+    for name, rejected in r.rejected.items():
+        for reason, n in sorted(rejected.items()):
             print(f"  {name} rejected {n}: {reason}", file=sys.stderr)
-    for what, n in sorted(lane.counters.items()):
+    for what, n in sorted(r.lane_counters.items()):
         print(f"  lane {what}: {n}", file=sys.stderr)
-    if template is None and not fiscal and frames.get("ReceiptText"):
+    if template is None and not r.fiscal and r.frames.get("ReceiptText"):
         print("  (no --template: printed receipts cannot become purchases)", file=sys.stderr)
     return 0
 

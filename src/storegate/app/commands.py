@@ -25,7 +25,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from storegate.adapters.command_ledger import CommandLedger
-from storegate.adapters.outbox_sqlite import Outbox
+from storegate.adapters.outbox import Outbox
 from storegate.app import collector
 from storegate.core import events as ev
 from storegate.core import payloads as p

@@ -26,7 +26,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 from storegate import __version__
 from storegate.adapters import gateway_key, status_file
@@ -34,7 +33,7 @@ from storegate.adapters.command_ledger import CommandLedger
 from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_client import MqttSettings, TlsSettings
 from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages
-from storegate.adapters.outbox_sqlite import Accepted, Outbox, OutboxReader
+from storegate.adapters.outbox import Accepted, Outbox, OutboxReader
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app import collector
 from storegate.app.commands import CommandHandler, Done
@@ -42,6 +41,13 @@ from storegate.app.intake import Intake
 from storegate.app.pos import PosService
 from storegate.app.preflight import load_start_files
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
+from storegate.app.status import (
+    BrokerStatus,
+    CommandsStatus,
+    GatewayStatusView,
+    OutboxStatus,
+    PendingAcceptStatus,
+)
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -316,56 +322,61 @@ class Gateway:
 
     # --- status --------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GatewayStatusView:
+        """The typed status every surface reads (the status file, ``storegate status``)."""
         pub = self.publisher.snapshot() if self.publisher else None
-        return {
-            "pid": os.getpid(),
-            "state": self.state,
-            "store_id": self.config.store_id,
-            "gateway_id": self.config.gateway_id,
-            "version": __version__,
-            "session": self.outbox.session,
-            "started_at": self.started_at,
-            "updated_at": self._wall(),
-            "broker": None if pub is None else {
-                "url": pub.broker,
-                "connected": pub.connected,
-                "since": pub.since,
-                "last_error": pub.last_error,
-                "in_flight": pub.in_flight,
-                "published_total": pub.published_total,
-                "rejected_total": pub.rejected_total,
-                "refused_held": pub.refused_held,
-                "last_refusal": pub.last_refusal,
-                "warnings": list(pub.warnings),
-                "birth_check": pub.birth_check,
-                "reconnects_total": pub.reconnects_total,
-                "connect_failures": pub.connect_failures,
-            },
-            "outbox": {
-                "path": str(self.config.storage.path),
-                "accepted_total": self.outbox.accepted_total,
-                "failed_total": self.outbox.failed_total,
-                "last_error": self.outbox.last_error,
-                "depth": self.outbox.depth,
-                "last_sequence": self.outbox.last_sequence,
-                "pending_accept": self.intake.snapshot(),
-            },
-            "seal_key": self.seal_key,
-            "commands": None if self.commands is None else {
-                "accepted_total": self.commands.accepted_total,
-                "rejected_total": self.commands.rejected_total,
-                "rejected_by_reason": dict(self.commands.rejected_by_reason),
-                "last_rejection": self.commands.last_rejection,
-                "central_keys": sorted(self._trust.keys),
-            },
-            "presence": None if self.presence is None else self.presence.snapshot(),
-            "pos": None if self.pos is None else self.pos.snapshot(),
-        }
+        intake = self.intake
+        return GatewayStatusView(
+            pid=os.getpid(),
+            state=self.state,
+            store_id=self.config.store_id,
+            gateway_id=self.config.gateway_id,
+            version=__version__,
+            session=self.outbox.session,
+            started_at=self.started_at,
+            updated_at=self._wall(),
+            broker=None if pub is None else BrokerStatus(
+                url=pub.broker,
+                connected=pub.connected,
+                since=pub.since,
+                last_error=pub.last_error,
+                in_flight=pub.in_flight,
+                published_total=pub.published_total,
+                rejected_total=pub.rejected_total,
+                refused_held=pub.refused_held,
+                last_refusal=pub.last_refusal,
+                warnings=tuple(pub.warnings),
+                birth_check=pub.birth_check,
+                reconnects_total=pub.reconnects_total,
+                connect_failures=pub.connect_failures,
+            ),
+            outbox=OutboxStatus(
+                path=str(self.config.storage.path),
+                accepted_total=self.outbox.accepted_total,
+                failed_total=self.outbox.failed_total,
+                last_error=self.outbox.last_error,
+                depth=self.outbox.depth,
+                last_sequence=self.outbox.last_sequence,
+                pending_accept=PendingAcceptStatus(
+                    pending=intake.pending, pending_purchases=intake.pending_purchases,
+                    held_total=intake.held_total, dropped=intake.dropped,
+                    accepted_after_hold_total=intake.accepted_after_hold_total),
+            ),
+            seal_key=self.seal_key,
+            commands=None if self.commands is None else CommandsStatus(
+                accepted_total=self.commands.accepted_total,
+                rejected_total=self.commands.rejected_total,
+                rejected_by_reason=dict(self.commands.rejected_by_reason),
+                last_rejection=self.commands.last_rejection,
+                central_keys=tuple(sorted(self._trust.keys)),
+            ),
+            presence=None if self.presence is None else self.presence.snapshot(),
+            pos=None if self.pos is None else self.pos.snapshot(),
+        )
 
     def write_status(self) -> None:
         try:
-            status_file.write(self.config.status_path, self.status())
+            status_file.write(self.config.status_path, self.status().to_json())
         except OSError as exc:
             log.debug("cannot write status file: %s", exc)
         except Exception:  # e.g. a snapshot racing a change: the next write will do

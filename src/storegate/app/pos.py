@@ -22,6 +22,7 @@ from typing import Any
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.adapters.serial_tap import SerialTap
 from storegate.app.sim_lane import SimulatedLane
+from storegate.app.status import LaneStatus, PosDeviceStatus, PosStatus
 from storegate.config import Config, PosDeviceConfig, PosLaneConfig, StxEtxConfig
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -264,15 +265,16 @@ class PosService:
             ))
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        lanes: dict[str, Any] = {}
-        for lane_id, lane in self.lanes.items():
-            lanes[lane_id] = {"counters": dict(lane.counters), "devices": []}
+    def snapshot(self) -> PosStatus:
+        devices: dict[str, list[PosDeviceStatus]] = {lane_id: [] for lane_id in self.lanes}
         for dev in self.devices:
-            lanes[dev.lane]["devices"].append({
-                "role": dev.cfg.role, "dialect": dev.cfg.dialect, "port": dev.cfg.port,
-                "frames_total": dev.frames_total,
-                "rejected": dict(dev.dialect.rejected),
-                "tap": dev.tap.snapshot() if dev.tap is not None else None,
-            })
-        return {"lanes": lanes, "errors_total": self.errors_total}
+            devices[dev.lane].append(PosDeviceStatus(
+                role=dev.cfg.role, dialect=dev.cfg.dialect, port=dev.cfg.port,
+                frames_total=dev.frames_total,
+                rejected=dict(dev.dialect.rejected),
+                tap=dev.tap.snapshot() if dev.tap is not None else None,
+            ))
+        lanes = {lane_id: LaneStatus(counters=dict(lane.counters),
+                                     devices=tuple(devices[lane_id]))
+                 for lane_id, lane in self.lanes.items()}
+        return PosStatus(lanes=lanes, errors_total=self.errors_total)

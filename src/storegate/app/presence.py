@@ -20,6 +20,7 @@ from storegate.adapters.mqtt_nodes import ScannerNodesSource
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app.presence_files import presence_pipeline
 from storegate.app.sim_store import SimulatedStore
+from storegate.app.status import PresenceCounters, PresenceStatus
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -233,15 +234,15 @@ class PresenceService:
             customers_present=self.pipeline.engine.present()[None],
         )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> PresenceStatus:
         pl = self.pipeline
-        return {
-            "enrolled": len(pl.resolver),
-            "tracked": pl.engine.tracked,
-            "present": {("store" if k is None else k): v for k, v in pl.engine.present().items()},
-            "counters": pl.counters.as_dict(),
-            "beacons_last_heard": dict(pl.beacons_last_heard),
-            "commands_applied": self.commands_applied,
-            "errors_total": self.errors_total,
-            "sources": [s.snapshot() for s in self.sources],
-        }
+        return PresenceStatus(
+            enrolled=len(pl.resolver),
+            tracked=pl.engine.tracked,
+            present={("store" if k is None else k): v for k, v in pl.engine.present().items()},
+            counters=PresenceCounters.of(pl.counters),
+            beacons_last_heard=dict(pl.beacons_last_heard),
+            commands_applied=self.commands_applied,
+            errors_total=self.errors_total,
+            sources=tuple(s.snapshot() for s in self.sources),
+        )

@@ -1,0 +1,269 @@
+"""The running gateway's status, as typed values.
+
+The gateway builds a :class:`GatewayStatusView` every few seconds and writes its
+``asdict`` to the status file (``adapters/status_file.py``); ``storegate status``, which
+runs in another process, parses that file back with :meth:`GatewayStatusView.from_json`
+and renders the view. The HTTP ``/readyz`` and the Prometheus metrics read this same
+model, so a counter is named once, here, and every surface shows the same number.
+
+The file's JSON shape is a contract with operators' scripts (``storegate status --json``
+prints it as it is): field names and order are the file's keys, and ``to_json`` gives
+exactly ``dataclasses.asdict``. Adapter snapshots whose shape depends on the adapter (an
+advert source's, a serial tap's) stay ``Mapping[str, Any]`` sub-trees: each adapter
+owns its own keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # keeps ``storegate --help`` from importing the presence pipeline
+    from storegate.core.presence.pipeline import PipelineCounters
+
+
+def _map(value: Any) -> dict[str, Any]:
+    """A JSON object from the file, or an empty one (an older file may lack it)."""
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _opt_map(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    """The publisher's connection to the broker (``MqttPublisher.snapshot``)."""
+
+    url: str
+    connected: bool
+    since: float | None  # wall time of the last connect or disconnect
+    last_error: str | None
+    in_flight: int
+    published_total: int
+    rejected_total: int
+    refused_held: int
+    last_refusal: str | None
+    warnings: tuple[str, ...]
+    birth_check: str | None
+    reconnects_total: int
+    connect_failures: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> BrokerStatus:
+        return cls(
+            url=str(d.get("url")), connected=bool(d.get("connected")), since=d.get("since"),
+            last_error=d.get("last_error"), in_flight=int(d.get("in_flight", 0)),
+            published_total=int(d.get("published_total", 0)),
+            rejected_total=int(d.get("rejected_total", 0)),
+            refused_held=int(d.get("refused_held", 0)), last_refusal=d.get("last_refusal"),
+            warnings=tuple(d.get("warnings") or ()), birth_check=d.get("birth_check"),
+            reconnects_total=int(d.get("reconnects_total", 0)),
+            connect_failures=int(d.get("connect_failures", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAcceptStatus:
+    """Events the intake holds in memory while the outbox refuses them."""
+
+    pending: int
+    pending_purchases: int
+    held_total: int
+    dropped: Mapping[str, int]  # by event type
+    accepted_after_hold_total: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PendingAcceptStatus:
+        return cls(pending=int(d.get("pending", 0)),
+                   pending_purchases=int(d.get("pending_purchases", 0)),
+                   held_total=int(d.get("held_total", 0)), dropped=_map(d.get("dropped")),
+                   accepted_after_hold_total=int(d.get("accepted_after_hold_total", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    """What the running process knows of its outbox (the CLI reads depth and age from
+    the database itself)."""
+
+    path: str
+    accepted_total: int
+    failed_total: int
+    last_error: str | None
+    depth: int
+    last_sequence: int
+    pending_accept: PendingAcceptStatus
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> OutboxStatus:
+        return cls(path=str(d.get("path", "")), accepted_total=int(d.get("accepted_total", 0)),
+                   failed_total=int(d.get("failed_total", 0)), last_error=d.get("last_error"),
+                   depth=int(d.get("depth", 0)), last_sequence=int(d.get("last_sequence", 0)),
+                   pending_accept=PendingAcceptStatus.from_json(_map(d.get("pending_accept"))))
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsStatus:
+    """Signed commands from central: what was applied and what was refused, and why."""
+
+    accepted_total: int
+    rejected_total: int
+    rejected_by_reason: Mapping[str, int]
+    last_rejection: str | None
+    central_keys: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CommandsStatus:
+        return cls(accepted_total=int(d.get("accepted_total", 0)),
+                   rejected_total=int(d.get("rejected_total", 0)),
+                   rejected_by_reason=_map(d.get("rejected_by_reason")),
+                   last_rejection=d.get("last_rejection"),
+                   central_keys=tuple(d.get("central_keys") or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceCounters:
+    """The presence pipeline's advert counters (``PipelineCounters``), as a value."""
+
+    adverts: int
+    resolved: int  # adverts of consenting customers
+    unresolved_eid: int  # EID frames of nobody enrolled here
+    anonymous: int  # everything else
+    infrastructure: Mapping[str, int]  # adverts, by beacon kind
+    unknown_scanner: int  # adverts from a scanner in no zone
+
+    @classmethod
+    def of(cls, c: PipelineCounters) -> PresenceCounters:
+        return cls(adverts=c.adverts, resolved=c.resolved, unresolved_eid=c.unresolved_eid,
+                   anonymous=c.anonymous, infrastructure=dict(c.infrastructure),
+                   unknown_scanner=c.unknown_scanner)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PresenceCounters:
+        return cls(adverts=int(d.get("adverts", 0)), resolved=int(d.get("resolved", 0)),
+                   unresolved_eid=int(d.get("unresolved_eid", 0)),
+                   anonymous=int(d.get("anonymous", 0)),
+                   infrastructure=_map(d.get("infrastructure")),
+                   unknown_scanner=int(d.get("unknown_scanner", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStatus:
+    """Presence: who is enrolled and present, and each advert source's own snapshot."""
+
+    enrolled: int
+    tracked: int
+    present: Mapping[str, int]  # by zone ("store": the whole store)
+    counters: PresenceCounters
+    beacons_last_heard: Mapping[str, float]
+    commands_applied: int
+    errors_total: int
+    sources: tuple[Mapping[str, Any], ...]  # each source's snapshot, keyed by its "kind"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PresenceStatus:
+        return cls(enrolled=int(d.get("enrolled", 0)), tracked=int(d.get("tracked", 0)),
+                   present=_map(d.get("present")),
+                   counters=PresenceCounters.from_json(_map(d.get("counters"))),
+                   beacons_last_heard=_map(d.get("beacons_last_heard")),
+                   commands_applied=int(d.get("commands_applied", 0)),
+                   errors_total=int(d.get("errors_total", 0)),
+                   sources=tuple(_map(s) for s in d.get("sources") or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class PosDeviceStatus:
+    """One device on a lane: its dialect's counters and its serial tap's snapshot."""
+
+    role: str
+    dialect: str
+    port: str
+    frames_total: int
+    rejected: Mapping[str, int]  # by reason
+    tap: Mapping[str, Any] | None  # the serial tap's snapshot; None: no tap (simulated)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PosDeviceStatus:
+        return cls(role=str(d.get("role", "")), dialect=str(d.get("dialect", "")),
+                   port=str(d.get("port", "")), frames_total=int(d.get("frames_total", 0)),
+                   rejected=_map(d.get("rejected")), tap=_opt_map(d.get("tap")))
+
+
+@dataclass(frozen=True, slots=True)
+class LaneStatus:
+    counters: Mapping[str, int]  # the lane assembler's, by what happened
+    devices: tuple[PosDeviceStatus, ...]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LaneStatus:
+        return cls(counters=_map(d.get("counters")),
+                   devices=tuple(PosDeviceStatus.from_json(_map(x))
+                                 for x in d.get("devices") or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class PosStatus:
+    lanes: Mapping[str, LaneStatus]  # by lane id
+    errors_total: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PosStatus:
+        return cls(lanes={k: LaneStatus.from_json(_map(v))
+                          for k, v in _map(d.get("lanes")).items()},
+                   errors_total=int(d.get("errors_total", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatusView:
+    """Everything the running gateway reports about itself; ``None`` parts are not
+    configured (or, for the broker, not started yet)."""
+
+    pid: int
+    state: str
+    store_id: str
+    gateway_id: str
+    version: str
+    session: int
+    started_at: float
+    updated_at: float
+    broker: BrokerStatus | None
+    outbox: OutboxStatus
+    seal_key: str | None
+    commands: CommandsStatus | None
+    presence: PresenceStatus | None
+    pos: PosStatus | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The status file's content (``storegate status --json`` shows it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> GatewayStatusView | None:
+        """The view a status file holds, or None if there is none or it cannot be read
+        as one (the CLI then says the gateway is not running). Fields a file written by
+        an older version lacks take their empty value."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            broker, commands = data.get("broker"), data.get("commands")
+            presence, pos = data.get("presence"), data.get("pos")
+            return cls(
+                pid=int(data.get("pid", 0)), state=str(data.get("state", "")),
+                store_id=str(data.get("store_id", "")),
+                gateway_id=str(data.get("gateway_id", "")),
+                version=str(data.get("version", "")), session=int(data.get("session", 0)),
+                started_at=float(data.get("started_at", 0)),
+                updated_at=float(data.get("updated_at", 0)),
+                broker=BrokerStatus.from_json(broker) if isinstance(broker, Mapping) else None,
+                outbox=OutboxStatus.from_json(_map(data.get("outbox"))),
+                seal_key=data.get("seal_key"),
+                commands=CommandsStatus.from_json(commands)
+                if isinstance(commands, Mapping) else None,
+                presence=PresenceStatus.from_json(presence)
+                if isinstance(presence, Mapping) else None,
+                pos=PosStatus.from_json(pos) if isinstance(pos, Mapping) else None,
+            )
+        except (TypeError, ValueError):
+            return None
