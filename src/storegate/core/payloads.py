@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storegate.core.trust import Reason  # one list of reasons: the checks' own
+
 
 class Payload(BaseModel):
     """Base of all payloads: immutable, unknown fields rejected at the boundary."""
@@ -136,15 +138,12 @@ class GatewayCommandRejected(Payload):
                                 "the topic is not a command topic.")
     command_id: str | None = Field(description="The signed command's id; null unless the "
                                    "signature verified (forgeries are never echoed).")
-    reason: Literal[
-        "too_large", "wrong_topic", "unknown_command", "malformed", "unknown_key",
-        "bad_signature", "mismatch", "expired", "not_yet_valid", "duplicate", "invalid",
-        "not_sealed_for_this_gateway", "unsealable", "overloaded",
-    ] = Field(description="unknown_key / bad_signature: not signed by a configured central "
-              "key; mismatch: signed for another command or store; expired / not_yet_valid: "
-              "outside trust.max_age_s / max_future_s; duplicate: this command id was "
-              "already accepted; not_sealed_for_this_gateway / unsealable: seal to the "
-              "gateway's current key (its birth certificate).")
+    reason: Reason = Field(
+        description="unknown_key / bad_signature: not signed by a configured central "
+        "key; mismatch: signed for another command or store; expired / not_yet_valid: "
+        "outside trust.max_age_s / max_future_s; duplicate: this command id was "
+        "already accepted; not_sealed_for_this_gateway / unsealable: seal to the "
+        "gateway's current key (its birth certificate).")
     detail: str = Field(max_length=300)
     suppressed: int = Field(ge=0, description="Rejections for the same reason since the "
                             "last answer that were counted but not answered.")

@@ -38,7 +38,6 @@ NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
 # epk(32) | nonce(12) | wrapped CEK (32 + 16 tag)
 WRAPPED_BYTES: Final = 32 + NONCE_BYTES + KEY_BYTES + 16
-SEALED_IDENTITY_KEY_BYTES: Final = NONCE_BYTES + 16 + 16
 
 
 class SealError(ValueError):

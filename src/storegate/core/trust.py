@@ -66,7 +66,6 @@ Reason = Literal[
     "unsealable",       # sealed data does not open with this gateway's key
     "overloaded",       # too many commands waiting: sent again later, it will be read
 ]
-REASONS: Final[tuple[str, ...]] = Reason.__args__  # type: ignore[attr-defined]
 # Failures an anonymous sender can cause at will: answered, but rate-limited harder.
 UNAUTHENTICATED: Final = frozenset(
     {"too_large", "wrong_topic", "unknown_command", "malformed", "unknown_key",

@@ -32,12 +32,6 @@ class PipelineCounters:
     infrastructure: dict[str, int] = field(default_factory=dict)  # adverts, by beacon kind
     unknown_scanner: int = 0  # adverts from a scanner in no zone (placed nowhere)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"adverts": self.adverts, "resolved": self.resolved,
-                "unresolved_eid": self.unresolved_eid, "anonymous": self.anonymous,
-                "infrastructure": dict(self.infrastructure),
-                "unknown_scanner": self.unknown_scanner}
-
 
 class PresencePipeline:
     def __init__(self, settings: PresenceSettings, resolver: EidResolver,
