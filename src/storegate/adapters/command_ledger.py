@@ -14,11 +14,11 @@ an identities command once it is applied).
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 from pathlib import Path
 
+from storegate.adapters.identities_sqlite import open_private
 from storegate.errors import ConfigError
 
 _SCHEMA = """
@@ -38,17 +38,11 @@ class CommandLedger:
         self._keep_s = keep_s
         self._since_prune = 0
         self._lock = threading.Lock()
+        self._db = open_private(path, _SCHEMA, what="the command ledger", timeout_s=30)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=30)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
             row = self._db.execute(
                 "SELECT value FROM ledger_meta WHERE name = 'newest'").fetchone()
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
             raise ConfigError(str(path), f"cannot open the command ledger: {exc}") from exc
         self.newest: float | None = None if row is None else float(row[0])
 

@@ -34,21 +34,31 @@ def _row(i: Identity) -> tuple[str, bytes, int, int, float]:
             i.registered_at)
 
 
+def open_private(path: Path, schema: str, *, what: str, secure_delete: bool = False,
+                 timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A small SQLite store of the box's own (identities, command ids): created owner-only
+    (0600, before SQLite makes it or its WAL), WAL, synchronous FULL, ``schema`` applied.
+    ``secure_delete`` overwrites deleted rows (keys must not linger in the file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                             timeout=timeout_s)
+        if secure_delete:
+            db.execute("PRAGMA secure_delete = ON")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.executescript(schema)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(str(path), f"cannot open {what}: {exc}") from exc
+    return db
+
+
 class IdentityStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            os.chmod(path, 0o600)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA secure_delete = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(str(path), f"cannot open the identity store: {exc}") from exc
+        self._db = open_private(path, _SCHEMA, what="the identity store", secure_delete=True)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
