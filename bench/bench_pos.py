@@ -136,7 +136,7 @@ async def latency(samples: int, workdir: Path) -> dict[str, Any]:
                     backoff=Backoff(0.05, 0.5))
     stop = asyncio.Event()
     task = asyncio.create_task(tap.run(stop))
-    while tap.snapshot()["state"] != "open":
+    while tap.status().state != "open":
         await asyncio.sleep(0.01)
     rng = random.Random(9)
     lat: list[float] = []

@@ -115,12 +115,12 @@ def test_bytes_arrive_complete_in_order_on_the_loop_and_nothing_is_sent(
     assert got.threads == {loop_thread}
     device.collect()
     assert device.written == b""
-    snap = tap.snapshot()
-    assert snap["bytes_total"] == len(payload)
-    assert snap["kind"] == "serial"
-    assert snap["state"] == "stopped"
-    assert snap["opens_total"] == 1
-    assert snap["line"] == "9600 8N1"
+    snap = tap.status()
+    assert snap.bytes_total == len(payload)
+    assert snap.kind == "serial"
+    assert snap.state == "stopped"
+    assert snap.opens_total == 1
+    assert snap.line == "9600 8N1"
 
 
 @pytest.mark.e2e
@@ -138,7 +138,7 @@ def test_flow_control_bytes_pass_through_even_on_an_xonxoff_line(device: PtyDevi
     asyncio.run(tapping(tap, body))
     assert got.data == every_byte
     assert device.written == b""
-    assert tap.snapshot()["flow"] == "rtscts"
+    assert tap.status().flow == "rtscts"
 
 
 @pytest.mark.e2e
@@ -161,7 +161,7 @@ def test_unplug_is_detected_and_bytes_after_replug_arrive(
         device.write(b"before\n")
         await until(lambda: got.data == b"before\n", 3, "bytes before the unplug")
         device.unplug()
-        took = await until(lambda: tap.snapshot()["disconnects_total"] == 1, 3,
+        took = await until(lambda: tap.status().disconnects_total == 1, 3,
                            "the unplug to be noticed")
         print(f"unplug noticed after {took * 1000:.1f} ms")
         assert tap.state != "open"
@@ -173,9 +173,9 @@ def test_unplug_is_detected_and_bytes_after_replug_arrive(
 
     with caplog.at_level(logging.INFO, logger=LOGGER):
         asyncio.run(tapping(tap, body))
-    snap = tap.snapshot()
-    assert snap["disconnects_total"] == 1
-    assert snap["last_error"] is None
+    snap = tap.status()
+    assert snap.disconnects_total == 1
+    assert snap.last_error is None
     assert most_threads == 1
     warnings = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -249,7 +249,7 @@ def test_a_second_tap_on_a_held_port_is_refused_clearly_and_steals_nothing(
         await until(lambda: len(first.data) >= 500, 3, "the first tap's bytes")
         tried = b.open_failures_total  # it keeps trying while the first one reads...
         await until(lambda: b.open_failures_total >= tried + 3, 3, "three more tries")
-        assert b.snapshot()["state"] != "open"  # ...and never gets in
+        assert b.status().state != "open"  # ...and never gets in
         stop.set()
         await asyncio.wait_for(b_task, 5)
 
@@ -360,7 +360,7 @@ def test_a_failing_consumer_costs_no_later_bytes(device: PtyDevice) -> None:
         await until(lambda: got.data == b"ab", 3, "the byte after the failure")
 
     asyncio.run(tapping(tap, body))
-    assert tap.snapshot()["callback_errors_total"] == 1
+    assert tap.status().callback_errors_total == 1
 
 
 def test_open_errors_read_as_what_to_fix() -> None:

@@ -14,7 +14,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bleak import BleakScanner
@@ -40,6 +41,34 @@ PASSIVE_PATTERNS: tuple[OrPattern, ...] = (
 )
 POLL_S = 1.0
 START_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class BleSourceStatus:
+    """One adapter's scan, as the status file shows it (names and order are its keys)."""
+
+    kind: Literal["ble"] = field(default="ble", init=False)
+    adapter: str
+    scanner: str
+    mode: str  # "active" or "passive"
+    state: str  # the watchdog's: "starting", "scanning", "restarting"
+    adverts_total: int
+    last_advert_at: float | None
+    restarts_total: int
+    failures_total: int
+    stalls_total: int
+    last_error: str | None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> BleSourceStatus:
+        """Parsed back from the status file; a missing key takes its empty value."""
+        return cls(adapter=str(d.get("adapter", "")), scanner=str(d.get("scanner", "")),
+                   mode=str(d.get("mode", "")), state=str(d.get("state", "")),
+                   adverts_total=int(d.get("adverts_total", 0)),
+                   last_advert_at=d.get("last_advert_at"),
+                   restarts_total=int(d.get("restarts_total", 0)),
+                   failures_total=int(d.get("failures_total", 0)),
+                   stalls_total=int(d.get("stalls_total", 0)), last_error=d.get("last_error"))
 
 
 class BleakSource:
@@ -138,12 +167,11 @@ class BleakSource:
                     self.watchdog.failures)
         return delay
 
-    def snapshot(self) -> dict[str, Any]:
+    def status(self) -> BleSourceStatus:
         wd = self.watchdog
-        return {
-            "kind": "ble", "adapter": self.adapter, "scanner": self.scanner,
-            "mode": self.mode, "state": wd.state, "adverts_total": self.adverts_total,
-            "last_advert_at": wd.last_advert_at, "restarts_total": wd.restarts_total,
-            "failures_total": wd.failures_total, "stalls_total": wd.stalls_total,
-            "last_error": wd.last_error,
-        }
+        return BleSourceStatus(
+            adapter=self.adapter, scanner=self.scanner, mode=self.mode, state=wd.state,
+            adverts_total=self.adverts_total, last_advert_at=wd.last_advert_at,
+            restarts_total=wd.restarts_total, failures_total=wd.failures_total,
+            stalls_total=wd.stalls_total, last_error=wd.last_error,
+        )

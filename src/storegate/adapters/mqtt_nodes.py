@@ -14,8 +14,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -30,6 +31,46 @@ log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 50_000  # adverts waiting for the loop; beyond, the oldest are shed (counted)
 MAX_NODES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One scanner node, as the status file shows it."""
+
+    last_seen: float  # wall time of its last message
+    adverts: int
+    rejected: int
+    silent: bool  # nothing heard for ``silent_after_s``
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> NodeStatus:
+        return cls(last_seen=float(d.get("last_seen", 0)), adverts=int(d.get("adverts", 0)),
+                   rejected=int(d.get("rejected", 0)), silent=bool(d.get("silent")))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSourceStatus:
+    """The scanner nodes' source, as the status file shows it (names and order are its
+    keys)."""
+
+    kind: Literal["scanner-nodes"] = field(default="scanner-nodes", init=False)
+    state: str  # "connected" or "connecting"
+    last_error: str | None
+    adverts_total: int
+    rejected_total: int
+    shed_total: int
+    nodes: Mapping[str, NodeStatus]  # by node name
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> NodeSourceStatus:
+        """Parsed back from the status file; a missing key takes its empty value."""
+        nodes = d.get("nodes")
+        return cls(state=str(d.get("state", "")), last_error=d.get("last_error"),
+                   adverts_total=int(d.get("adverts_total", 0)),
+                   rejected_total=int(d.get("rejected_total", 0)),
+                   shed_total=int(d.get("shed_total", 0)),
+                   nodes={str(k): NodeStatus.from_json(v) for k, v in nodes.items()
+                          if isinstance(v, Mapping)} if isinstance(nodes, Mapping) else {})
 
 
 def _node_of(topic: str) -> str:
@@ -120,7 +161,9 @@ class ScannerNodesSource:
             stats = self.nodes.get(node)
             if stats is None:
                 if len(self.nodes) >= MAX_NODES:
-                    return  # counted above; a flood of invented node names is not kept
+                    # a flood of invented node names is not kept, but its rejects count
+                    self.rejected_total += len(bad)
+                    return
                 stats = self.nodes[node] = {"last_seen": now, "adverts": 0, "rejected": 0}
                 log.info("scanner node %s: first message", node)
             stats["last_seen"] = now
@@ -170,14 +213,15 @@ class ScannerNodesSource:
             await asyncio.to_thread(client.loop_stop)
             self._handoff.loop = None
 
-    def snapshot(self) -> dict[str, Any]:
+    def status(self) -> NodeSourceStatus:
         now = self._wall()
         with self._lock:
-            nodes = {node: dict(st) for node, st in sorted(self.nodes.items())}
-        return {
-            "kind": "scanner-nodes", "state": "connected" if self.connected else "connecting",
-            "last_error": self.last_error, "adverts_total": self.adverts_total,
-            "rejected_total": self.rejected_total, "shed_total": self.shed_total,
-            "nodes": {node: {**st, "silent": now - st["last_seen"] >= self._silent_after}
-                      for node, st in nodes.items()},
-        }
+            nodes = {node: NodeStatus(last_seen=st["last_seen"], adverts=st["adverts"],
+                                      rejected=st["rejected"],
+                                      silent=now - st["last_seen"] >= self._silent_after)
+                     for node, st in sorted(self.nodes.items())}
+        return NodeSourceStatus(
+            state="connected" if self.connected else "connecting",
+            last_error=self.last_error, adverts_total=self.adverts_total,
+            rejected_total=self.rejected_total, shed_total=self.shed_total, nodes=nodes,
+        )

@@ -39,7 +39,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -89,8 +89,11 @@ class StatusMessages:
 
 @dataclass(frozen=True, slots=True)
 class PublisherStatus:
+    """The publisher's connection to the broker: the status file's ``broker`` object
+    (field names and order are its keys)."""
+
+    url: str
     connected: bool
-    broker: str
     since: float | None  # wall time of the last connect or disconnect
     last_error: str | None
     in_flight: int
@@ -98,10 +101,24 @@ class PublisherStatus:
     rejected_total: int  # refusals (PUBACK reason code >= 0x80), every attempt counted
     refused_held: int  # events whose last attempt was refused, waiting in the outbox
     last_refusal: str | None
-    reconnects_total: int
-    connect_failures: int
     warnings: tuple[str, ...]  # conditions an operator must see (e.g. MQTT 3.1.1)
     birth_check: str | None  # MQTT 3.1.1: did our retained birth come back from the broker
+    reconnects_total: int
+    connect_failures: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PublisherStatus:
+        """Parsed back from the status file; a missing key takes its empty value."""
+        return cls(
+            url=str(d.get("url")), connected=bool(d.get("connected")), since=d.get("since"),
+            last_error=d.get("last_error"), in_flight=int(d.get("in_flight", 0)),
+            published_total=int(d.get("published_total", 0)),
+            rejected_total=int(d.get("rejected_total", 0)),
+            refused_held=int(d.get("refused_held", 0)), last_refusal=d.get("last_refusal"),
+            warnings=tuple(d.get("warnings") or ()), birth_check=d.get("birth_check"),
+            reconnects_total=int(d.get("reconnects_total", 0)),
+            connect_failures=int(d.get("connect_failures", 0)),
+        )
 
 
 @dataclass(slots=True)
@@ -323,8 +340,8 @@ class MqttPublisher:
 
     def snapshot(self) -> PublisherStatus:
         return PublisherStatus(
+            url=self.settings.url,
             connected=self.connected,
-            broker=self.settings.url,
             since=self.since,
             last_error=self.last_error,
             in_flight=len(self._in_flight),

@@ -25,7 +25,7 @@ turns that into ``SerialException("device reports readiness to read but returned
 data ...")``) or raises ``EIO``. The tap checks ``tcgetattr`` (``EIO`` once hung up) to tell
 an unplug from another, non-locking process reading the same port, closes the port and
 reopens it with backoff once the path is back. The device path missing, busy or not
-permitted is reported in :meth:`SerialTap.snapshot` and logged once per outage; the tap
+permitted is reported in :meth:`SerialTap.status` and logged once per outage; the tap
 never raises over the device.
 """
 
@@ -41,8 +41,8 @@ import select
 import termios
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import serial  # type: ignore[import-untyped, unused-ignore]
@@ -63,6 +63,46 @@ MAX_BACKLOG_BYTES: Final = 4 * 1024 * 1024  # waiting for the loop; beyond, olde
 MAX_EMPTY_READS: Final = 100  # readable-but-empty reads in a row on a live tty: give up
 
 _WAKE: Final = b"\0"
+
+
+@dataclass(frozen=True, slots=True)
+class SerialTapStatus:
+    """One serial tap, as the status file shows it (names and order are its keys)."""
+
+    kind: Literal["serial"] = field(default="serial", init=False)
+    name: str
+    port: str
+    line: str  # e.g. "9600 8N1"
+    flow: str  # "rtscts", "xonxoff" or "none"
+    state: str  # a TapState
+    since: float  # wall time of the last change of state
+    last_error: str | None
+    bytes_total: int
+    chunks_total: int
+    last_byte_at: float | None
+    opens_total: int
+    last_open_at: float | None
+    open_failures_total: int
+    disconnects_total: int
+    shed_bytes_total: int
+    empty_reads_total: int
+    callback_errors_total: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SerialTapStatus:
+        """Parsed back from the status file; a missing key takes its empty value."""
+        return cls(name=str(d.get("name", "")), port=str(d.get("port", "")),
+                   line=str(d.get("line", "")), flow=str(d.get("flow", "")),
+                   state=str(d.get("state", "")), since=float(d.get("since") or 0),
+                   last_error=d.get("last_error"), bytes_total=int(d.get("bytes_total", 0)),
+                   chunks_total=int(d.get("chunks_total", 0)),
+                   last_byte_at=d.get("last_byte_at"), opens_total=int(d.get("opens_total", 0)),
+                   last_open_at=d.get("last_open_at"),
+                   open_failures_total=int(d.get("open_failures_total", 0)),
+                   disconnects_total=int(d.get("disconnects_total", 0)),
+                   shed_bytes_total=int(d.get("shed_bytes_total", 0)),
+                   empty_reads_total=int(d.get("empty_reads_total", 0)),
+                   callback_errors_total=int(d.get("callback_errors_total", 0)))
 
 
 @dataclass(slots=True)
@@ -358,20 +398,19 @@ class SerialTap:
         self._warn(key, "serial %s: %s; retrying with backoff", self.name, text,
                    port=self.port)
 
-    def snapshot(self) -> dict[str, Any]:
+    def status(self) -> SerialTapStatus:
         flow = "rtscts" if self.rtscts else "xonxoff" if self.xonxoff else "none"
-        return {
-            "kind": "serial", "name": self.name, "port": self.port, "line": self.line,
-            "flow": flow, "state": self.state, "since": self.since,
-            "last_error": self.last_error, "bytes_total": self.bytes_total,
-            "chunks_total": self.chunks_total, "last_byte_at": self.last_byte_at,
-            "opens_total": self.opens_total, "last_open_at": self.last_open_at,
-            "open_failures_total": self.open_failures_total,
-            "disconnects_total": self.disconnects_total,
-            "shed_bytes_total": self.shed_bytes_total,
-            "empty_reads_total": self.empty_reads_total,
-            "callback_errors_total": self.callback_errors_total,
-        }
+        return SerialTapStatus(
+            name=self.name, port=self.port, line=self.line, flow=flow, state=self.state,
+            since=self.since, last_error=self.last_error, bytes_total=self.bytes_total,
+            chunks_total=self.chunks_total, last_byte_at=self.last_byte_at,
+            opens_total=self.opens_total, last_open_at=self.last_open_at,
+            open_failures_total=self.open_failures_total,
+            disconnects_total=self.disconnects_total,
+            shed_bytes_total=self.shed_bytes_total,
+            empty_reads_total=self.empty_reads_total,
+            callback_errors_total=self.callback_errors_total,
+        )
 
 
 def describe_open_error(port: str, error: BaseException | str | None) -> tuple[str, str]:

@@ -22,17 +22,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from storegate import __version__
 from storegate.adapters import status_file
-from storegate.adapters.outbox import OutboxReader, purge
+from storegate.adapters.outbox import OutboxReader, OutboxStats, purge
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app import keys, logs
-from storegate.app.status import BrokerStatus, GatewayStatusView, PosStatus, PresenceStatus
+from storegate.app.status import GatewayStatusView, PosStatus, PresenceStatus
 from storegate.config import ENV_CONFIG, Config, PosDialect, load, load_default, redacted
 from storegate.core.topics import ID_RULE, is_valid_id
 from storegate.errors import ConfigError, StoregateError, UsageError
+
+if TYPE_CHECKING:
+    from storegate.app.status import SourceStatus
 
 log = logging.getLogger("storegate")
 
@@ -86,45 +89,53 @@ def _age(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def status_report(config: Config, now: float) -> dict[str, Any]:
-    """What ``storegate status`` shows: outbox facts from the database itself, live
-    facts from the running gateway's status file (if it is running)."""
-    report: dict[str, Any] = {"store_id": config.store_id, "gateway_id": config.gateway_id}
+def _live_status(config: Config, now: float) -> dict[str, Any] | None:
+    """The running gateway's status file; None if it is not running (or not lately)."""
     live = status_file.read(config.status_path)
     running = bool(
         live and status_file.process_alive(int(live.get("pid", 0)))
         and now - float(live.get("updated_at", 0)) < STATUS_STALE_S
     )
-    report["running"] = running
-    report["gateway"] = live if running else None
+    return live if running else None
+
+
+def _outbox_stats(config: Config) -> OutboxStats | None:
+    """The outbox's facts from the database itself; None: there is no outbox yet."""
     if not config.storage.path.exists():
-        report["outbox"] = {"path": str(config.storage.path), "exists": False}
-    else:
-        with OutboxReader(config.storage.path) as reader:
-            st = reader.stats()
-        report["outbox"] = {
-            "path": str(config.storage.path),
-            "exists": True,
-            "depth": st.depth,
-            "bytes": st.bytes,
-            "oldest_pending_age_s": None if st.oldest_accepted_at is None
-            else max(now - st.oldest_accepted_at, 0.0),
-            "last_sequence": st.last_sequence,
-            "retained_for_replay": st.retained,
-            "dropped_total": st.dropped_total,
-            "dropped": st.dropped,
-        }
-    return report
+        return None
+    with OutboxReader(config.storage.path) as reader:
+        return reader.stats()
+
+
+def status_report(config: Config, live: dict[str, Any] | None, st: OutboxStats | None,
+                  now: float) -> dict[str, Any]:
+    """What ``storegate status --json`` shows: outbox facts from the database itself,
+    live facts from the running gateway's status file (if it is running)."""
+    path = str(config.storage.path)
+    outbox: dict[str, Any] = {"path": path, "exists": False} if st is None else {
+        "path": path,
+        "exists": True,
+        "depth": st.depth,
+        "bytes": st.bytes,
+        "oldest_pending_age_s": None if st.oldest_accepted_at is None
+        else max(now - st.oldest_accepted_at, 0.0),
+        "last_sequence": st.last_sequence,
+        "retained_for_replay": st.retained,
+        "dropped_total": st.dropped_total,
+        "dropped": st.dropped,
+    }
+    return {"store_id": config.store_id, "gateway_id": config.gateway_id,
+            "running": live is not None, "gateway": live, "outbox": outbox}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     now = time.time()
-    rep = status_report(config, now)
-    g = GatewayStatusView.from_json(rep["gateway"])
+    live, st = _live_status(config, now), _outbox_stats(config)
+    g = GatewayStatusView.from_json(live)
     connected = bool(g and g.broker and g.broker.connected)
     if args.json:
-        print(json.dumps(rep, indent=2))
+        print(json.dumps(status_report(config, live, st, now), indent=2))
         return 0 if connected else 1
     name = f"{config.store_id}/{config.gateway_id}"
     if g:
@@ -132,15 +143,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"gateway   {name}  not running")
         print("broker    unknown (the gateway is not running)")
-    o = rep["outbox"]
-    if not o["exists"]:
-        print(f"outbox    {o['path']}: none yet")
+    if st is None:
+        print(f"outbox    {config.storage.path}: none yet")
     else:
-        age = o["oldest_pending_age_s"]
-        print(f"outbox    {o['depth']} pending ({o['bytes']} bytes), oldest "
-              f"{'-' if age is None else _age(age)}, last sequence {o['last_sequence']}, "
-              f"{o['dropped_total']} dropped, {o['retained_for_replay']} kept for replay")
-        for key, n in sorted(o["dropped"].items()):
+        age = None if st.oldest_accepted_at is None else max(now - st.oldest_accepted_at, 0.0)
+        print(f"outbox    {st.depth} pending ({st.bytes} bytes), oldest "
+              f"{'-' if age is None else _age(age)}, last sequence {st.last_sequence}, "
+              f"{st.dropped_total} dropped, {st.retained} kept for replay")
+        for key, n in sorted(st.dropped.items()):
             print(f"          dropped {key}: {n}")
     return 0 if connected else 1
 
@@ -148,8 +158,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_gateway(g: GatewayStatusView, name: str, now: float) -> None:
     print(f"gateway   {name}  running (pid {g.pid}, session {g.session}, "
           f"up {_age(now - g.started_at)})")
+    from storegate.adapters.mqtt_paho import PublisherStatus  # noqa: PLC0415 - --help fast
+
     # no publisher yet: shown as a disconnected broker with zero counters
-    b = g.broker or BrokerStatus.from_json({})
+    b = g.broker or PublisherStatus.from_json({})
     state = "connected" if b.connected else "DISCONNECTED"
     since = f" for {_age(now - b.since)}" if b.since else ""
     print(f"broker    {b.url}  {state}{since}"
@@ -198,25 +210,26 @@ def _print_presence(pr: PresenceStatus, now: float) -> None:
           f"anonymous, {c.unresolved_eid} unknown EIDs; store beacons: {infra}"
           + (f"; {c.unknown_scanner} from scanners in no zone" if c.unknown_scanner
              else ""))
-    for src in pr.sources:  # each source's own snapshot (adapters/)
-        kind = src["kind"]
-        if kind == "ble":
-            last = src.get("last_advert_at")
-            heard = f"last advert {_age(now - last)} ago" if last else "no adverts yet"
-            line = (f"source    bluetooth {src['adapter']} ({src['mode']}, scanner "
-                    f"{src['scanner']}): {src['state']}, {src['adverts_total']} adverts, "
-                    f"{heard}, {src['restarts_total']} restarts")
-            if src.get("last_error"):
-                line += f"; last error: {src['last_error']}"
-        elif kind == "scanner-nodes":
-            nodes = src.get("nodes", {})
-            silent = sorted(n for n, st in nodes.items() if st.get("silent"))
-            line = (f"source    scanner nodes: {src['state']}, {len(nodes)} node(s)"
-                    + (f" ({len(silent)} SILENT: {', '.join(silent)})" if silent else "")
-                    + f", {src['adverts_total']} adverts, {src['rejected_total']} rejected")
-        else:
-            line = f"source    {kind}: {src.get('state')}, {src.get('adverts_total', 0)} adverts"
-        print(line)
+    for src in pr.sources:  # each source's own status (adapters/)
+        print(_source_line(src, now))
+
+
+def _source_line(src: SourceStatus, now: float) -> str:
+    if src.kind == "ble":
+        last = src.last_advert_at
+        heard = f"last advert {_age(now - last)} ago" if last else "no adverts yet"
+        line = (f"source    bluetooth {src.adapter} ({src.mode}, scanner {src.scanner}): "
+                f"{src.state}, {src.adverts_total} adverts, {heard}, "
+                f"{src.restarts_total} restarts")
+        if src.last_error:
+            line += f"; last error: {src.last_error}"
+        return line
+    if src.kind == "scanner-nodes":
+        silent = sorted(n for n, st in src.nodes.items() if st.silent)
+        return (f"source    scanner nodes: {src.state}, {len(src.nodes)} node(s)"
+                + (f" ({len(silent)} SILENT: {', '.join(silent)})" if silent else "")
+                + f", {src.adverts_total} adverts, {src.rejected_total} rejected")
+    return f"source    {src.kind}: {src.state}, {src.adverts_total} adverts"
 
 
 def _print_pos(pos: PosStatus, now: float) -> None:
@@ -226,16 +239,17 @@ def _print_pos(pos: PosStatus, now: float) -> None:
               f"voided, {c.get('totals-mismatch', 0)} totals mismatches, "
               f"{c.get('duplicate', 0)} duplicates")
         for d in lane.devices:
-            tap = d.tap or {}  # the serial tap's own snapshot (adapters/)
-            last = tap.get("last_byte_at")
+            tap = d.tap  # the serial tap's own status (adapters/); None: simulated
+            last = tap.last_byte_at if tap else None
             heard = f"last byte {_age(now - last)} ago" if last else "no bytes yet"
             rejected = ", ".join(f"{k} {v}" for k, v in sorted(d.rejected.items()))
             line = (f"          {d.role} ({d.dialect}, {d.port}): "
-                    f"{tap.get('state', '?')}, {tap.get('bytes_total', 0)} bytes, {heard}")
+                    f"{tap.state if tap else '?'}, {tap.bytes_total if tap else 0} bytes, "
+                    f"{heard}")
             if rejected:
                 line += f"; rejected: {rejected}"
-            if tap.get("last_error"):
-                line += f"; last error: {tap['last_error']}"
+            if tap and tap.last_error:
+                line += f"; last error: {tap.last_error}"
             print(line)
 
 

@@ -42,7 +42,6 @@ from storegate.app.pos import PosService
 from storegate.app.preflight import load_start_files
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
 from storegate.app.status import (
-    BrokerStatus,
     CommandsStatus,
     GatewayStatusView,
     OutboxStatus,
@@ -335,21 +334,7 @@ class Gateway:
             session=self.outbox.session,
             started_at=self.started_at,
             updated_at=self._wall(),
-            broker=None if pub is None else BrokerStatus(
-                url=pub.broker,
-                connected=pub.connected,
-                since=pub.since,
-                last_error=pub.last_error,
-                in_flight=pub.in_flight,
-                published_total=pub.published_total,
-                rejected_total=pub.rejected_total,
-                refused_held=pub.refused_held,
-                last_refusal=pub.last_refusal,
-                warnings=tuple(pub.warnings),
-                birth_check=pub.birth_check,
-                reconnects_total=pub.reconnects_total,
-                connect_failures=pub.connect_failures,
-            ),
+            broker=pub,
             outbox=OutboxStatus(
                 path=str(self.config.storage.path),
                 accepted_total=self.outbox.accepted_total,

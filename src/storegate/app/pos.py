@@ -261,7 +261,7 @@ class PosService:
                 rejected_total=sum(sum(d.dialect.rejected.values()) for d in devs),
                 totals_mismatch_total=lane.counters.get("totals-mismatch", 0),
                 devices_down=[d.cfg.role for d in devs
-                              if d.tap is not None and d.tap.snapshot()["state"] != "open"],
+                              if d.tap is not None and d.tap.state != "open"],
             ))
         return out
 
@@ -272,7 +272,7 @@ class PosService:
                 role=dev.cfg.role, dialect=dev.cfg.dialect, port=dev.cfg.port,
                 frames_total=dev.frames_total,
                 rejected=dict(dev.dialect.rejected),
-                tap=dev.tap.snapshot() if dev.tap is not None else None,
+                tap=dev.tap.status() if dev.tap is not None else None,
             ))
         lanes = {lane_id: LaneStatus(counters=dict(lane.counters),
                                      devices=tuple(devices[lane_id]))

@@ -11,12 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from storegate.adapters.ble_bleak import BleakSource
+from storegate.adapters.ble_bleak import BleakSource, BleSourceStatus
 from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_client import MqttSettings
-from storegate.adapters.mqtt_nodes import ScannerNodesSource
+from storegate.adapters.mqtt_nodes import NodeSourceStatus, ScannerNodesSource
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app.presence_files import presence_pipeline
 from storegate.app.sim_store import SimulatedStore
@@ -34,6 +34,9 @@ from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.topics import Topics
 from storegate.log_once import LogOnce
 
+if TYPE_CHECKING:
+    from storegate.app.status import SourceStatus
+
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
@@ -45,7 +48,7 @@ class AdvertSource(Protocol):
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def status(self) -> SourceStatus: ...
 
 
 def presence_enabled(config: Config) -> bool:
@@ -218,17 +221,16 @@ class PresenceService:
                 self._submit(drafts)
 
     def health(self) -> p.PresenceHealth:
-        snaps = [s.snapshot() for s in self.sources]
-        down = [f"ble:{s['adapter']}" for s in snaps
-                if s["kind"] == "ble" and s["state"] != "scanning"]
-        down += [f"node:{n}" for s in snaps if s["kind"] == "scanner-nodes"
-                 for n, st in s["nodes"].items() if st["silent"]]
-        down += ["scanner-nodes" for s in snaps
-                 if s["kind"] == "scanner-nodes" and s["state"] != "connected"]
+        snaps = [s.status() for s in self.sources]
+        ble = [s for s in snaps if isinstance(s, BleSourceStatus)]
+        nodes = [s for s in snaps if isinstance(s, NodeSourceStatus)]
+        down = [f"ble:{s.adapter}" for s in ble if s.state != "scanning"]
+        down += [f"node:{n}" for s in nodes for n, st in s.nodes.items() if st.silent]
+        down += ["scanner-nodes" for s in nodes if s.state != "connected"]
         return p.PresenceHealth(
             adverts_total=self.pipeline.counters.adverts,
-            adverts_rejected_total=sum(s.get("rejected_total", 0) for s in snaps),
-            scan_restarts_total=sum(s.get("restarts_total", 0) for s in snaps),
+            adverts_rejected_total=sum(s.rejected_total for s in nodes),
+            scan_restarts_total=sum(s.restarts_total for s in ble),
             sources_down=down,
             enrolled=len(self.pipeline.resolver),
             customers_present=self.pipeline.engine.present()[None],
@@ -244,5 +246,5 @@ class PresenceService:
             beacons_last_heard=dict(pl.beacons_last_heard),
             commands_applied=self.commands_applied,
             errors_total=self.errors_total,
-            sources=tuple(s.snapshot() for s in self.sources),
+            sources=tuple(s.status() for s in self.sources),
         )

@@ -15,12 +15,30 @@ import os
 import pty
 import random
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.sim.lane import display_updates, escpos_job, random_receipt, scanner_codes
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSimulatorStatus:
+    """The simulated till: receipts rung up, and where each device's pty link is."""
+
+    kind: Literal["lane-simulator"] = field(default="lane-simulator", init=False)
+    receipts: int
+    ports: Mapping[str, str]  # role -> port path
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LaneSimulatorStatus:
+        """Parsed back from JSON; a missing key takes its empty value."""
+        ports = d.get("ports")
+        return cls(receipts=int(d.get("receipts", 0)),
+                   ports={str(k): str(v) for k, v in ports.items()}
+                   if isinstance(ports, Mapping) else {})
 
 
 class SimulatedLane:
@@ -89,6 +107,5 @@ class SimulatedLane:
         await self._sleep(1.0)
         self._write("printer", escpos_job(r, encoding=self.encoding))
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"kind": "lane-simulator", "receipts": self.receipts,
-                "ports": dict(self.ports)}
+    def status(self) -> LaneSimulatorStatus:
+        return LaneSimulatorStatus(receipts=self.receipts, ports=dict(self.ports))

@@ -11,13 +11,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.eid import Identity
 from storegate.sim.store import Simulation, adverts, build
+
+
+@dataclass(frozen=True, slots=True)
+class SimSourceStatus:
+    """The simulator as an advert source, as the status file shows it."""
+
+    kind: Literal["simulator"] = field(default="simulator", init=False)
+    state: str  # always "running"
+    runs: int  # simulated hours completed
+    adverts_total: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SimSourceStatus:
+        """Parsed back from the status file; a missing key takes its empty value."""
+        return cls(state=str(d.get("state", "")), runs=int(d.get("runs", 0)),
+                   adverts_total=int(d.get("adverts_total", 0)))
 
 
 class SimulatedStore:
@@ -71,6 +88,6 @@ class SimulatedStore:
                                                -55, manufacturer_data=data))
             self.runs += 1
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"kind": "simulator", "state": "running", "runs": self.runs,
-                "adverts_total": self.adverts_total}
+    def status(self) -> SimSourceStatus:
+        return SimSourceStatus(state="running", runs=self.runs,
+                               adverts_total=self.adverts_total)
