@@ -12,6 +12,7 @@ import yaml
 
 from storegate.contract import asyncapi
 from storegate.core import events as ev
+from storegate.core.commands import COMMANDS
 from tests.support.outbox import purchase, telemetry, visit
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -35,7 +36,9 @@ def test_asyncapi_yaml_is_valid_yaml_of_the_generated_document() -> None:
     assert "storegate/v1/{store}/{gateway}/status" in addresses
     # every message referenced by a channel is defined, every type has a message
     names = {m["name"] for m in doc["components"]["messages"].values()}
-    assert names == set(ev.CATALOGUE) | {"replayCommand", "identitiesCommand"}
+    commands = {f"{name}Command" for name in COMMANDS}  # issue 11 adds campaigns, customers
+    assert {"replayCommand", "identitiesCommand", "campaignsCommand"} <= commands
+    assert names == set(ev.CATALOGUE) | commands
     assert doc["operations"]["receiveCommandsReplay"]["action"] == "receive"
 
 

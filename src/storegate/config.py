@@ -30,6 +30,9 @@ from pydantic import (
     model_validator,
 )
 
+from storegate.core.personal.stitching import StitchingSettings
+from storegate.core.personal.tokens import KID_PATTERN as TOKEN_KID_PATTERN
+from storegate.core.personal.tokens import key_id as token_key_id
 from storegate.core.pseudonyms import PersonalData, parse_key
 from storegate.core.topics import (
     ID_RULE,
@@ -325,6 +328,10 @@ class PosLaneConfig(Section):
                                         "this regex are loyalty ids.")
     offer_pattern: str | None = Field(default=r"^SGO1\.", description="Scanned codes "
                                       "matching this regex are offer tokens.")
+    checkout_zone: str | None = Field(
+        default=None, description="The presence zone ([[presence.zones]] id) where this "
+        "lane's customers queue and pay: the only customer there when a receipt starts "
+        "is its buyer ([stitching]), and entering it starts the time to serve.")
     devices: list[PosDeviceConfig] = Field(min_length=1)
 
     @field_validator("id")
@@ -442,6 +449,84 @@ class PrivacyConfig(Section):
             raw_loyalty_ids=self.raw_loyalty_ids, raw_operator_names=self.raw_operator_names)
 
 
+class TokenKeyConfig(Section):
+    kid: str = Field(pattern=TOKEN_KID_PATTERN.pattern, description="The key's id, as its "
+                     "gateway's birth certificate gives it (offer_key.kid).")
+    public_key: str = Field(description="Ed25519 public key, base64url of 32 bytes "
+                            "(offer_key.public_key of that gateway's birth certificate).")
+
+    @model_validator(mode="after")
+    def _matches(self) -> TokenKeyConfig:
+        if token_key_id(load_public_key(self.public_key)) != self.kid:  # ValueError: bad key
+            raise ValueError(f"kid {self.kid!r} is not this public key's id (a copying slip?)")
+        return self
+
+
+class RedemptionConfig(Section):
+    """Offer tokens and their redemption at the lanes, checked on the box (offline too)."""
+
+    reservation_timeout_s: float = Field(
+        default=600.0, ge=10, le=86_400,
+        description="A token scanned at a lane is reserved until its receipt completes or "
+        "is voided; with neither for this long it is released (usable again).")
+    offer_ttl_s: int = Field(default=7 * 86_400, ge=60, le=366 * 86_400,
+                             description="How long an issued offer's token is valid.")
+    trusted_token_keys: list[TokenKeyConfig] = Field(
+        default=[], max_length=64,
+        description="Offer keys of the store's other gateways: their tokens are redeemed "
+        "here too (this gateway's own key is always trusted).")
+
+    @model_validator(mode="after")
+    def _unique(self) -> RedemptionConfig:
+        kids = [k.kid for k in self.trusted_token_keys]
+        if len(set(kids)) != len(kids):
+            raise ValueError("a token key is listed twice")
+        return self
+
+
+class StitchingConfidence(Section):
+    """How sure each method is, published with every attributed purchase. The methods
+    are tried strongest first, so the order must hold: loyalty >= token >= presence."""
+
+    loyalty: float = Field(default=0.99, ge=0, le=1, description="A loyalty card.")
+    token: float = Field(default=0.95, ge=0, le=1, description="An offer token (a phone "
+                         "can be lent).")
+    presence: float = Field(default=0.7, ge=0, le=1, description="The only customer in "
+                            "the checkout zone (a phone in a companion's pocket).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StitchingConfidence:
+        if not self.loyalty >= self.token >= self.presence:
+            raise ValueError("the methods are tried strongest first: keep loyalty >= "
+                             "token >= presence")
+        return self
+
+
+class StitchingConfig(Section):
+    """Who bought: purchases get a customer, store visits their outcome (issue 11)."""
+
+    presence_rule: Literal["sole_customer_in_checkout_zone", "off"] = Field(
+        default="sole_customer_in_checkout_zone",
+        description="Without a loyalty card or token: the purchase goes to the only "
+        "consenting customer in the lane's checkout zone (pos.lanes.checkout_zone) when "
+        "the receipt started; several are 'ambiguous' and nobody is named. 'off': never.")
+    lookback_s: float = Field(
+        default=30.0, ge=0, le=600, description="How long before the receipt started "
+        "printing a customer's presence in the checkout zone still counts.")
+    entry_grace_s: float = Field(
+        default=5.0, ge=0, le=60, description="How long after the receipt started an "
+        "arrival in the checkout zone still counts (presence places people a few seconds "
+        "late; later arrivals are the next in the queue).")
+    confidence: StitchingConfidence = StitchingConfidence()
+
+    def settings(self) -> StitchingSettings:
+        return StitchingSettings(
+            presence_rule=self.presence_rule, lookback_s=self.lookback_s,
+            entry_grace_s=self.entry_grace_s, loyalty_confidence=self.confidence.loyalty,
+            token_confidence=self.confidence.token,
+            presence_confidence=self.confidence.presence)
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
@@ -451,7 +536,9 @@ class Config(Section):
     sources: SourcesConfig = SourcesConfig()
     presence: PresenceConfig = PresenceConfig()
     pos: PosConfig = PosConfig()
+    stitching: StitchingConfig = StitchingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    redemption: RedemptionConfig = RedemptionConfig()
 
     @field_validator("store_id", "gateway_id")
     @classmethod
@@ -464,11 +551,44 @@ class Config(Section):
                              f"{sorted(reserved)}")
         return value
 
+    @field_validator("pos")
+    @classmethod
+    def _checkout_zones(cls, value: PosConfig, info: ValidationInfo) -> PosConfig:
+        # Checked here, where both sections are in hand (presence comes first): a lane's
+        # checkout zone that names no zone would silently attribute nothing by presence.
+        presence = info.data.get("presence")
+        if presence is None:  # presence itself is invalid: that error is reported
+            return value
+        zones = sorted(z.id for z in presence.zones)
+        for lane in value.lanes:
+            if lane.checkout_zone is not None and lane.checkout_zone not in zones:
+                raise ValueError(
+                    f"lane {lane.id!r}: checkout_zone {lane.checkout_zone!r} is not a "
+                    f"presence zone ([[presence.zones]] ids: {zones or 'none configured'})")
+        return value
+
+    def lane_checkout_zones(self) -> dict[str, str]:
+        """Lane id -> its checkout zone, for the stitcher (lanes without one left out)."""
+        return {lane.id: lane.checkout_zone for lane in self.pos.lanes
+                if lane.checkout_zone is not None}
+
     @property
     def seal_key_path(self) -> Path:
         """This gateway's private X25519 key, which opens identity keys sealed to it."""
         p = self.storage.path
         return p.with_name(p.stem + ".seal.key")
+
+    @property
+    def offer_key_path(self) -> Path:
+        """This gateway's private Ed25519 key, which signs its offer tokens."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".offer.key")
+
+    @property
+    def redemption_path(self) -> Path:
+        """Issued offers and the redemption ledger."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".redemption.db")
 
     @property
     def commands_path(self) -> Path:
@@ -485,6 +605,12 @@ class Config(Section):
         """The box's copy of consenting customers' identity keys (next to the outbox)."""
         p = self.storage.path
         return p.with_name(p.stem + ".identities.db")
+
+    @property
+    def registry_path(self) -> Path:
+        """The customers central sent this store: records (no keys) and tombstones."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".customers.db")
 
     @property
     def status_path(self) -> Path:

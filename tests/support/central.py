@@ -71,8 +71,62 @@ class Central:
             body["request_id"] = request_id
         return body
 
+    def customers(self, op: str, records: Iterable[Mapping[str, Any]] = (),
+                  remove: Iterable[tuple[str, int]] = (), *, gateways: Mapping[str, str],
+                  store: str = "s1", request_id: str | None = None,
+                  **sign_args: Any) -> bytes:
+        """A signed customers command; records as :func:`customer_record` makes them
+        (an identity in clear is sealed to ``gateways``, id -> seal key)."""
+        payload = self.customers_payload(op, records, remove, gateways=gateways,
+                                         store=store, request_id=request_id)
+        return self.sign("customers", payload, store=store, **sign_args)
+
+    @staticmethod
+    def customers_payload(op: str, records: Iterable[Mapping[str, Any]] = (),
+                          remove: Iterable[tuple[str, int]] = (), *,
+                          gateways: Mapping[str, str], store: str = "s1",
+                          request_id: str | None = None) -> dict[str, Any]:
+        out = [dict(r) for r in records]
+        clear = [(r, IdentityRecord.model_validate(r["identity"])) for r in out
+                 if r.get("identity") is not None and "identity_key" in r["identity"]]
+        body: dict[str, Any] = {"op": op, "customers": out}
+        if clear:
+            sealed, wrapped = seal_identities(
+                [c for _, c in clear], {gw: seal.load_public(k) for gw, k in gateways.items()},
+                store=store, rand=os.urandom)
+            for (r, _), s in zip(clear, sealed, strict=True):
+                r["identity"] = s
+            body["sealed_to"] = wrapped
+        if remove:
+            body["remove"] = [{"customer": c, "version": v} for c, v in remove]
+        if request_id is not None:
+            body["request_id"] = request_id
+        return body
+
 
 CENTRAL = Central()
+
+
+def customer_record(customer: str, version: int, *, identity: Identity | None = None,
+                    presence: bool = True, marketing: bool = True, staff_view: bool = True,
+                    loyalty_ids: Iterable[str] = (), at: float = 1_790_000_000.0,
+                    **profile: Any) -> dict[str, Any]:
+    """A valid CustomerRecord as central sends it (identity in clear: the command
+    helpers seal it)."""
+    def consent(granted: bool) -> dict[str, Any]:
+        return {"granted": granted, "at": at, "source": "app"}
+
+    record: dict[str, Any] = {
+        "customer": customer, "version": version,
+        "consents": {"presence": consent(presence), "marketing": consent(marketing),
+                     "staff_view": consent(staff_view)},
+        "loyalty_ids": list(loyalty_ids),
+        "profile": {"greeting_name": "Alex", "tier": "gold", "segments": ["runner"],
+                    **profile},
+    }
+    if identity is not None:
+        record["identity"] = IdentityRecord.of(identity).model_dump()
+    return record
 
 
 def topic(name: str, store: str = "s1") -> str:

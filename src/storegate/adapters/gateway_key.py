@@ -1,4 +1,5 @@
-"""This gateway's sealing key: an X25519 key pair made on the box on first start.
+"""This gateway's own keys, made on the box on first start: the sealing key (X25519)
+and the offer-signing key (Ed25519, :func:`load_or_create_offer_key`).
 
 The private key never leaves the box (PKCS#8 PEM, mode 0600, beside the identity
 store); the public key goes out in the birth certificate and ``storegate status`` so
@@ -14,8 +15,12 @@ import contextlib
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -27,15 +32,29 @@ from cryptography.hazmat.primitives.serialization import (
 from storegate.errors import ConfigError
 
 MAX_KEY_FILE_BYTES = 4096
+_Key = TypeVar("_Key", X25519PrivateKey, Ed25519PrivateKey)
 
 
 def load_or_create(path: Path) -> X25519PrivateKey:
     """The key at ``path``, made (atomically, 0600, durably) if there is none."""
+    return _load_or_create(path, X25519PrivateKey.generate, load, "sealing key")
+
+
+def load_or_create_offer_key(path: Path) -> Ed25519PrivateKey:
+    """The gateway's offer-signing key (Ed25519), made like the sealing key. Losing it
+    only means tokens issued before no longer verify here (their customers get new
+    ones); its public key is in the birth certificate for tills and central."""
+    return _load_or_create(path, Ed25519PrivateKey.generate, load_offer_key,
+                           "offer-signing key")
+
+
+def _load_or_create(path: Path, generate: Callable[[], _Key], read: Callable[[Path], _Key],
+                    what: str) -> _Key:
     try:
-        return load(path)
+        return read(path)
     except FileNotFoundError:
         pass
-    key = X25519PrivateKey.generate()
+    key = generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
@@ -49,10 +68,10 @@ def load_or_create(path: Path) -> X25519PrivateKey:
         try:
             os.link(tmp, path)  # never replaces a key another process made meanwhile
         except FileExistsError:
-            return load(path)
+            return read(path)
         _sync_dir(path.parent)  # the key survives a power cut (central seals to it)
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot create the gateway's sealing key: {exc}") from exc
+        raise ConfigError(str(path), f"cannot create the gateway's {what}: {exc}") from exc
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -70,22 +89,34 @@ def _sync_dir(folder: Path) -> None:
 def load(path: Path) -> X25519PrivateKey:
     """The key at ``path``; FileNotFoundError if there is none, ConfigError if it is not
     one (never overwritten: move it away)."""
+    key = _read(path, "sealing key", "central must seal to it")
+    if not isinstance(key, X25519PrivateKey):
+        raise ConfigError(str(path), "not an X25519 private key: move it away")
+    return key
+
+
+def load_offer_key(path: Path) -> Ed25519PrivateKey:
+    """The offer-signing key at ``path``; errors as :func:`load`."""
+    key = _read(path, "offer-signing key", "tokens issued before stop verifying here")
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(str(path), "not an Ed25519 private key: move it away")
+    return key
+
+
+def _read(path: Path, what: str, consequence: str) -> PrivateKeyTypes:
     try:
         st = path.stat()
         if st.st_size > MAX_KEY_FILE_BYTES:
-            raise ConfigError(str(path), "not a sealing key (too large); move it away")
+            raise ConfigError(str(path), f"not a {what} (too large); move it away")
         if stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(path, 0o600)  # a private key readable by others: close it first
         data = path.read_bytes()
     except FileNotFoundError:
         raise
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read the gateway's sealing key: {exc}") from exc
+        raise ConfigError(str(path), f"cannot read the gateway's {what}: {exc}") from exc
     try:
-        key = load_pem_private_key(data, password=None)
+        return load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(path), "not a PEM private key: move it away (a new key is "
-                          "made, and central must seal to it)") from exc
-    if not isinstance(key, X25519PrivateKey):
-        raise ConfigError(str(path), "not an X25519 private key: move it away")
-    return key
+                          f"made, and {consequence})") from exc

@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -36,10 +36,13 @@ from storegate.core.commands import (
     IdentitiesCommand,
     IdentityChange,
     ReplayCommand,
+    open_customers,
     open_identities,
     ranges,
     validate_payload,
 )
+from storegate.core.payloads import Payload
+from storegate.core.personal.registry import CustomersCommand
 from storegate.core.topics import parse_command_topic
 from storegate.core.trust import Rejected, TrustPolicy, Verified, verify
 from storegate.log_once import LogOnce
@@ -54,6 +57,9 @@ QUEUE_MAX_BYTES_FACTOR: Final = 2  # at most this many max-size commands wait in
 # took effect (the command id is then recorded), False if it did not (central may send
 # the same command again).
 Done = Callable[[bool], None]
+# Any other command, validated (and opened, when it carries sealed keys: customers ->
+# CustomersChange), with its signed envelope's facts; it calls Done as above.
+CommandCallback = Callable[[object, Verified, Done], None]
 
 
 class _Cancelled(Exception):  # noqa: N818 - control flow inside the command thread
@@ -76,6 +82,7 @@ class CommandHandler:
         resend: Callable[[list[int]], None],
         identities: Callable[[IdentityChange, Done], None],
         wall_clock: Callable[[], float],
+        handlers: Mapping[str, CommandCallback] | None = None,
     ) -> None:
         self._store_id = store_id
         self._gateway_id = gateway_id
@@ -87,6 +94,7 @@ class CommandHandler:
         self._seal_key = seal_key
         self._resend = resend
         self._identities = identities
+        self._handlers = dict(handlers or {})
         self._wall = wall_clock
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(QUEUE_MAX)
         self._stopping = threading.Event()
@@ -224,10 +232,7 @@ class CommandHandler:
             if isinstance(change, CommandRejected):
                 self._reject(change)
                 return
-            with self._lock:
-                self._in_flight.add(cid)
-                self.accepted_total += 1
-            self._identities(change, lambda ok: self._applied(cid, checked.issued_at, ok))
+            self._hand_over(cid, checked.issued_at, lambda done: self._identities(change, done))
         elif isinstance(cmd, ReplayCommand):
             if cmd.gateway != self._gateway_id:
                 return  # addressed to another gateway of this store
@@ -240,9 +245,36 @@ class CommandHandler:
                 cmd.from_sequence, cmd.to_sequence,
                 lambda requeued, missing: self._replayed(cmd, cid, requeued, missing),
             )
+        else:
+            self._generic(cmd, checked)
+
+    def _generic(self, cmd: Payload, checked: Verified) -> None:
+        """Any other command: opened if it carries sealed keys, then handed over."""
+        name, cid = checked.name, checked.command_id
+        handler = self._handlers.get(name)
+        if handler is None:
+            self._reject(CommandRejected(name, "unknown_command", "this gateway does not "
+                                         "handle it (not wired)", cid))
+            return
+        opened: object = cmd
+        if isinstance(cmd, CustomersCommand):  # sealed keys: opened on this thread
+            opened = open_customers(cmd, key=self._seal_key, store=checked.store,
+                                    gateway=self._gateway_id, command_id=cid,
+                                    pause=self._pause)
+            if isinstance(opened, CommandRejected):
+                self._reject(opened)
+                return
+        self._hand_over(cid, checked.issued_at, lambda done: handler(opened, checked, done))
+
+    def _hand_over(self, cid: str, issued_at: float, give: Callable[[Done], None]) -> None:
+        """Hand an accepted command over; its id is recorded only once it took effect."""
+        with self._lock:
+            self._in_flight.add(cid)
+            self.accepted_total += 1
+        give(lambda ok: self._applied(cid, issued_at, ok))
 
     def _applied(self, command_id: str, issued_at: float, ok: bool) -> None:
-        """An identities change took effect (or not): record its id only if it did, so
+        """A handed-over change took effect (or not): record its id only if it did, so
         a withdrawal that did not happen can be sent again with the same id."""
         try:
             if ok:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from storegate import __version__
 from storegate.adapters import gateway_key, status_file
@@ -35,6 +37,7 @@ from storegate.adapters.mqtt_client import MqttSettings, TlsSettings
 from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages
 from storegate.adapters.outbox import Accepted, Outbox, OutboxReader
 from storegate.adapters.plumbing import sleep_until_stopped
+from storegate.adapters.registry_sqlite import RegistrySqlite
 from storegate.app import collector
 from storegate.app.commands import CommandHandler, Done
 from storegate.app.intake import Intake
@@ -55,15 +58,19 @@ from storegate.core.backoff import Backoff
 from storegate.core.ble.eid import Identity
 from storegate.core.commands import IdentityChange
 from storegate.core.ids import Uuid7Generator
+from storegate.core.personal.registry import CustomersChange, Registry, RegistryDelta
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
-from storegate.core.trust import TrustPolicy, load_public_key
+from storegate.core.trust import TrustPolicy, Verified, load_public_key
 from storegate.errors import OutboxError
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE_INTERVAL_S = 2.0
 CONSENT_WAIT_S = 10.0  # at shutdown, for a consent change being applied (100k: ~3 s)
+# A removed customer's tombstone outlives any command still in flight (trust.max_age_s
+# plus skew) by a day: an older upsert can never bring them back.
+TOMBSTONE_EXTRA_S = 86_400.0
 
 
 def mqtt_settings(config: Config) -> MqttSettings:
@@ -119,6 +126,12 @@ class Gateway:
             t.max_age_s, t.max_future_s)
         self._reader: OutboxReader | None = None
         self.identities: IdentityStore | None = None
+        # The customers central sent (core/personal/registry.py): every feature asks it
+        # `allows(customer, purpose)`. Filled from its store at start; the key here is a
+        # stand-in until then (the store keeps the real one).
+        self.registry = Registry(tomb_key=os.urandom(32),
+                                 keep_s=t.max_age_s + t.max_future_s + TOMBSTONE_EXTRA_S)
+        self._registry_store: RegistrySqlite | None = None
         self.presence: PresenceService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consent_tasks: set[asyncio.Task[None]] = set()
@@ -141,6 +154,7 @@ class Gateway:
         self.outbox.open()
         try:
             self.identities = IdentityStore(self.config.identities_path)
+            self._load_registry()
             key = gateway_key.load_or_create(self.config.seal_key_path)
             self.seal_key = seal.public_text(key.public_key())
             t = self.config.trust
@@ -150,7 +164,8 @@ class Gateway:
                 store_id=self.config.store_id, gateway_id=self.config.gateway_id,
                 policy=self._trust, max_bytes=t.max_command_bytes, outbox=self.outbox,
                 submit=self._submit, ledger=self._ledger, seal_key=key, resend=self._resend,
-                identities=self._on_identities, wall_clock=self._wall)
+                identities=self._on_identities, wall_clock=self._wall,
+                handlers={"customers": self._on_customers})
             self.commands.start()
             self._reader = OutboxReader(self.config.storage.path)
             self.publisher = MqttPublisher(
@@ -211,6 +226,8 @@ class Gateway:
     def _close_stores(self) -> None:
         if self.identities is not None:
             self.identities.close()
+        if self._registry_store is not None:
+            self._registry_store.close()
         if self._ledger is not None:
             self._ledger.close()
 
@@ -222,10 +239,10 @@ class Gateway:
                         cmd.command_id)
             done(False)
             return
-        loop.call_soon_threadsafe(self._spawn_apply, cmd, done)
+        loop.call_soon_threadsafe(self._spawn, lambda: self._apply_identities(cmd, done))
 
-    def _spawn_apply(self, cmd: IdentityChange, done: Done) -> None:
-        task = asyncio.get_running_loop().create_task(self._apply_identities(cmd, done))
+    def _spawn(self, apply: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(apply())
         self._consent_tasks.add(task)  # a reference, until it is done
         task.add_done_callback(self._consent_tasks.discard)
 
@@ -239,6 +256,15 @@ class Gateway:
 
     async def _apply_one(self, cmd: IdentityChange) -> bool:
         error = None
+        # Consent is decided in one place: a customer the registry knows without presence
+        # consent is not enrolled by the older identities command either.
+        refused = {i.customer for i in cmd.identities if i.customer in self.registry
+                   and not self.registry.allows(i.customer, "presence")}
+        if refused:
+            log.info("identities: %d customer(s) without presence consent in the registry "
+                     "not enrolled", len(refused))
+            cmd = dataclasses.replace(cmd, identities=tuple(
+                i for i in cmd.identities if i.customer not in refused))
         try:
             if self.presence is not None:
                 with collector.paused():  # 100,000 identities: see app/collector.py
@@ -261,6 +287,99 @@ class Gateway:
         self._submit([ev.EventDraft(ev.GATEWAY_IDENTITIES_APPLIED,
                                     f"gateway/{self.config.gateway_id}", self._wall(), data)])
         return error is None
+
+    # --- the customer registry ------------------------------------------------------
+
+    def _load_registry(self) -> None:
+        store = RegistrySqlite(self.config.registry_path)
+        self._registry_store = store
+        loaded = store.load()
+        if loaded.skipped:
+            log.warning("registry: %d stored customer record(s) out of bounds skipped (the "
+                        "next full sync from central replaces them)", loaded.skipped)
+        self.registry.restore(loaded.records, loaded.tombstones, tomb_key=store.tomb_key())
+        if loaded.records:
+            log.info("registry: %d customer(s) known", len(self.registry))
+
+    def _on_customers(self, change: object, checked: Verified, done: Done) -> None:
+        """On the command thread: hand the customers change to the event loop."""
+        loop = self._loop
+        if loop is None or not isinstance(change, CustomersChange):
+            log.warning("customers command %s arrived while stopping; not applied",
+                        checked.command_id)
+            done(False)
+            return
+        loop.call_soon_threadsafe(self._spawn, lambda: self._apply_customers(change, done))
+
+    async def _apply_customers(self, change: CustomersChange, done: Done) -> None:
+        """In arrival order with the identities commands (one consent lock)."""
+        async with self._consent_lock:
+            applied = await self._apply_customers_one(change)
+        await asyncio.to_thread(done, applied)  # recorded only now, as identities
+
+    async def _apply_customers_one(self, change: CustomersChange) -> bool:
+        """Memory first (``allows`` answers at once, withdrawn keys leave the resolver
+        before the disk), then the identity store, then the registry's own file. If a
+        write fails, memory goes back to what the registry file says and the answer says
+        so: central's resend then finds nothing stale and applies it again."""
+        error = None
+        delta = RegistryDelta(self._wall())
+        store = self._registry_store
+        try:
+            if store is not None:
+                delta = self.registry.apply(change, self._wall())
+                await self._follow_consent(change, delta)
+                await asyncio.to_thread(store.write, delta)
+            else:  # stopped under it: nothing changed
+                error = "the registry store is closed"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            log.exception("customers command %s (request %s) failed", change.op,
+                          change.request_id)
+            if store is not None:  # memory back to what the registry file says
+                with contextlib.suppress(Exception):
+                    loaded, key = await asyncio.to_thread(
+                        lambda: (store.load(), store.tomb_key()))
+                    self.registry.restore(loaded.records, loaded.tombstones, tomb_key=key)
+        if error is not None:
+            delta = RegistryDelta(delta.at)
+        else:
+            log.info("customers %s applied (command %s): %d applied, %d stale, %d removed, "
+                     "%d known", change.op, change.command_id, delta.applied, delta.stale,
+                     delta.removed, len(self.registry))
+        data = p.CustomersApplied(
+            request_id=change.request_id, command_id=change.command_id, op=change.op,
+            applied=error is None, error=error, received=change.received,
+            stale=delta.stale, removed=delta.removed,
+            known=len(self.registry), enrolled=self._enrolled())
+        self._submit([ev.EventDraft(ev.GATEWAY_CUSTOMERS_APPLIED,
+                                    f"gateway/{self.config.gateway_id}", self._wall(), data)])
+        return error is None
+
+    async def _follow_consent(self, change: CustomersChange, delta: RegistryDelta) -> None:
+        """Keys and tracking follow the registry: withdrawals first (privacy), then
+        enrolments; the presence service's own path (memory, then disk off the loop)."""
+        steps = [IdentityChange("remove", (), delta.withdraw, change.request_id,
+                                change.command_id),
+                 IdentityChange("upsert", delta.enroll, (), change.request_id,
+                                change.command_id)]
+        for step in steps:
+            if not step.received:
+                continue
+            if self.presence is not None:
+                with collector.paused():  # a large sync: see app/collector.py
+                    await self.presence.apply_identities(step)
+            elif self.identities is not None:
+                await asyncio.to_thread(self.identities.apply, step.op,
+                                        list(step.identities), list(step.customers))
+
+    def _enrolled(self) -> int:
+        if self.presence is not None:
+            return len(self.presence.pipeline.resolver)
+        if self.identities is not None:
+            with contextlib.suppress(Exception):
+                return len(self.identities)
+        return 0
 
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
         """Events from the sources into the outbox, without waiting for the commit;

@@ -35,7 +35,8 @@ from pydantic import ValidationError
 from storegate.adapters import gateway_key
 from storegate.config import Config
 from storegate.core import seal
-from storegate.core.commands import COMMANDS, IdentityRecord, seal_identities
+from storegate.core.commands import COMMANDS, seal_identities
+from storegate.core.identity_records import IdentityRecord
 from storegate.core.topics import CENTRAL, ROOT, is_valid_id
 from storegate.core.trust import KID_PATTERN, public_key_text, sign_command
 from storegate.errors import DataFileError, UsageError
@@ -113,8 +114,17 @@ def _payload(source: str) -> dict[str, Any]:
 
 def _seal_records(payload: dict[str, Any], seal_to: list[str], store: str,
                   source: str) -> None:
-    """Identities given in clear are sealed to the gateways named by --seal-to."""
-    records = payload.get("identities")
+    """Identities given in clear are sealed to the gateways named by --seal-to: an
+    identities command's records, a customers command's ``identity`` fields."""
+    customers = payload.get("customers") if "identities" not in payload else None
+    holders: list[dict[str, Any]] = []  # customers command: the records carrying one
+    if isinstance(customers, list):
+        holders = [c for c in customers if isinstance(c, dict)
+                   and isinstance(c.get("identity"), dict) and "identity_key" in c["identity"]]
+        records: Any = [c["identity"] for c in holders]
+        field = "customers.identity"
+    else:
+        records, field = payload.get("identities"), "identities"
     if not records:
         return
     if not seal_to:
@@ -134,10 +144,14 @@ def _seal_records(payload: dict[str, Any], seal_to: list[str], store: str,
                  for r in records]
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "identities." + ".".join(str(x) for x in first["loc"])
+        where = field + "." + ".".join(str(x) for x in first["loc"])
         raise DataFileError(source, first["msg"], where) from exc
     sealed, wrapped = seal_identities(clear, recipients, store=store, rand=os.urandom)
-    payload["identities"] = sealed
+    if holders:
+        for holder, s in zip(holders, sealed, strict=True):
+            holder["identity"] = s
+    else:
+        payload["identities"] = sealed
     payload["sealed_to"] = wrapped
 
 
@@ -148,7 +162,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         raise UsageError(f"--store {args.store!r} is not a store id (or '*' for all)")
     key = _signing_key(args.key)
     payload = _payload(args.payload)
-    if args.command == "identities":
+    if args.command in {"identities", "customers"}:
         _seal_records(payload, args.seal_to, args.store, args.payload)
     try:
         message = sign_command(

@@ -8,7 +8,7 @@ The registry is a JSON list of enrolled identities (consenting customers only):
 Both files here are data files: a problem with one is a :class:`DataFileError` naming
 the file and the entry, never a traceback. Bounds: a file at most ``MAX_FILE_BYTES``,
 at most ``MAX_IDENTITIES`` identities and ``MAX_BEACONS`` beacons; every record as
-:class:`~storegate.core.commands.IdentityRecord` and
+:class:`~storegate.core.identity_records.IdentityRecord` and
 :class:`~storegate.core.ble.eid.Identity` validate it (finite numbers only).
 """
 
@@ -32,7 +32,7 @@ from pydantic import (
 
 from storegate.config import PresenceConfig, toml_problem
 from storegate.core.ble.eid import EidResolver, Identity
-from storegate.core.commands import IdentityRecord
+from storegate.core.identity_records import IdentityRecord
 from storegate.core.presence.infrastructure import Beacon, Infrastructure, Kind
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings, Zone

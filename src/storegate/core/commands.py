@@ -8,41 +8,40 @@ keys and the time in; a command, an :class:`IdentityChange` or a rejection out.
 
 from __future__ import annotations
 
-import re
-import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from storegate.core import seal
 from storegate.core.ble.eid import Identity
+
+# The identity records live in core/identity_records.py (the customers command in
+# core/personal/ builds on them and is registered below); IdentityRecord and
+# SealedIdentityRecord stay importable from here for the existing callers.
+from storegate.core.identity_records import (
+    CUSTOMER_RE,
+    MAX_GATEWAYS_PER_STORE,
+    MAX_IDENTITIES,
+    REQUEST_ID_PATTERN,
+    IdentityRecord,
+    SealedIdentityRecord,
+    check_sealed_to,
+)
 from storegate.core.payloads import Payload
+from storegate.core.personal.campaigns import CampaignsCommand
+from storegate.core.personal.registry import (
+    MAX_CUSTOMERS,
+    CustomerRecord,
+    CustomersChange,
+    CustomersCommand,
+)
 from storegate.core.topics import ID_PATTERN
 from storegate.core.trust import UNAUTHENTICATED, Reason
 
 MAX_REPLAY_SPAN: Final = 1_000_000
-MAX_IDENTITIES: Final = 500_000  # a full sync of a very large store; ~100 MB on the wire
-MAX_GATEWAYS_PER_STORE: Final = 64
-# Identity records: registrations before Eddystone-EID existed, or more than a day
-# ahead of the gateway's clock, are garbage (and would make the resolver's work and the
-# beacon clock arithmetic unbounded).
-EARLIEST_REGISTRATION: Final = 1_420_070_400.0  # 2015-01-01
-MAX_REGISTRATION_AHEAD_S: Final = 86_400.0
-CUSTOMER_PATTERN: Final = r"^[\x21-\x7e]{1,128}$"  # printable ASCII, no spaces or controls
-REQUEST_ID_PATTERN: Final = r"^[\x20-\x7e]{1,128}$"
-_CUSTOMER: Final = re.compile(CUSTOMER_PATTERN)
 
 
 class ReplayCommand(Payload):
@@ -67,78 +66,6 @@ class ReplayCommand(Payload):
         if self.to_sequence - self.from_sequence >= MAX_REPLAY_SPAN:
             raise ValueError(f"a replay covers at most {MAX_REPLAY_SPAN} sequences")
         return self
-
-
-class IdentityFields(BaseModel):
-    """What an identity record says besides its key. The beacon clock at epoch time t
-    is ``beacon_time_at_registration + (t - registered_at)``.
-
-    Validated against the gateway's clock when one is given (``context={"now": t}``):
-    the registration is not in the future and the beacon clock is a 32-bit counter now.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    customer: str = Field(pattern=CUSTOMER_PATTERN, description="A pseudonym.")
-    rotation_exponent: int = Field(ge=0, le=15, description="A new EID every 2^K s.")
-    beacon_time_at_registration: int = Field(ge=0, lt=1 << 32)
-    registered_at: float = Field(
-        ge=EARLIEST_REGISTRATION,
-        description="Epoch seconds of the registration (2015 or later, not in the future).")
-
-    @field_validator("customer")
-    @classmethod
-    def _pseudonym(cls, v: str) -> str:
-        if len(v) == 17 and v.count(":") == 5:
-            raise ValueError("looks like a MAC address: customers are pseudonyms")
-        return v
-
-    @model_validator(mode="after")
-    def _clock(self, info: ValidationInfo) -> IdentityFields:
-        now = (info.context or {}).get("now") if info is not None else None
-        if isinstance(now, float | int):
-            if self.registered_at > now + MAX_REGISTRATION_AHEAD_S:
-                raise ValueError("registered_at is in the future")
-            beacon_now = self.beacon_time_at_registration + (now - self.registered_at)
-            if not 0 <= beacon_now < 1 << 32:
-                raise ValueError("the beacon clock it implies is not a 32-bit counter now")
-        return self
-
-    def aad(self) -> bytes:
-        """The record's fields, bound to its sealed key."""
-        return (b"storegate identity v1|" + self.customer.encode() + b"|" + struct.pack(
-            ">BId", self.rotation_exponent, self.beacon_time_at_registration,
-            self.registered_at))
-
-    def with_key(self, identity_key: bytes) -> Identity:
-        return Identity(self.customer, identity_key, self.rotation_exponent,
-                        self.beacon_time_at_registration, self.registered_at)
-
-
-class IdentityRecord(IdentityFields):
-    """An identity with its key in clear: the box's own ``identities_file`` registry,
-    and what central seals (``storegate keys sign --seal-to``)."""
-
-    identity_key: str = Field(pattern=r"^[0-9a-fA-F]{32}$", description="AES-128 key, hex.")
-
-    def identity(self) -> Identity:
-        return self.with_key(bytes.fromhex(self.identity_key))
-
-    @classmethod
-    def of(cls, i: Identity) -> IdentityRecord:
-        return cls(customer=i.customer, identity_key=i.identity_key.hex(),
-                   rotation_exponent=i.rotation_exponent,
-                   beacon_time_at_registration=i.beacon_time_at_registration,
-                   registered_at=i.registered_at)
-
-
-class SealedIdentityRecord(IdentityFields):
-    """An identity as it travels: the key sealed to the store's gateways."""
-
-    sealed_key: str = Field(
-        min_length=58, max_length=60, pattern=r"^[A-Za-z0-9_-]+={0,2}$",
-        description="base64url of nonce(12) | ChaCha20-Poly1305(identity key, 16) | tag(16) "
-        "under the command's content key, the other fields as associated data.")
 
 
 class IdentitiesCommand(Payload):
@@ -167,7 +94,7 @@ class IdentitiesCommand(Payload):
     @classmethod
     def _customers(cls, v: list[str]) -> list[str]:
         for c in v:
-            if not _CUSTOMER.fullmatch(c):
+            if not CUSTOMER_RE.fullmatch(c):
                 raise ValueError(f"customer {c[:40]!r} is not a pseudonym")
         return v
 
@@ -183,17 +110,22 @@ class IdentitiesCommand(Payload):
             raise ValueError("identities without sealed_to: keys are never sent in clear")
         if len({r.customer for r in self.identities}) != len(self.identities):
             raise ValueError("a customer is listed twice")
-        for gw, wrapped in self.sealed_to.items():
-            if not ID_PATTERN.fullmatch(gw) or not 0 < len(wrapped) <= 200:
-                raise ValueError(f"sealed_to: {gw[:40]!r} is not a gateway with a key")
+        check_sealed_to(self.sealed_to)
         return self
 
 
-_RECORDS: Final = TypeAdapter(list[SealedIdentityRecord])
 VALIDATE_BATCH: Final = 1000
+# Commands whose record list can be long: (field, its records' validator, most records).
+_BATCHED: Final[dict[type[Payload], tuple[str, TypeAdapter[list[Any]], int]]] = {
+    IdentitiesCommand: ("identities", TypeAdapter(list[SealedIdentityRecord]),
+                        MAX_IDENTITIES),
+    CustomersCommand: ("customers", TypeAdapter(list[CustomerRecord]), MAX_CUSTOMERS),
+}
 
 COMMANDS: Final[dict[str, type[Payload]]] = {
     "replay": ReplayCommand, "identities": IdentitiesCommand,
+    "campaigns": CampaignsCommand,
+    "customers": CustomersCommand,
 }
 
 
@@ -227,31 +159,33 @@ def validate_payload(name: str, payload: Mapping[str, Any], *, now: float,
                      pause: Callable[[], None] | None = None) -> Payload | CommandRejected:
     """Validate the signed payload of command ``name`` against the gateway's clock.
 
-    A long identity list is validated in batches with ``pause()`` between them: one
-    validation call of 100,000 records holds the interpreter for about a second, which
-    a thread must not do to the event loop."""
+    A long identity or customer list is validated in batches with ``pause()`` between
+    them: one validation call of 100,000 records holds the interpreter for about a
+    second, which a thread must not do to the event loop."""
     model = COMMANDS.get(name)
     if model is None:
         return CommandRejected(name, "unknown_command", "no such command", command_id)
     context = {"now": now}
     offset = 0
+    batched = _BATCHED.get(model)
     try:
-        records = payload.get("identities")
-        if model is IdentitiesCommand and pause is not None and isinstance(records, list) \
-                and VALIDATE_BATCH < len(records) <= MAX_IDENTITIES:  # longer: one error
-            checked: list[SealedIdentityRecord] = []
-            for offset in range(0, len(records), VALIDATE_BATCH):
-                checked += _RECORDS.validate_python(records[offset:offset + VALIDATE_BATCH],
-                                                    context=context)
-                pause()
-            offset = 0
-            payload = {**payload, "identities": checked}  # instances: not validated again
+        if batched is not None and pause is not None:
+            key, adapter, most = batched
+            records = payload.get(key)
+            if isinstance(records, list) and VALIDATE_BATCH < len(records) <= most:
+                checked: list[Any] = []  # longer than most: one error, below
+                for offset in range(0, len(records), VALIDATE_BATCH):
+                    checked += adapter.validate_python(
+                        records[offset:offset + VALIDATE_BATCH], context=context)
+                    pause()
+                offset = 0
+                payload = {**payload, key: checked}  # instances: not validated again
         return model.model_validate(payload, context=context)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = list(first["loc"])
-        if offset and loc and isinstance(loc[0], int):
-            loc = ["identities", loc[0] + offset, *loc[1:]]
+        if offset and loc and isinstance(loc[0], int) and batched is not None:
+            loc = [batched[0], loc[0] + offset, *loc[1:]]
         where = ".".join(str(x) for x in loc) or "payload"
         return CommandRejected(name, "invalid", f"{where}: {first['msg']}", command_id)
     except (RecursionError, ValueError) as exc:
@@ -264,28 +198,59 @@ def open_identities(cmd: IdentitiesCommand, *, key: X25519PrivateKey, store: str
                     ) -> IdentityChange | CommandRejected:
     """Unseal every record's key with this gateway's private key; all or nothing
     (``pause`` is called between batches, as in :func:`validate_payload`)."""
-    identities: list[Identity] = []
-    if cmd.identities:
-        wrapped = cmd.sealed_to.get(gateway)
-        if wrapped is None:
-            return CommandRejected(
-                "identities", "not_sealed_for_this_gateway",
-                f"sealed to {sorted(cmd.sealed_to)[:8]}, not to {gateway}: central needs "
-                "this gateway's key (its birth certificate carries it)", command_id)
-        try:
-            sealer = seal.RecordSealer(
-                seal.unwrap_key(wrapped, key, store=store, gateway=gateway))
-            for n, rec in enumerate(cmd.identities):
-                if pause is not None and n and n % VALIDATE_BATCH == 0:
-                    pause()
-                try:
-                    identities.append(rec.with_key(sealer.open(rec.sealed_key, rec.aad())))
-                except (seal.SealError, ValueError) as exc:
-                    raise seal.SealError(f"identities.{n}: {exc}") from exc
-        except seal.SealError as exc:
-            return CommandRejected("identities", "unsealable", str(exc), command_id)
+    identities = _open_sealed("identities", cmd.identities, cmd.sealed_to, key=key,
+                              store=store, gateway=gateway, command_id=command_id,
+                              pause=pause, where=lambda n: f"identities.{n}")
+    if isinstance(identities, CommandRejected):
+        return identities
     return IdentityChange(cmd.op, tuple(identities), tuple(cmd.customers), cmd.request_id,
                           command_id)
+
+
+def open_customers(cmd: CustomersCommand, *, key: X25519PrivateKey, store: str,
+                   gateway: str, command_id: str | None = None,
+                   pause: Callable[[], None] | None = None,
+                   ) -> CustomersChange | CommandRejected:
+    """The customers command's identities unsealed, as :func:`open_identities` does;
+    all or nothing."""
+    at = [n for n, r in enumerate(cmd.customers) if r.identity is not None]
+    sealed = [r.identity for r in cmd.customers if r.identity is not None]
+    identities = _open_sealed("customers", sealed, cmd.sealed_to, key=key, store=store,
+                              gateway=gateway, command_id=command_id, pause=pause,
+                              where=lambda n: f"customers.{at[n]}.identity")
+    if isinstance(identities, CommandRejected):
+        return identities
+    return CustomersChange(cmd.op, tuple(cmd.customers),
+                           {i.customer: i for i in identities}, tuple(cmd.remove),
+                           cmd.request_id, command_id)
+
+
+def _open_sealed(name: str, records: Sequence[SealedIdentityRecord],
+                 sealed_to: Mapping[str, str], *, key: X25519PrivateKey, store: str,
+                 gateway: str, command_id: str | None, pause: Callable[[], None] | None,
+                 where: Callable[[int], str]) -> list[Identity] | CommandRejected:
+    """The one way sealed identity keys are opened, for every command carrying them."""
+    identities: list[Identity] = []
+    if not records:
+        return identities
+    wrapped = sealed_to.get(gateway)
+    if wrapped is None:
+        return CommandRejected(
+            name, "not_sealed_for_this_gateway",
+            f"sealed to {sorted(sealed_to)[:8]}, not to {gateway}: central needs "
+            "this gateway's key (its birth certificate carries it)", command_id)
+    try:
+        sealer = seal.RecordSealer(seal.unwrap_key(wrapped, key, store=store, gateway=gateway))
+        for n, rec in enumerate(records):
+            if pause is not None and n and n % VALIDATE_BATCH == 0:
+                pause()
+            try:
+                identities.append(rec.with_key(sealer.open(rec.sealed_key, rec.aad())))
+            except (seal.SealError, ValueError) as exc:
+                raise seal.SealError(f"{where(n)}: {exc}") from exc
+    except seal.SealError as exc:
+        return CommandRejected(name, "unsealable", str(exc), command_id)
+    return identities
 
 
 def seal_identities(

@@ -102,6 +102,36 @@ PURCHASE_VOIDED: Final = _t(
     "storegate.purchase.voided.v1", "purchase", Priority.CRITICAL, p.PurchaseVoided,
     "An open receipt was cancelled at a lane.",
 )
+OFFER_ISSUED: Final = _t(
+    "storegate.offer.issued.v1", "offer", Priority.HIGH, p.OfferIssued,
+    "An offer decided for a consenting customer and sent, with why it won.",
+)
+OFFER_SUPPRESSED: Final = _t(
+    "storegate.offer.suppressed.v1", "offer", Priority.NORMAL, p.OfferSuppressed,
+    "A campaign qualified but no offer was sent: the reason (consent, caps, quiet hours, "
+    "control group...).",
+)
+OFFER_RESERVED: Final = _t(
+    "storegate.offer.reserved.v1", "offer", Priority.HIGH, p.OfferReserved,
+    "An offer token scanned at a lane was verified and reserved for its transaction.",
+)
+OFFER_REDEEMED: Final = _t(
+    "storegate.offer.redeemed.v1", "offer", Priority.CRITICAL, p.OfferRedeemed,
+    "A reserved offer was confirmed by its transaction's receipt.",
+)
+OFFER_RELEASED: Final = _t(
+    "storegate.offer.released.v1", "offer", Priority.HIGH, p.OfferReleased,
+    "A reservation was dropped (voided, timed out): the offer is redeemable again.",
+)
+OFFER_REJECTED: Final = _t(
+    "storegate.offer.rejected.v1", "offer", Priority.NORMAL, p.OfferRejected,
+    "A scanned offer token was refused at a lane, with the reason.",
+)
+GATEWAY_CUSTOMERS_APPLIED: Final = _t(
+    "storegate.gateway.customers_applied.v1", "gateway", Priority.HIGH, p.CustomersApplied,
+    "Answer to a customers command: applied or not, stale and removed counts, how many "
+    "customers are known and enrolled now.",
+)
 
 CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
@@ -110,6 +140,9 @@ CATALOGUE: Final[dict[str, EventType]] = {
         GATEWAY_COMMAND_REJECTED,
         VISIT_ENTERED, VISIT_DWELLED, VISIT_EXITED, FOOTFALL_COUNTED, OCCUPANCY_MEASURED,
         PURCHASE_COMPLETED, PURCHASE_VOIDED, POS_SCANNED,
+        OFFER_ISSUED, OFFER_SUPPRESSED,
+        OFFER_RESERVED, OFFER_REDEEMED, OFFER_RELEASED, OFFER_REJECTED,
+        GATEWAY_CUSTOMERS_APPLIED,
     )
 }
 

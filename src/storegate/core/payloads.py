@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from storegate.core.trust import Reason  # one list of reasons: the checks' own
 
@@ -45,6 +45,10 @@ class GatewayStatus(Payload):
         description="This gateway's X25519 public key (base64url, 32 bytes): central seals "
         "identity keys to it (identities command, sealed_to). Made on the box on first "
         "start; a new key means central must seal to the new one.")
+    offer_key: OfferKey | None = Field(
+        default=None,
+        description="This gateway's offer-signing key: tills, the store's other gateways "
+        "(redemption.trusted_token_keys) and central verify its offer tokens with it.")
 
 
 class GatewayTelemetry(Payload):
@@ -173,10 +177,30 @@ class VisitDwelled(VisitBase):
 
 
 class VisitExited(VisitBase):
-    """A visit ended; ``exited_at`` is the last evidence of presence, not the timeout."""
+    """A visit ended; ``exited_at`` is the last evidence of presence, not the timeout.
+
+    A store visit's exit (``zone`` null) of a customer also carries the visit's outcome,
+    the figures a store is measured by, so central has no joins to do; they are null on
+    zone visits and on store visits whose beginning this gateway did not see."""
 
     exited_at: Timestamp
     dwell_s: float = Field(ge=0)
+    converted: bool | None = Field(
+        default=None, description="Store visits: true when at least one sale was "
+        "attributed to this visit (purchase.completed with this visit_id and kind "
+        "'sale'); a return alone does not convert. Null: zone visit, or not measured.")
+    basket_minor: int | None = Field(
+        default=None, description="Store visits: the visit's spend in minor units, the "
+        "sum of the totals of the purchases attributed to it, returns subtracted (so it "
+        "can be negative). 0 when nothing was bought. Null: zone visit, or not measured.")
+    time_to_serve_s: float | None = Field(
+        default=None, ge=0, description="Store visits: seconds from entering the checkout "
+        "zone of the lane (configured per lane) to the completion of the visit's first "
+        "attributed receipt: queueing plus service. Null: no purchase, the lane has no "
+        "checkout zone, or the customer was not seen there.")
+    offers_redeemed: list[str] = Field(
+        default=[], description="Store visits: offer ids (offer.issued's offer_id) "
+        "redeemed on the receipts attributed to this visit.")
 
 
 class FootfallCounted(Payload):
@@ -270,6 +294,20 @@ class PurchaseCompleted(Payload):
         description="Items minus discounts differ from the total printed: published as "
         "read, never silently fixed.",
     )
+    customer: str | None = Field(
+        default=None, description="Pseudonymous customer id the purchase is attributed to "
+        "(see attribution for how and how sure); null when nobody could be, or several "
+        "could (attribution.method 'ambiguous').")
+    visit_id: str | None = Field(
+        default=None, description="The customer's store visit (visit.entered with zone "
+        "null) open when the purchase completed; null when the customer was not tracked "
+        "in the store (no presence consent, phone not heard).")
+    attribution: Attribution | None = Field(
+        default=None, description="How the customer was found; null from gateways that "
+        "do not stitch.")
+    offers_redeemed: list[str] = Field(
+        default=[], description="Offer ids (offer.issued's offer_id) whose tokens were "
+        "scanned and reserved in this transaction and confirmed by this receipt.")
 
 
 class PurchaseVoided(Payload):
@@ -295,3 +333,193 @@ class PosScanned(Payload):
     scanned_at: Timestamp
     transaction_id: str = Field(description="The transaction it belongs to; the purchase "
                                 "that completes it carries the same id.")
+
+
+# --- stitching: who bought (issue 11) -------------------------------------------------
+
+
+class Attribution(Payload):
+    """How a purchase was attributed to a customer, in order of confidence: a loyalty
+    card (scanned or on the receipt), an offer token scanned at the lane, or the only
+    consenting customer in the lane's checkout zone when the receipt started."""
+
+    method: Literal["loyalty", "token", "presence", "ambiguous", "none"] = Field(
+        description="loyalty: the card maps to a known customer; token: an offer token "
+        "reserved for this transaction; presence: exactly one customer in the lane's "
+        "checkout zone when the receipt started; ambiguous: several were (customer "
+        "null); none: no evidence.")
+    confidence: float = Field(
+        ge=0, le=1, description="How sure the gateway is of the customer, per method as "
+        "configured ([stitching]); 0 for ambiguous and none.")
+    candidates: int = Field(
+        ge=0, description="Customers the evidence pointed to: 1 for a match, n for "
+        "ambiguous, 0 for none.")
+    detail: str = Field(default="", max_length=200, description="Why, in words (no "
+                        "personal data): e.g. '2 customers in checkout zone till'.")
+
+
+# --- offers (issue 11: the offer engine, core/personal/offers.py) --------------------
+
+OfferTriggerKind = Literal[
+    "store_entered", "zone_entered", "zone_dwelled", "nth_visit", "birthday_month",
+    "purchase_category", "pickup_ready",
+]
+OfferSuppressionReason = Literal[
+    "no_consent", "capped", "quiet_hours", "control_group", "audience", "already_held",
+    "outside_hours", "lower_rank", "not_valid",
+]
+
+
+class OfferDiscount(Payload):
+    """What an offer takes off: a percentage of the eligible items, or a fixed amount in
+    minor units (money is never a float)."""
+
+    kind: Literal["percent", "amount_minor"]
+    value: int = Field(ge=1, le=1_000_000_000, description="percent: 1..100; "
+                       "amount_minor: minor units (e.g. kopecks).")
+
+    @model_validator(mode="after")
+    def _percent(self) -> OfferDiscount:
+        if self.kind == "percent" and self.value > 100:
+            raise ValueError("a percent discount is at most 100")
+        return self
+
+
+class OfferIssued(Payload):
+    """An offer was decided for a consenting customer and is sent (its token signed)."""
+
+    offer_id: str = Field(description="The offer token's id: redemption events carry it.")
+    campaign: str
+    campaign_version: int = Field(ge=1)
+    variant: str | None = Field(description="The A/B variant, null when the campaign has "
+                                "none (chosen by a stable hash of customer and campaign).")
+    customer: str = Field(description="Pseudonymous customer id.")
+    visit_id: str | None = Field(description="The store visit it was decided in.")
+    trigger: OfferTriggerKind = Field(description="The campaign trigger that matched.")
+    zone: str | None = Field(default=None, description="The zone of a zone trigger.")
+    title: str
+    discount: OfferDiscount | None
+    issued_at: Timestamp
+    expires_at: Timestamp
+    why: list[str] = Field(description="Why this campaign won: its priority, the "
+                           "customer's preferences and favourite categories it matched, "
+                           "its rank among those that qualified.")
+
+
+class OfferSuppressed(Payload):
+    """A campaign qualified for a customer's trigger but no offer was sent, and why.
+    ``control_group`` members are the campaign's hold-out: central compares them with
+    those issued to measure uplift."""
+
+    campaign: str | None = Field(description="Null for no_consent: without marketing "
+                                 "consent the customer's profile is not evaluated against "
+                                 "any campaign.")
+    campaign_version: int | None = Field(ge=1)
+    customer: str = Field(description="Pseudonymous customer id.")
+    visit_id: str | None
+    trigger: OfferTriggerKind
+    zone: str | None = None
+    reason: OfferSuppressionReason = Field(
+        description="no_consent: no marketing consent; capped: a frequency cap (minimum "
+        "gap, per visit, per day, the campaign's per-day cap); quiet_hours: the store's "
+        "quiet hours; control_group: the campaign's hold-out (recorded, not sent); "
+        "audience: not in the campaign's audience (only when the gateway reports it); "
+        "already_held: an unexpired, unredeemed offer of this campaign is held; "
+        "outside_hours: outside the campaign's opening hours; lower_rank: another "
+        "campaign ranked higher for this trigger; not_valid: outside the campaign's "
+        "validity period.")
+    detail: str = Field(default="", max_length=200, description="The cap or rule, in "
+                        "words (no personal data).")
+    decided_at: Timestamp
+
+
+# --- offer tokens and redemption (issue 11, docs/personalisation.md) ------------------
+
+
+class OfferKey(Payload):
+    """A gateway's offer-signing public key, as its tokens name it."""
+
+    kid: str = Field(pattern=r"^[0-9a-f]{8}$", description="SHA-256 of the raw public key, "
+                     "first 4 bytes in hex: the key id every token carries.")
+    public_key: str = Field(description="Ed25519 public key, base64url of 32 bytes.")
+
+
+class OfferReserved(Payload):
+    """An offer token scanned at a lane, verified and reserved for that transaction: no
+    other lane can redeem it until the transaction completes (redeemed) or is voided or
+    times out (released)."""
+
+    offer_id: str = Field(description="The token id (32 hex digits), as offer.issued has it.")
+    campaign: str = Field(description="The campaign; for a token another gateway of the "
+                          "store issued: 'ref:' + the token's 16-hex-digit offer reference.")
+    customer: str | None = Field(description="Pseudonymous customer id; null when the "
+                                 "token was issued by another gateway.")
+    lane: str
+    transaction_id: str
+    reserved_at: Timestamp
+
+
+class OfferRedeemed(Payload):
+    """A reserved offer confirmed by the receipt of its transaction: the redemption."""
+
+    offer_id: str
+    campaign: str
+    customer: str | None
+    lane: str
+    transaction_id: str
+    receipt: str | None = Field(description="The receipt number as printed.")
+    redeemed_at: Timestamp
+
+
+class OfferReleased(Payload):
+    """A reservation dropped: the offer can be redeemed again."""
+
+    offer_id: str
+    lane: str
+    transaction_id: str
+    reason: Literal["voided", "timeout", "not_on_receipt"] = Field(
+        description="voided: the transaction was cancelled; timeout: neither completed nor "
+        "voided within redemption.reservation_timeout_s; not_on_receipt: the receipt "
+        "completed without it.")
+
+
+class OfferRejected(Payload):
+    """A scanned offer token the lane must not honour, and why."""
+
+    lane: str
+    transaction_id: str
+    token_id: str | None = Field(description="The token id (32 hex digits) when the token "
+                                 "parses; null for anything that is not a token.")
+    reason: Literal[
+        "malformed", "unknown_key", "bad_signature", "expired", "not_yet_valid",
+        "wrong_store", "revoked", "redeemed", "reserved_elsewhere", "customer_mismatch",
+    ] = Field(description="malformed: not a token; unknown_key: not signed by a gateway of "
+              "this store; bad_signature: forged or altered; expired / not_yet_valid: "
+              "outside its validity; wrong_store: another store's; revoked: withdrawn "
+              "(consent, erasure); redeemed: already used; reserved_elsewhere: held by "
+              "another open transaction; customer_mismatch: the lane knows its customer "
+              "and the token is someone else's.")
+
+
+# --- customer registry (issue 11) ------------------------------------------------------
+
+
+class CustomersApplied(Payload):
+    """The answer to a customers command: what this gateway holds afterwards. A
+    withdrawal or removal is confirmed only by ``applied: true`` (keys gone, tracking
+    stopped)."""
+
+    request_id: str | None
+    command_id: str | None = Field(default=None, description="The signed command's id.")
+    op: Literal["upsert", "remove", "replace"]
+    applied: bool = Field(description="False: nothing changed; send the command again.")
+    error: str | None = Field(default=None, description="Why it was not applied.")
+    received: int = Field(ge=0, description="Records and removals in the command.")
+    stale: int = Field(ge=0, description="Records or removals not newer than what the box "
+                       "holds or has held (duplicates, out of order): ignored, never "
+                       "regressing a customer.")
+    removed: int = Field(ge=0, description="Customers forgotten (remove, or not listed in "
+                         "a replace).")
+    known: int = Field(ge=0, description="Customers the registry holds afterwards.")
+    enrolled: int = Field(ge=0, description="Customers enrolled for presence afterwards "
+                          "(presence consent granted and an identity held).")

@@ -1,0 +1,1 @@
+"""Personalisation on the box, pure: registry, consent, campaigns, offers, tokens."""
