@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from storegate.adapters.identities_sqlite import open_private
+from storegate.adapters.private_sqlite import open_private
 from storegate.errors import ConfigError
 
 _SCHEMA = """

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
+from storegate.adapters.private_sqlite import open_private, scrub, transaction
 from storegate.core.ble.eid import Identity
-from storegate.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identities (
@@ -32,27 +32,6 @@ _UPSERT = "INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?, ?)"
 def _row(i: Identity) -> tuple[str, bytes, int, int, float]:
     return (i.customer, i.identity_key, i.rotation_exponent, i.beacon_time_at_registration,
             i.registered_at)
-
-
-def open_private(path: Path, schema: str, *, what: str, secure_delete: bool = False,
-                 timeout_s: float = 5.0) -> sqlite3.Connection:
-    """A small SQLite store of the box's own (identities, command ids): created owner-only
-    (0600, before SQLite makes it or its WAL), WAL, synchronous FULL, ``schema`` applied.
-    ``secure_delete`` overwrites deleted rows (keys must not linger in the file)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                             timeout=timeout_s)
-        if secure_delete:
-            db.execute("PRAGMA secure_delete = ON")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.executescript(schema)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(str(path), f"cannot open {what}: {exc}") from exc
-    return db
 
 
 class IdentityStore:
@@ -127,15 +106,7 @@ class IdentityStore:
         return self.secret(name, size)
 
     def _scrub(self) -> None:
-        """Move the WAL into the file and truncate it: deleted keys leave no copy."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        scrub(self._db)  # deleted keys leave no copy in the WAL
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)

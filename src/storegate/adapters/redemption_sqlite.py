@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from storegate.adapters.identities_sqlite import open_private
+from storegate.adapters.private_sqlite import open_private, scrub, transaction
 
 State = Literal["issued", "reserved", "redeemed", "revoked", "expired"]
 ReserveOutcome = Literal[
@@ -227,8 +227,7 @@ class RedemptionStore:
     def scrub(self) -> None:
         """Rewrite the file and truncate the WAL: nothing deleted or replaced lingers."""
         with self._lock:
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            scrub(self._db, vacuum=True)
 
     # --- for the offer engine -------------------------------------------------------
 
@@ -266,11 +265,5 @@ class RedemptionStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")  # the write lock now: no lost race
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db):  # the write lock at once: no lost race
+            yield

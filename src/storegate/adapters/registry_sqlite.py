@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from storegate.adapters.identities_sqlite import open_private
+from storegate.adapters.private_sqlite import open_private, scrub, transaction
 from storegate.core.personal.registry import CustomerRecord, RegistryDelta, Tombstone
 
 _SCHEMA = """
@@ -124,15 +124,7 @@ class RegistrySqlite:
                              ((t.key, t.version, t.until) for t in tombstones))
 
     def _scrub(self) -> None:
-        """Move the WAL into the file and truncate it: deleted records leave no copy."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        scrub(self._db)  # deleted records leave no copy in the WAL
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._db)
