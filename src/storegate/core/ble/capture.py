@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, TypeGuard, TypeVar
 
 MIN_EPOCH_S: Final = 946_684_800.0  # 2000-01-01: earlier is an unset clock
 MAX_EPOCH_S: Final = 4_102_444_800.0  # 2100-01-01
@@ -32,6 +32,7 @@ MAX_DATA_BYTES: Final = 255  # an extended advertising AD structure at most
 MAX_NAME_CHARS: Final = 248  # the GAP device name at most
 MAX_SERVICE_UUIDS: Final = 32
 MAX_LINE_CHARS: Final = 16 * 1024  # a full advert with every field at its bound is ~10 KiB
+T = TypeVar("T")
 
 
 def is_sane_epoch(ts: object) -> TypeGuard[int | float]:
@@ -131,20 +132,28 @@ def parse_advert(obj: Any) -> Advert:
     )
 
 
-def read_capture(lines: Iterable[str]) -> Iterator[Advert | BadLine]:
-    """Adverts in file order; a :class:`BadLine` (with its 1-based number) for each line
-    that is not a valid advert. Blank lines are skipped."""
+def read_json_lines(lines: Iterable[str], parse: Callable[[Any], T], *, max_chars: int,
+                    invalid: type[ValueError]) -> Iterator[T | BadLine]:
+    """One JSON object per line (a capture): ``parse(obj)`` of each, in file order, or a
+    :class:`BadLine` (1-based number, reason) for a line too long, not JSON or refused by
+    ``parse`` (which raises ``invalid`` with the reason). Blank lines are skipped."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        if len(line) > MAX_LINE_CHARS:
-            yield BadLine(number, f"line longer than {MAX_LINE_CHARS} characters")
+        if len(line) > max_chars:
+            yield BadLine(number, f"line longer than {max_chars} characters")
             continue
         try:
-            yield parse_advert(json.loads(line))
+            yield parse(json.loads(line))
         except (ValueError, RecursionError) as exc:
-            reason = str(exc) if isinstance(exc, _BadAdvertError) else f"not JSON: {exc}"
-            yield BadLine(number, reason)
+            yield BadLine(number, str(exc) if isinstance(exc, invalid) else f"not JSON: {exc}")
+
+
+def read_capture(lines: Iterable[str]) -> Iterator[Advert | BadLine]:
+    """Adverts in file order; a :class:`BadLine` (with its 1-based number) for each line
+    that is not a valid advert. Blank lines are skipped."""
+    return read_json_lines(lines, parse_advert, max_chars=MAX_LINE_CHARS,
+                           invalid=_BadAdvertError)
 
 
 def bounded_lines(readline: Callable[[int], str], limit: int) -> Iterator[str]:

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from storegate.core.ble.capture import BadLine, is_sane_epoch
+from storegate.core.ble.capture import BadLine, is_sane_epoch, read_json_lines
 
 MAX_CHUNK_BYTES: Final = 64 * 1024
 MAX_LINE_CHARS: Final = 2 * MAX_CHUNK_BYTES + 1024
@@ -71,17 +71,8 @@ def read_pos_capture(lines: Iterable[str],
                      dialects: Collection[str] = ()) -> Iterator[Chunk | BadLine]:
     """Chunks in file order; a :class:`BadLine` for each line that is not one. With
     ``dialects``, a chunk must name one of them."""
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if len(line) > MAX_LINE_CHARS:
-            yield BadLine(number, f"line longer than {MAX_LINE_CHARS} characters")
-            continue
-        try:
-            yield _chunk(json.loads(line), dialects)
-        except (ValueError, RecursionError) as exc:
-            yield BadLine(number, str(exc) if isinstance(exc, _BadChunkError)
-                          else f"not JSON: {exc}")
+    return read_json_lines(lines, lambda obj: _chunk(obj, dialects),
+                           max_chars=MAX_LINE_CHARS, invalid=_BadChunkError)
 
 
 def looks_like_capture(head: bytes) -> bool:
