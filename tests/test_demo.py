@@ -1,6 +1,7 @@
 """The main job on the embedded default: `storegate run` with no config is the demo
-store, and within a minute it publishes visits, aggregates and purchases (simulated
-shoppers and a simulated till on pseudo-terminals, through the real pipeline and taps)."""
+store, and within a minute it publishes visits, aggregates, purchases and offers
+(simulated shoppers and a simulated till on pseudo-terminals, through the real pipeline
+and taps; the demo campaigns decided for the simulated app users)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def test_demo_store_publishes_visits_aggregates_and_purchases(
                             stderr=open(tmp_path / "demo.log", "w"))  # noqa: SIM115
     try:
         want = {"storegate.visit.entered.v1", "storegate.purchase.completed.v1",
-                "storegate.occupancy.measured.v1", "storegate.gateway.telemetry.v1"}
+                "storegate.occupancy.measured.v1", "storegate.gateway.telemetry.v1",
+                # the simulated app users are known with consents; the demo campaigns
+                "storegate.offer.issued.v1", "storegate.offer.suppressed.v1"}
         wait_for(lambda: want <= {e["type"] for e in subscriber.decoded()}, 90,
                  f"the demo publishing {want}")
         purchase = subscriber.of_type("storegate.purchase.completed.v1")[0]["data"]
@@ -39,6 +42,10 @@ def test_demo_store_publishes_visits_aggregates_and_purchases(
         visit = subscriber.of_type("storegate.visit.entered.v1")[0]
         assert visit["source"] == "storegate://demo-store/gw-1"
         assert visit["data"]["customer"].startswith("cust-")  # a pseudonym, not an address
+        offer = subscriber.of_type("storegate.offer.issued.v1")[0]["data"]
+        assert offer["customer"].startswith("cust-") and len(offer["offer_id"]) == 32
+        telemetry = subscriber.of_type("storegate.gateway.telemetry.v1")[-1]["data"]
+        assert telemetry["personal"]["campaigns_active"] == 6
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)

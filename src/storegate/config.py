@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from storegate.core.personal.campaigns import TAG_PATTERN as CATEGORY_PATTERN
+from storegate.core.personal.offers import OfferPolicy
 from storegate.core.personal.stitching import StitchingSettings
 from storegate.core.personal.tokens import KID_PATTERN as TOKEN_KID_PATTERN
 from storegate.core.personal.tokens import key_id as token_key_id
@@ -41,6 +43,8 @@ from storegate.core.topics import (
     is_valid_id,
 )
 from storegate.core.trust import KID_PATTERN, load_public_key
+from storegate.core.webauth import KID_RE as WEB_KID_RE
+from storegate.core.webauth import check_hash_format, load_ed25519_public
 from storegate.errors import ConfigError
 
 ENV_PREFIX: Final = "STOREGATE_"
@@ -527,6 +531,174 @@ class StitchingConfig(Section):
             presence_confidence=self.confidence.presence)
 
 
+class OffersConfig(Section):
+    """The offer engine on the box (issue 11, docs/personalisation.md): campaigns from
+    central's signed ``campaigns`` command and, for the demo or a store without central,
+    from a file; the store's rules over every campaign (defaults: the engine's)."""
+
+    enabled: bool = Field(default=True, description="Decide offers at all.")
+    campaigns_file: Path | None = Field(
+        default=None, description="Campaigns (.toml or .json) loaded at start, as if "
+        "central had sent them; central's newer versions win (app/campaign_files.py).")
+    timezone: str = Field(default="UTC", description="The store's time zone (IANA name, "
+                          "e.g. Europe/Moscow): opening hours, quiet hours, days for caps.")
+    min_gap_s: float = Field(default=30.0, ge=0, le=86_400,
+                             description="Minimum time between two offers to a customer.")
+    max_per_visit: int = Field(default=3, ge=1, le=100)
+    max_per_day: int = Field(default=5, ge=1, le=1000)
+    quiet_hours: tuple[str, str] | None = Field(
+        default=None, description='["21:00", "09:00"]: no offer in [start, end), local.')
+    max_issued_per_trigger: int = Field(default=1, ge=1, le=10)
+    max_reported_per_trigger: int = Field(default=8, ge=1, le=1000)
+    categories: dict[str, str] = Field(
+        default={}, max_length=1000,
+        description="Keyword -> category, for purchase_category campaigns: a receipt line "
+        "whose name contains the keyword (case-insensitive) is of that category. Empty: "
+        "purchases trigger no campaign.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not a time zone (an IANA name such as "
+                             "Europe/Moscow)") from exc
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for keyword, category in value.items():
+            if not 1 <= len(keyword) <= 64 or not re.fullmatch(CATEGORY_PATTERN, category):
+                raise ValueError(f"{keyword[:64]!r} = {category[:64]!r}: a keyword is 1..64 "
+                                 "characters, a category a lower-case tag")
+            out[keyword.casefold()] = category
+        return out
+
+    @model_validator(mode="after")
+    def _policy(self) -> OffersConfig:
+        self.policy()  # ValueError: the engine's own checks (quiet hours, caps)
+        return self
+
+    def policy(self) -> OfferPolicy:
+        return OfferPolicy(
+            enabled=self.enabled, min_gap_s=self.min_gap_s, max_per_visit=self.max_per_visit,
+            max_per_day=self.max_per_day, quiet_hours=self.quiet_hours,
+            max_issued_per_trigger=self.max_issued_per_trigger,
+            max_reported_per_trigger=self.max_reported_per_trigger)
+
+
+class StaffCredentialConfig(Section):
+    """One way to sign in at a lane: a PIN (hashed) or a device token (hashed), and the
+    role the session gets. ``python -m storegate.app.http hash-secret`` prints hashes."""
+
+    lane: str = Field(min_length=1, max_length=64, description="The lane (or floor area) "
+                      "this credential signs in at; '*' for any lane (managers).")
+    role: Literal["cashier", "floor", "manager"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                      description="A label for logs and the session (not a person's name).")
+    pin_hash: str | None = Field(default=None, description="scrypt$... or pbkdf2-sha256$...")
+    device_token_hash: str | None = Field(default=None, description="sha256$<hex> of a "
+                                          "long random token installed on the till.")
+
+    @field_validator("pin_hash", "device_token_hash")
+    @classmethod
+    def _hash(cls, value: str | None) -> str | None:
+        return None if value is None else check_hash_format(value)
+
+    @model_validator(mode="after")
+    def _one(self) -> StaffCredentialConfig:
+        if (self.pin_hash is None) == (self.device_token_hash is None):
+            raise ValueError("give exactly one of pin_hash and device_token_hash")
+        if self.pin_hash is not None and self.pin_hash.startswith("sha256$"):
+            raise ValueError("a PIN is short: hash it with scrypt or pbkdf2-sha256")
+        return self
+
+
+class AppTokenKeyConfig(Section):
+    kid: str = Field(pattern=WEB_KID_RE.pattern, description="Key id (the token's 'kid').")
+    public_key: str = Field(description="Central's Ed25519 public key for customer app "
+                            "tokens, base64url of 32 bytes.")
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        load_ed25519_public(value)
+        return value
+
+
+class HttpConfig(Section):
+    """The HTTP server: operations (/healthz, /readyz, /metrics, admin), staff screens
+    and the customer app channel (docs/http.md)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain; "
+                                       "with tls_key_file, serve HTTPS (and send HSTS).")
+    tls_key_file: Path | None = None
+    cors_origins: list[str] = Field(default=[], max_length=32, description="Origins "
+                                    "allowed cross-origin (https://app.example.com). None: "
+                                    "no CORS headers at all.")
+    staff: list[StaffCredentialConfig] = Field(default=[], max_length=1000)
+    admin_token_hashes: list[str] = Field(default=[], max_length=32, description="sha256$ "
+                                          "hashes of admin tokens (sent as a Bearer token).")
+    metrics_token_hash: str | None = Field(default=None, description="sha256$ hash of a "
+                                           "token that may read /metrics only; admin tokens "
+                                           "always may.")
+    session_ttl_s: float = Field(default=12 * 3600.0, ge=60, le=7 * 86_400,
+                                 description="A staff session ends this long after sign-in.")
+    app_token_keys: list[AppTokenKeyConfig] = Field(default=[], max_length=16)
+    app_audience: str = Field(default="storegate-app", min_length=1, max_length=256,
+                              description="The 'aud' customer app tokens must carry.")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * MIB)
+    signin_burst: int = Field(default=5, ge=1, le=1000)
+    signin_per_minute: float = Field(default=5.0, gt=0, le=10_000)
+    checkin_burst: int = Field(default=10, ge=1, le=1000)
+    checkin_per_minute: float = Field(default=20.0, gt=0, le=10_000)
+
+    @field_validator("admin_token_hashes")
+    @classmethod
+    def _admin(cls, value: list[str]) -> list[str]:
+        for h in value:
+            if not check_hash_format(h).startswith("sha256$"):
+                raise ValueError("admin tokens are long random strings: sha256$<hex>")
+        return value
+
+    @field_validator("metrics_token_hash")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        if value is not None and not check_hash_format(value).startswith("sha256$"):
+            raise ValueError("the metrics token is a long random string: sha256$<hex>")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(f"{origin[:100]!r} is not an origin (scheme://host[:port], "
+                                 "no path, no wildcard)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        kids = [k.kid for k in self.app_token_keys]
+        if len(set(kids)) != len(kids):
+            raise ValueError("an app token key id is listed twice")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
@@ -539,6 +711,8 @@ class Config(Section):
     stitching: StitchingConfig = StitchingConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     redemption: RedemptionConfig = RedemptionConfig()
+    offers: OffersConfig = OffersConfig()
+    http: HttpConfig = HttpConfig()
 
     @field_validator("store_id", "gateway_id")
     @classmethod
@@ -659,6 +833,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     fix(data.get("storage"), "path")
     fix(data.get("presence"), "identities_file")
     fix(data.get("presence"), "beacons_file")
+    fix(data.get("offers"), "campaigns_file")
     pos = data.get("pos")
     lanes = pos.get("lanes") if isinstance(pos, dict) else None
     for lane in lanes if isinstance(lanes, list) else []:
@@ -671,6 +846,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None
     for key in ("ca_file", "cert_file", "key_file"):
         fix(tls, key)
+    for key in ("tls_cert_file", "tls_key_file"):
+        fix(data.get("http"), key)
 
 
 _SECRET_KEYS: Final = ("password", "pseudonym_key")  # an error never echoes their value

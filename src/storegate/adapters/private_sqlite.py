@@ -56,5 +56,13 @@ def scrub(db: sqlite3.Connection, *, vacuum: bool = False) -> None:
     so free pages that held deleted rows are gone too (needed where ``secure_delete``
     is off)."""
     if vacuum:
-        db.execute("VACUUM")
+        rebuild(db)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def rebuild(db: sqlite3.Connection) -> None:
+    """``VACUUM``: the file rewritten, no free page or block keeps deleted bytes. Its
+    scratch copy stays in memory: by default SQLite writes it to a temporary file,
+    which would put the personal data being erased on disk once more."""
+    db.execute("PRAGMA temp_store = MEMORY")
+    db.execute("VACUUM")

@@ -116,8 +116,7 @@ class RegistrySqlite:
     def vacuum(self) -> None:
         """Rebuild the file (erasure: no free page keeps an old copy) and truncate the
         WAL."""
-        self._db.execute("VACUUM")
-        self._scrub()
+        scrub(self._db, vacuum=True)
 
     def _put_tombstones(self, tombstones: Iterable[Tombstone]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)",

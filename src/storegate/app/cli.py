@@ -20,7 +20,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -29,7 +29,12 @@ from storegate.adapters import status_file
 from storegate.adapters.outbox import OutboxReader, OutboxStats, purge
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app import keys, logs
-from storegate.app.status import GatewayStatusView, PosStatus, PresenceStatus
+from storegate.app.status import (
+    GatewayStatusView,
+    PersonalStatus,
+    PosStatus,
+    PresenceStatus,
+)
 from storegate.config import ENV_CONFIG, Config, PosDialect, load, load_default, redacted
 from storegate.core.topics import ID_RULE, is_valid_id
 from storegate.errors import ConfigError, StoregateError, UsageError
@@ -185,6 +190,22 @@ def _print_gateway(g: GatewayStatusView, name: str, now: float) -> None:
         _print_presence(g.presence, now)
     if g.pos:
         _print_pos(g.pos, now)
+    if g.personal:
+        _print_personal(g.personal)
+
+
+def _print_personal(ps: PersonalStatus) -> None:
+    def counts(d: Mapping[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items()) if v) or "none"
+
+    print(f"offers    {ps.customers_known} customers known, {ps.campaigns_active} campaigns "
+          f"active; {ps.offers_issued_total} issued, suppressed: "
+          f"{counts(ps.offers_suppressed_by_reason)}")
+    print(f"tokens    {ps.tokens_reserved_total} reserved, {ps.tokens_redeemed_total} "
+          f"redeemed, {ps.tokens_released_total} released; rejected: "
+          f"{counts(ps.tokens_rejected_by_reason)}"
+          + (f"; {ps.ledger_errors_total} LEDGER ERRORS" if ps.ledger_errors_total else ""))
+    print(f"stitching purchases by method: {counts(ps.stitched_by_method)}")
 
 
 def _print_commands(g: GatewayStatusView) -> None:

@@ -40,10 +40,13 @@ from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.adapters.registry_sqlite import RegistrySqlite
 from storegate.app import collector
 from storegate.app.commands import CommandHandler, Done
+from storegate.app.erasure import ErasureTargets, erase
 from storegate.app.intake import Intake
+from storegate.app.personal import PersonalService, apply_in_slices, campaigns_path
 from storegate.app.pos import PosService
 from storegate.app.preflight import load_start_files
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
+from storegate.app.sim_store import demo_records
 from storegate.app.status import (
     CommandsStatus,
     GatewayStatusView,
@@ -58,7 +61,10 @@ from storegate.core.backoff import Backoff
 from storegate.core.ble.eid import Identity
 from storegate.core.commands import IdentityChange
 from storegate.core.ids import Uuid7Generator
+from storegate.core.personal.campaigns import CampaignsCommand
+from storegate.core.personal.erasure import EraseCommand
 from storegate.core.personal.registry import CustomersChange, Registry, RegistryDelta
+from storegate.core.personal.stitching import Stitcher
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
 from storegate.core.trust import TrustPolicy, Verified, load_public_key
@@ -133,6 +139,9 @@ class Gateway:
                                  keep_s=t.max_age_s + t.max_future_s + TOMBSTONE_EXTRA_S)
         self._registry_store: RegistrySqlite | None = None
         self.presence: PresenceService | None = None
+        # Redemption, stitching and offers between the sources and the intake
+        # (app/personal.py); built at start (it opens the ledger).
+        self.personal: PersonalService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consent_tasks: set[asyncio.Task[None]] = set()
         self._consent_lock = asyncio.Lock()
@@ -140,10 +149,11 @@ class Gateway:
         # Every file the config names (registry, beacons, receipt templates, TLS) is
         # read now, by the function `config check` runs too: a broken one stops the
         # start with a clear error, before anything is opened.
-        files = load_start_files(config, submit=self._submit, wall_clock=wall_clock)
+        files = load_start_files(config, submit=self._from_sources, wall_clock=wall_clock)
         self._registry: list[Identity] = files.registry
         self._beacons = files.beacons
         self.pos: PosService | None = files.pos
+        self._campaigns = files.campaigns
         for warning in files.warnings:
             log.warning("%s", warning)
 
@@ -155,6 +165,11 @@ class Gateway:
         try:
             self.identities = IdentityStore(self.config.identities_path)
             self._load_registry()
+            self.personal = PersonalService.build(
+                self.config, self.registry, stitcher=Stitcher(
+                    self.config.stitching.settings(), self.config.lane_checkout_zones(),
+                    self.registry.customer_of_loyalty),
+                emit=self._submit, file_campaigns=self._campaigns, wall_clock=self._wall)
             key = gateway_key.load_or_create(self.config.seal_key_path)
             self.seal_key = seal.public_text(key.public_key())
             t = self.config.trust
@@ -165,7 +180,9 @@ class Gateway:
                 policy=self._trust, max_bytes=t.max_command_bytes, outbox=self.outbox,
                 submit=self._submit, ledger=self._ledger, seal_key=key, resend=self._resend,
                 identities=self._on_identities, wall_clock=self._wall,
-                handlers={"customers": self._on_customers})
+                handlers={"customers": self._on_customers,
+                          "campaigns": self._on_campaigns,
+                          "erase": self._on_erase})
             self.commands.start()
             self._reader = OutboxReader(self.config.storage.path)
             self.publisher = MqttPublisher(
@@ -228,6 +245,8 @@ class Gateway:
             self.identities.close()
         if self._registry_store is not None:
             self._registry_store.close()
+        if self.personal is not None:
+            self.personal.close()
         if self._ledger is not None:
             self._ledger.close()
 
@@ -257,12 +276,16 @@ class Gateway:
     async def _apply_one(self, cmd: IdentityChange) -> bool:
         error = None
         # Consent is decided in one place: a customer the registry knows without presence
-        # consent is not enrolled by the older identities command either.
-        refused = {i.customer for i in cmd.identities if i.customer in self.registry
-                   and not self.registry.allows(i.customer, "presence")}
+        # consent is not enrolled by the older identities command either, nor one it
+        # removed or erased (a tombstone outlives any command signed before it: an
+        # identities command still in the broker cannot bring an erased customer back).
+        reg = self.registry
+        refused = {i.customer for i in cmd.identities
+                   if (i.customer in reg and not reg.allows(i.customer, "presence"))
+                   or reg.tombstone_of(i.customer) is not None}
         if refused:
-            log.info("identities: %d customer(s) without presence consent in the registry "
-                     "not enrolled", len(refused))
+            log.info("identities: %d customer(s) without presence consent in the registry, "
+                     "or removed or erased there, not enrolled", len(refused))
             cmd = dataclasses.replace(cmd, identities=tuple(
                 i for i in cmd.identities if i.customer not in refused))
         try:
@@ -327,8 +350,11 @@ class Gateway:
         store = self._registry_store
         try:
             if store is not None:
-                delta = self.registry.apply(change, self._wall())
+                with collector.paused():  # 100,000 records: see app/collector.py
+                    delta = await apply_in_slices(self.registry, change, self._wall())
                 await self._follow_consent(change, delta)
+                if self.personal is not None:  # offers revoked, stitching forgotten
+                    await self.personal.follow(delta)
                 await asyncio.to_thread(store.write, delta)
             else:  # stopped under it: nothing changed
                 error = "the registry store is closed"
@@ -381,6 +407,100 @@ class Gateway:
                 return len(self.identities)
         return 0
 
+    def _from_sources(self, drafts: list[ev.EventDraft]) -> None:
+        """Presence and the lanes: through personalisation (redemption, stitching,
+        offers) to the intake. Commands' answers go to the intake directly."""
+        if self.personal is not None:
+            self.personal.submit(drafts)
+        else:
+            self._submit(drafts)
+
+    def _enroll_local(self, identities: list[Identity], now: float) -> None:
+        """The simulator's app users: enrolled for presence and known to the registry
+        with their consents (as central would send them), neither persisted."""
+        if self.presence is not None:
+            self.presence.enroll(identities, now)
+        self.registry.apply(CustomersChange("upsert", tuple(demo_records(identities, now)),
+                                            {}, (), None), now)
+
+    # --- campaigns -------------------------------------------------------------------
+
+    def _on_campaigns(self, cmd: object, checked: Verified, done: Done) -> None:
+        """On the command thread: hand the campaigns change to the event loop."""
+        loop = self._loop
+        if loop is None or not isinstance(cmd, CampaignsCommand) or self.personal is None:
+            log.warning("campaigns command %s arrived while stopping; not applied",
+                        checked.command_id)
+            done(False)
+            return
+        loop.call_soon_threadsafe(
+            self._spawn, lambda: self._apply_campaigns(cmd, checked.command_id, done))
+
+    async def _apply_campaigns(self, cmd: CampaignsCommand, command_id: str | None,
+                               done: Done) -> None:
+        """Applied, saved, answered; the command id recorded only once applied."""
+        personal = self.personal
+        error = None if personal is not None else "the personalisation service is stopped"
+        stale = removed = 0
+        try:
+            if personal is not None:
+                result = await personal.apply_campaigns(cmd)
+                stale, removed = result.stale, result.removed
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            log.exception("campaigns command %s (request %s) failed", cmd.op, cmd.request_id)
+        active = len(personal.engine.campaigns) if personal is not None else 0
+        if error is None:
+            log.info("campaigns %s applied (command %s): %d stale, %d removed, %d active",
+                     cmd.op, command_id, stale, removed, active)
+        data = p.CampaignsApplied(
+            request_id=cmd.request_id, command_id=command_id, op=cmd.op,
+            applied=error is None, error=error, stale=stale, removed=removed, active=active)
+        self._submit([ev.EventDraft(ev.GATEWAY_CAMPAIGNS_APPLIED,
+                                    f"gateway/{self.config.gateway_id}", self._wall(), data)])
+        await asyncio.to_thread(done, error is None)
+
+    # --- erasure (app/erasure.py) -----------------------------------------------------
+
+    def _on_erase(self, cmd: object, checked: Verified, done: Done) -> None:
+        """On the command thread: hand the erasure to the event loop."""
+        loop = self._loop
+        if loop is None or not isinstance(cmd, EraseCommand):
+            log.warning("erase command %s arrived while stopping; not applied",
+                        checked.command_id)
+            done(False)
+            return
+        cid = checked.command_id
+        loop.call_soon_threadsafe(self._spawn, lambda: self._apply_erase(cmd, cid, done))
+
+    async def _apply_erase(self, cmd: EraseCommand, command_id: str | None,
+                           done: Done) -> None:
+        """Under the consent lock: no customers or identities change runs beside it (one
+        could enrol a customer being erased). Answered with counts only; recorded only
+        if every store was reached, so central's resend erases what was missed."""
+        async with self._consent_lock:
+            targets = ErasureTargets(
+                registry=self.registry, registry_store=self._registry_store,
+                identities=self.identities, outbox=self.outbox,
+                pipeline=self.presence.pipeline if self.presence is not None else None,
+                personal=self.personal, ledger_path=self.config.redemption_path,
+                # no customer in these, but every file the box writes is rebuilt
+                files=(self.config.commands_path, campaigns_path(self.config)))
+            erased = set(cmd.customers)
+            # identities the registry file of the config enrolled: not again this run
+            self._registry = [i for i in self._registry if i.customer not in erased]
+            with collector.paused():  # up to 10,000 customers: see app/collector.py
+                counts = await erase(cmd.customers, targets, self._wall())
+        data = counts.answer(cmd.request_id, command_id)
+        log.info("erase applied=%s (command %s): %d customer(s), %d record(s), %d key(s), "
+                 "%d event(s) redacted, %d file(s) rewritten", data.applied, command_id,
+                 data.customers, data.registry_records, data.identity_keys,
+                 data.outbox_unsent_redacted + data.outbox_replay_redacted,
+                 data.files_rewritten)
+        self._submit([ev.EventDraft(ev.GATEWAY_ERASED, f"gateway/{self.config.gateway_id}",
+                                    self._wall(), data)])
+        await asyncio.to_thread(done, data.applied)
+
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
         """Events from the sources into the outbox, without waiting for the commit;
         refused ones (disk full) are held and retried by the intake."""
@@ -408,6 +528,7 @@ class Gateway:
             started_at=ev.rfc3339(self.started_at),
             reason=reason,  # type: ignore[arg-type]
             seal_key=self.seal_key,
+            offer_key=self.personal.offer_key if self.personal is not None else None,
         )
         draft = ev.EventDraft(ev.GATEWAY_STATUS, f"gateway/{self.config.gateway_id}", now, data)
         event_id = self._ids.next(int(now * 1000), os.urandom(8))
@@ -436,6 +557,7 @@ class Gateway:
             commands_rejected_total=self.commands.rejected_total if self.commands else 0,
             presence=self.presence.health() if self.presence else None,
             lanes=self.pos.health() if self.pos else None,
+            personal=self.personal.health() if self.personal else None,
         )
 
     # --- status --------------------------------------------------------------------
@@ -476,6 +598,7 @@ class Gateway:
             ),
             presence=None if self.presence is None else self.presence.snapshot(),
             pos=None if self.pos is None else self.pos.snapshot(),
+            personal=None if self.personal is None else self.personal.snapshot(),
         )
 
     def write_status(self) -> None:
@@ -501,20 +624,26 @@ class Gateway:
         try:
             if presence_enabled(self.config) and self.identities is not None:
                 self.presence = PresenceService.build(
-                    self.config, identities=self.identities, submit=self._submit,
+                    self.config, identities=self.identities, submit=self._from_sources,
                     extra=self._registry, beacons=self._beacons, wall_clock=self._wall)
                 self.presence.sources = build_sources(
                     self.config, mqtt_settings(self.config), on_advert=self.presence.feed,
-                    enroll=self.presence.enroll, beacons=self._beacons)
+                    enroll=self._enroll_local, beacons=self._beacons)
             async with asyncio.TaskGroup() as tg:
                 if self.presence is not None:
                     tg.create_task(self.presence.run(stop))
                 if self.pos is not None:
                     tg.create_task(self.pos.run(stop))
+                if self.personal is not None:
+                    tg.create_task(self.personal.run(stop))
                 tg.create_task(self._status_loop(stop))
                 tg.create_task(self.intake.run(stop))
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
+                if self.config.http.enabled:  # the HTTP surface, in this loop (issue 12)
+                    from storegate.app.http.server import serve  # noqa: PLC0415 - optional
+
+                    tg.create_task(serve(self, self.config.http, stop, clock=self._wall))
                 await stop.wait()
         finally:
             log.info("stopping: no new events accepted; draining the outbox")
@@ -524,6 +653,8 @@ class Gateway:
             await asyncio.sleep(0)  # those already handed over start first...
             if self._consent_tasks:  # ...and finish, so the store is not closed under them
                 await asyncio.wait(self._consent_tasks, timeout=CONSENT_WAIT_S)
+            if self.personal is not None:  # what the lanes flushed, processed
+                await self.personal.flush()
             # The lanes flushed what waited for an idle gap as their task ended; what
             # is in flight or held is committed now, before the outbox stops accepting.
             await self.intake.drain(self.config.storage.shutdown_drain_s)

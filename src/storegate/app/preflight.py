@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from storegate.app.campaign_files import load_campaigns
 from storegate.app.pos import PosService
 from storegate.app.presence_files import config_beacons, load_identities
 from storegate.config import Config, TlsConfig
 from storegate.core import events as ev
 from storegate.core.ble.eid import Identity
+from storegate.core.personal.campaigns import Campaign
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.errors import DataFileError
 
@@ -33,6 +35,7 @@ class StartFiles:
     beacons: Infrastructure  # presence.beacons_file
     pos: PosService | None  # the lanes, their receipt templates read
     warnings: tuple[str, ...]  # usable, but probably not what was meant
+    campaigns: tuple[Campaign, ...] = ()  # offers.campaigns_file
 
 
 def _discard(drafts: list[ev.EventDraft]) -> None:
@@ -55,7 +58,9 @@ def load_start_files(config: Config, *,
     warnings = tuple(f"beacon {b.label} names zone {b.zone!r}, which is not in "
                      "[presence.zones]" for b in beacons.beacons
                      if b.zone is not None and b.zone not in zones)
-    return StartFiles(registry, beacons, pos, warnings)
+    campaigns = tuple(load_campaigns(config.offers.campaigns_file)) \
+        if config.offers.campaigns_file is not None else ()
+    return StartFiles(registry, beacons, pos, warnings, campaigns)
 
 
 def check_tls(tls: TlsConfig) -> None:

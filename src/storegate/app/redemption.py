@@ -94,13 +94,16 @@ class RedemptionService:
 
     # --- issuing ------------------------------------------------------------------
 
-    def issue_token(self, customer: str, campaign: str, now: float) -> IssuedToken:
+    def issue_token(self, customer: str, campaign: str, now: float, *,
+                    expires_at: float | None = None) -> IssuedToken:
         """Sign a token for an offer the engine issued, and record it (before it is
         shown: a token the ledger does not know is still redeemable once, but its
-        customer would not be on the redemption)."""
+        customer would not be on the redemption). ``expires_at``: the offer's own
+        expiry (its campaign's TTL and validity), capped by ``offer_ttl_s``."""
         token_id = self.rand(TOKEN_ID_BYTES)
         issued_at = int(now)
-        expires_at = issued_at + self.offer_ttl_s
+        expires_at = issued_at + self.offer_ttl_s if expires_at is None else \
+            min(int(expires_at), issued_at + self.offer_ttl_s)
         text = self.signer.sign(token_id=token_id, offer=campaign, customer=customer,
                                 issued_at=issued_at, expires_at=expires_at)
         self.ledger.issue(token_id.hex(), campaign=campaign, customer=customer,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ from typing import Any, Literal
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.eid import Identity
+from storegate.core.personal.registry import (
+    Consent,
+    Consents,
+    CustomerRecord,
+    PickupOrder,
+    Profile,
+)
 from storegate.sim.store import Simulation, adverts, build
 
 
@@ -91,3 +99,38 @@ class SimulatedStore:
     def status(self) -> SimSourceStatus:
         return SimSourceStatus(state="running", runs=self.runs,
                                adverts_total=self.adverts_total)
+
+
+# --- the simulated app users as central would send them ---------------------------
+
+_DEMO_TIERS = ("bronze", "silver", "gold")
+_DEMO_SEGMENTS = ("breakfast", "families", "fashion", "students", "gourmet")
+_DEMO_PREFERENCES = ("dairy", "organic", "bakery", "pastry", "outerwear", "coffee")
+
+
+def demo_records(identities: list[Identity], now: float) -> list[CustomerRecord]:
+    """Registry records for the simulated app users (the demo's stand-in for central's
+    customers command): presence, marketing and staff_view granted, a tier, segments,
+    preferences, past visits, for some a birthday this month or an order ready for
+    pickup, so the demo's campaigns (firmware-configs/campaigns/demo.toml) have
+    something to decide. Stable per customer (a hash of the pseudonym), never
+    persisted, like the simulator's identities."""
+    month = time.gmtime(now).tm_mon
+    consent = Consent(granted=True, at=now, source="app")
+    out = []
+    for ident in identities:
+        h = hashlib.sha256(b"storegate demo customer\x00" + ident.customer.encode()).digest()
+        out.append(CustomerRecord(
+            customer=ident.customer, version=1,
+            consents=Consents(presence=consent, marketing=consent, staff_view=consent),
+            profile=Profile(
+                greeting_name=f"Shopper {h[0]:03d}", tier=_DEMO_TIERS[h[1] % 3],
+                segments=sorted({_DEMO_SEGMENTS[h[2] % 5], _DEMO_SEGMENTS[h[3] % 5]}),
+                preferences=sorted({_DEMO_PREFERENCES[h[4] % 6],
+                                    _DEMO_PREFERENCES[h[5] % 6]}),
+                favourite_categories=[_DEMO_PREFERENCES[h[6] % 6]],
+                birthday_month=month if h[7] % 6 == 0 else (h[7] % 12) + 1,
+                store_visits=h[8] % 20),
+            pickup_orders=[PickupOrder(order_id=f"WEB-{h[9:13].hex()}", state="ready",
+                                       items=1 + h[13] % 5)] if h[14] % 5 == 0 else []))
+    return out

@@ -219,6 +219,38 @@ class PosStatus:
                    errors_total=int(d.get("errors_total", 0)))
 
 
+def _counts(value: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in _map(value).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalStatus:
+    """Offers, redemption and stitching (app/personal.py): counters since start, never
+    an id."""
+
+    customers_known: int
+    campaigns_active: int
+    offers_issued_total: int
+    offers_suppressed_by_reason: Mapping[str, int]
+    tokens_reserved_total: int
+    tokens_redeemed_total: int
+    tokens_released_total: int
+    tokens_rejected_by_reason: Mapping[str, int]
+    stitched_by_method: Mapping[str, int]  # purchases: loyalty, token, presence...
+    ledger_errors_total: int
+    queued_batches: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PersonalStatus:
+        n = {k: int(d.get(k, 0)) for k in (
+            "customers_known", "campaigns_active", "offers_issued_total",
+            "tokens_reserved_total", "tokens_redeemed_total", "tokens_released_total",
+            "ledger_errors_total", "queued_batches")}
+        return cls(offers_suppressed_by_reason=_counts(d.get("offers_suppressed_by_reason")),
+                   tokens_rejected_by_reason=_counts(d.get("tokens_rejected_by_reason")),
+                   stitched_by_method=_counts(d.get("stitched_by_method")), **n)
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayStatusView:
     """Everything the running gateway reports about itself; ``None`` parts are not
@@ -238,6 +270,7 @@ class GatewayStatusView:
     commands: CommandsStatus | None
     presence: PresenceStatus | None
     pos: PosStatus | None
+    personal: PersonalStatus | None = None  # last: older files parse
 
     def to_json(self) -> dict[str, Any]:
         """The status file's content (``storegate status --json`` shows it)."""
@@ -268,6 +301,8 @@ class GatewayStatusView:
                 presence=PresenceStatus.from_json(presence)
                 if isinstance(presence, Mapping) else None,
                 pos=PosStatus.from_json(pos) if isinstance(pos, Mapping) else None,
+                personal=PersonalStatus.from_json(data["personal"])
+                if isinstance(data.get("personal"), Mapping) else None,
             )
         except (TypeError, ValueError):
             return None

@@ -32,6 +32,7 @@ from storegate.core.identity_records import (
 )
 from storegate.core.payloads import Payload
 from storegate.core.personal.campaigns import CampaignsCommand
+from storegate.core.personal.erasure import EraseCommand
 from storegate.core.personal.registry import (
     MAX_CUSTOMERS,
     CustomerRecord,
@@ -126,6 +127,7 @@ COMMANDS: Final[dict[str, type[Payload]]] = {
     "replay": ReplayCommand, "identities": IdentitiesCommand,
     "campaigns": CampaignsCommand,
     "customers": CustomersCommand,
+    "erase": EraseCommand,
 }
 
 

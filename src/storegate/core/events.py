@@ -132,6 +132,16 @@ GATEWAY_CUSTOMERS_APPLIED: Final = _t(
     "Answer to a customers command: applied or not, stale and removed counts, how many "
     "customers are known and enrolled now.",
 )
+GATEWAY_CAMPAIGNS_APPLIED: Final = _t(
+    "storegate.gateway.campaigns_applied.v1", "gateway", Priority.HIGH, p.CampaignsApplied,
+    "Answer to a campaigns command: applied or not, stale and removed counts, how many "
+    "campaigns are active now.",
+)
+GATEWAY_ERASED: Final = _t(
+    "storegate.gateway.erased.v1", "gateway", Priority.HIGH, p.Erased,
+    "Answer to an erase command: what was removed, per store, in counts (names no "
+    "customer).",
+)
 
 CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
@@ -142,7 +152,8 @@ CATALOGUE: Final[dict[str, EventType]] = {
         PURCHASE_COMPLETED, PURCHASE_VOIDED, POS_SCANNED,
         OFFER_ISSUED, OFFER_SUPPRESSED,
         OFFER_RESERVED, OFFER_REDEEMED, OFFER_RELEASED, OFFER_REJECTED,
-        GATEWAY_CUSTOMERS_APPLIED,
+        GATEWAY_CUSTOMERS_APPLIED, GATEWAY_CAMPAIGNS_APPLIED,
+        GATEWAY_ERASED,
     )
 }
 

@@ -81,6 +81,9 @@ class GatewayTelemetry(Payload):
         default=None, description="Presence pipeline health; null when presence is off.")
     lanes: list[LaneHealth] | None = Field(
         default=None, description="POS lanes' health; null when no lane is configured.")
+    personal: PersonalHealth | None = Field(
+        default=None, description="Offers, redemption and stitching counters; null when "
+        "the personalisation service is not running.")
 
 
 class LaneHealth(Payload):
@@ -393,7 +396,8 @@ class OfferIssued(Payload):
     campaign_version: int = Field(ge=1)
     variant: str | None = Field(description="The A/B variant, null when the campaign has "
                                 "none (chosen by a stable hash of customer and campaign).")
-    customer: str = Field(description="Pseudonymous customer id.")
+    customer: str | None = Field(description="Pseudonymous customer id; null only in "
+                                 "an event stored before the customer was erased.")
     visit_id: str | None = Field(description="The store visit it was decided in.")
     trigger: OfferTriggerKind = Field(description="The campaign trigger that matched.")
     zone: str | None = Field(default=None, description="The zone of a zone trigger.")
@@ -415,7 +419,8 @@ class OfferSuppressed(Payload):
                                  "consent the customer's profile is not evaluated against "
                                  "any campaign.")
     campaign_version: int | None = Field(ge=1)
-    customer: str = Field(description="Pseudonymous customer id.")
+    customer: str | None = Field(description="Pseudonymous customer id; null only in "
+                                 "an event stored before the customer was erased.")
     visit_id: str | None
     trigger: OfferTriggerKind
     zone: str | None = None
@@ -523,3 +528,77 @@ class CustomersApplied(Payload):
     known: int = Field(ge=0, description="Customers the registry holds afterwards.")
     enrolled: int = Field(ge=0, description="Customers enrolled for presence afterwards "
                           "(presence consent granted and an identity held).")
+
+
+# --- personalisation in the event flow (issue 11, app/personal.py) ---------------------
+
+
+class CampaignsApplied(Payload):
+    """The answer to a campaigns command: what this gateway holds afterwards."""
+
+    request_id: str | None
+    command_id: str | None = Field(default=None, description="The signed command's id.")
+    op: Literal["upsert", "remove", "replace"]
+    applied: bool = Field(description="False: nothing changed; send the command again.")
+    error: str | None = Field(default=None, description="Why it was not applied.")
+    stale: int = Field(ge=0, description="Campaigns or removals not newer than what the "
+                       "box holds or has held: ignored, never regressing a campaign.")
+    removed: int = Field(ge=0, description="Active campaigns withdrawn (remove, or not "
+                         "listed in a replace).")
+    active: int = Field(ge=0, description="Campaigns active afterwards.")
+
+
+class PersonalHealth(Payload):
+    """Counters since start of the personalisation service: counts only, never ids."""
+
+    customers_known: int = Field(ge=0, description="Customers in the registry.")
+    campaigns_active: int = Field(ge=0)
+    offers_issued_total: int = Field(ge=0)
+    offers_suppressed_total: dict[str, int] = Field(
+        description="Suppressed decisions by reason (no_consent, capped, ...).")
+    tokens_reserved_total: int = Field(ge=0)
+    tokens_redeemed_total: int = Field(ge=0)
+    tokens_released_total: int = Field(ge=0)
+    tokens_rejected_total: dict[str, int] = Field(
+        description="Scanned offer tokens refused, by reason (malformed, expired, ...).")
+    stitched_total: dict[str, int] = Field(
+        description="Purchases by attribution method (loyalty, token, presence, "
+        "ambiguous, none).")
+    ledger_errors_total: int = Field(ge=0, description="Redemption ledger or campaign "
+                                     "store failures (disk): the lane went on.")
+
+
+# --- erasure (issue 11, core/personal/erasure.py) -------------------------------------
+
+
+class Erased(Payload):
+    """The answer to an erase command: what this gateway removed, per store, in counts.
+    It names no customer (central knows whom it asked to erase: request_id,
+    command_id). Erasure is confirmed only by ``applied: true``."""
+
+    request_id: str | None
+    command_id: str | None = Field(default=None, description="The signed command's id.")
+    applied: bool = Field(description="False: not every store was reached; send the "
+                          "command again (erasing twice is harmless).")
+    error: str | None = Field(default=None, description="Why it was not applied.")
+    customers: int = Field(ge=0, description="Customers in the command.")
+    registry_records: int = Field(ge=0, description="Customer records deleted (a keyed-"
+                                  "hash tombstone is kept for each customer named).")
+    identity_keys: int = Field(ge=0, description="Presence identity keys deleted.")
+    tracking_states: int = Field(ge=0, description="Customers whose presence tracking "
+                                 "(resolvable ids, open visits) was dropped.")
+    stitcher_states: int = Field(ge=0, description="Customers whose stitching state "
+                                 "(open visits, checkout-zone stays, transactions) was "
+                                 "dropped.")
+    offers_revoked: int = Field(ge=0, description="Unredeemed offers revoked (their "
+                                "tokens are refused from now on).")
+    ledger_rows_pseudonymised: int = Field(
+        ge=0, description="Redemption ledger rows whose customer was replaced by a keyed "
+        "hash (kept for caps and reconciliation).")
+    outbox_unsent_redacted: int = Field(
+        ge=0, description="Events not yet sent whose customer fields were set to null "
+        "(same id and sequence: no gap).")
+    outbox_replay_redacted: int = Field(
+        ge=0, description="Events already sent, kept for replay, redacted the same way.")
+    files_rewritten: int = Field(ge=0, description="Files of the box rewritten (VACUUM) "
+                                 "and their write-ahead log truncated.")

@@ -7,6 +7,7 @@ One module per concept:
 - :mod:`.writer`: :class:`Outbox`, the group-commit writer thread, with retention;
 - :mod:`.reader`: :class:`OutboxReader`, a read-only view, and the rows and stats it
   returns (what the publisher and the CLI read);
+- :mod:`.redaction`: erasure, run on the writer thread (:meth:`Outbox.redact`);
 - :mod:`.admin`: :func:`purge`, on a stopped gateway's file.
 """
 
@@ -17,6 +18,7 @@ from storegate.adapters.outbox.reader import (
     PendingEvent,
     StoredEvent,
 )
+from storegate.adapters.outbox.redaction import Redacted
 from storegate.adapters.outbox.writer import Accepted, Outbox, Synchronous
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "OutboxReader",
     "OutboxStats",
     "PendingEvent",
+    "Redacted",
     "StoredEvent",
     "Synchronous",
     "purge",

@@ -40,6 +40,7 @@ from storegate.adapters.outbox.file import (
     make_private,
     take_writer_lock,
 )
+from storegate.adapters.outbox.redaction import Redacted, redact
 from storegate.core import events as ev
 from storegate.core.ids import Uuid7Generator
 from storegate.core.retention import DROP_ORDER, RetentionBudget, age_cutoff, excess
@@ -87,6 +88,13 @@ class _Requeue:
 
 
 @dataclass(slots=True)
+class _Redact:
+    customers: frozenset[str]
+    loyalty: frozenset[str]
+    done: Callable[[Redacted], None]
+
+
+@dataclass(slots=True)
 class _Counts:
     """Rows and bytes held (pending + kept for replay), and how many are pending."""
 
@@ -100,7 +108,7 @@ class _Stop:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-_Item = _Submission | _Acks | _Requeue | _Stop
+_Item = _Submission | _Acks | _Requeue | _Redact | _Stop
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -332,6 +340,17 @@ class Outbox:
         if not self._closed:
             self._queue.put(_Requeue(first, last, done))
 
+    def redact(self, customers: Iterable[str], loyalty: Iterable[str],
+               done: Callable[[Redacted], None]) -> None:
+        """Erasure: rewrite every stored event (pending or kept for replay) naming these
+        customers or loyalty pseudonyms, then wipe the file (adapters/outbox/
+        redaction.py). Queued behind whatever was submitted before, so those events are
+        committed first and redacted too. ``done(result)`` runs on the writer thread."""
+        if self._closed:
+            done(Redacted(error="the outbox is closed"))
+            return
+        self._queue.put(_Redact(frozenset(customers), frozenset(loyalty), done))
+
     # --- writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
@@ -340,6 +359,7 @@ class Outbox:
             item = self._queue.get()
             subs: list[_Submission] = []
             requeues: list[_Requeue] = []
+            redactions: list[_Redact] = []
             n_events = 0
             acks = self._pending_acks
             self._pending_acks = []
@@ -352,6 +372,9 @@ class Outbox:
                     acks.extend(item.sequences)
                 elif isinstance(item, _Requeue):
                     requeues.append(item)
+                elif isinstance(item, _Redact):
+                    redactions.append(item)
+                    break  # after this batch's commit: what came before is redacted too
                 else:
                     stop = item
                     break
@@ -380,12 +403,16 @@ class Outbox:
             except Exception:  # a bug must not kill the writer: fail the batch loudly
                 log.exception("outbox commit failed unexpectedly")
                 self._fail(subs, OutboxError("outbox commit failed unexpectedly; see log"))
+            for rd in redactions:
+                self._redact(rd)
         # Closing: refuse what arrived after the stop.
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, _Redact):
+                self._answer(item, Redacted(error="the outbox is closed"))
             if isinstance(item, _Submission):
                 self._fail([item], OutboxClosedError("the outbox is closed: event not accepted"))
         stop.done.set()
@@ -463,6 +490,24 @@ class Outbox:
                 log.exception("replay callback failed")
         if rows and self._on_commit is not None:
             self._on_commit(self._next_seq - 1)
+
+    def _redact(self, rd: _Redact) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            result = redact(conn, rd.customers, rd.loyalty)
+        except Exception as exc:  # a bug must not kill the writer: answer it failed
+            log.exception("outbox redaction failed unexpectedly")
+            result = Redacted(error=f"outbox redaction failed: {type(exc).__name__}")
+        self._bytes += result.bytes_delta
+        self._answer(rd, result)
+
+    @staticmethod
+    def _answer(rd: _Redact, result: Redacted) -> None:
+        try:
+            rd.done(result)
+        except Exception:
+            log.exception("redaction callback failed")
 
     def _acknowledge(
         self, conn: sqlite3.Connection, seqs: list[int], now: float, c: _Counts
