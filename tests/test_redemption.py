@@ -134,6 +134,10 @@ def test_held_and_history(ledger: RedemptionStore) -> None:
                    unlisted=Unlisted("ref:00", int(T0) - 5, int(T0) + 60))
     assert [o.token_id for o in ledger.history(T0 - 10)] == [a, b]
     assert ledger.history(T0 + 1) == []
+    # issued before the window but still held (unexpired, unredeemed): still history,
+    # or a restart would issue the same campaign again; redeemed or expired ones are not
+    assert [o.token_id for o in ledger.history(T0 + 1, now=T0 + 3600)] == [a]
+    assert ledger.history(T0 + 1, now=T0 + 86400) == []
 
 
 def test_unlisted_tokens(ledger: RedemptionStore) -> None:

@@ -54,10 +54,14 @@ def transaction(db: sqlite3.Connection) -> Iterator[None]:
 def scrub(db: sqlite3.Connection, *, vacuum: bool = False) -> None:
     """Move the WAL into the file and truncate it; ``vacuum`` first rewrites the file,
     so free pages that held deleted rows are gone too (needed where ``secure_delete``
-    is off)."""
+    is off). With ``vacuum`` (erasure) a WAL another reader kept from being truncated
+    raises: the caller must not answer that the bytes are gone."""
     if vacuum:
         rebuild(db)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if busy and vacuum:
+        raise sqlite3.OperationalError("the write-ahead log could not be truncated: "
+                                       "another connection is reading it")
 
 
 def rebuild(db: sqlite3.Connection) -> None:

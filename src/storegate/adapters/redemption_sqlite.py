@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS offers_by_transaction ON offers (transaction_id)
 CREATE INDEX IF NOT EXISTS offers_by_customer ON offers (customer) WHERE customer IS NOT NULL;
 CREATE INDEX IF NOT EXISTS offers_reserved ON offers (reserved_at) WHERE state = 'reserved';
 CREATE INDEX IF NOT EXISTS offers_by_issue ON offers (issued_at);
+CREATE INDEX IF NOT EXISTS offers_to_expire ON offers (expires_at) WHERE state = 'issued';
 """
 # the table's column order (an INSERT without a column list relies on it)
 _COLUMNS: Final = ("token_id, campaign, customer, issued_at, expires_at, state, lane, "
@@ -257,12 +258,18 @@ class RedemptionStore:
             return self._select("customer = ? AND state IN ('issued', 'reserved') AND "
                                 "expires_at > ?", (customer, now))
 
-    def history(self, since: float) -> list[Offer]:
-        """Offers this gateway issued since ``since``, oldest first: rebuilds the engine's
-        frequency caps after a restart."""
+    def history(self, since: float, now: float | None = None) -> list[Offer]:
+        """Offers this gateway issued since ``since``, and older ones still held at
+        ``now`` (unexpired, unredeemed: a 7-day token issued 3 days ago must still count
+        as held after a restart, or the same campaign would be issued twice), oldest
+        first: rebuilds the engine's caps and what each customer holds."""
         with self._lock:
-            return self._select("issued_here = 1 AND issued_at >= ? ORDER BY issued_at",
-                                (since,))
+            if now is None:
+                return self._select("issued_here = 1 AND issued_at >= ? ORDER BY issued_at",
+                                    (since,))
+            return self._select(
+                "issued_here = 1 AND (issued_at >= ? OR (state IN ('issued', 'reserved') "
+                "AND expires_at > ?)) ORDER BY issued_at", (since, now))
 
     # --- internals ----------------------------------------------------------------
 

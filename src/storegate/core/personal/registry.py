@@ -384,14 +384,18 @@ class Registry:
         return out.build()
 
     def erase(self, customers: Iterable[str], now: float | None = None) -> int:
-        """Erasure: forget the records, keep only a tombstone (a keyed hash and the
-        version held), so nothing in flight brings them back. Returns how many records
-        were forgotten. ``now`` defaults to the time of the last change applied."""
+        """Erasure: forget the records, keep only a tombstone (a keyed hash), so nothing
+        in flight brings them back. The tombstone has the highest version there is: a
+        customers command signed before the erasure travels on another topic and may
+        arrive after it with a higher version than the box held; it is stale whatever
+        its version, for as long as any command signed before the erasure is valid
+        (``keep_s``). An erased customer who registers again gets a new pseudonym.
+        Returns how many records were forgotten. ``now`` defaults to the time of the
+        last change applied."""
         at = now if now is not None else (self._last_at or 0.0)
         out = _Builder(at)
         for c in customers:
-            held = self._records.get(c)
-            self._remove(c, held.version if held is not None else 1, out, at)
+            self._remove(c, MAX_VERSION, out, at)
         return out.removed
 
     def tombstone_of(self, customer: str) -> Tombstone | None:
