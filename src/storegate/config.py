@@ -660,6 +660,10 @@ class HttpConfig(Section):
     signin_per_minute: float = Field(default=5.0, gt=0, le=10_000)
     checkin_burst: int = Field(default=10, ge=1, le=1000)
     checkin_per_minute: float = Field(default=20.0, gt=0, le=10_000)
+    demo_app_tokens: bool = Field(default=False, description="Demo only: /app/demo lists "
+                                  "the simulated app users with links to the reference app, "
+                                  "their tokens signed by a key made at start; answered on "
+                                  "loopback only. Never on a store.")
 
     @field_validator("admin_token_hashes")
     @classmethod
@@ -699,6 +703,44 @@ class HttpConfig(Section):
         return self.tls_cert_file is not None
 
 
+class CheckinConfig(Section):
+    """Check-in without Bluetooth (issue 12): each zone's signed QR poster
+    (``storegate posters``), scanned in the app, is presence evidence for that zone for
+    customers with presence consent. Posters are signed with this gateway's poster key
+    (``<outbox>.poster.key``, made on first use)."""
+
+    enabled: bool = Field(default=False, description="Accept check-ins (POST /app/checkin); "
+                          "presence runs even with no advert source.")
+    hold_s: float = Field(default=120.0, ge=5, le=3600, description="A check-in keeps the "
+                          "store and zone visits open this long without other evidence.")
+    repeat_window_s: float = Field(default=300.0, ge=0, le=86_400, description="The same "
+                                   "poster scanned again by the same customer within this "
+                                   "changes nothing (answered as before).")
+    generation: int = Field(default=1, ge=1, le=65_535, description="The generation "
+                            "posters are rendered with now.")
+    min_generation: int = Field(default=1, ge=1, le=65_535, description="Posters of an "
+                                "older generation are refused (retired): bump both and "
+                                "reprint to rotate.")
+    trusted_poster_keys: list[TokenKeyConfig] = Field(
+        default=[], max_length=64, description="Poster keys of the store's other gateways "
+        "(kid and public key, as `storegate posters` prints them): their posters check in "
+        "here too (this gateway's own key is always trusted).")
+    store_name: str | None = Field(default=None, min_length=1, max_length=80,
+                                   description="Printed on the posters (default: store_id).")
+    zone_names: dict[str, str] = Field(default={}, max_length=256, description="Zone id -> "
+                                       "the name printed on its poster (default: the id).")
+
+    @model_validator(mode="after")
+    def _generations(self) -> CheckinConfig:
+        if self.min_generation > self.generation:
+            raise ValueError("min_generation is above generation: new posters would be "
+                             "refused")
+        kids = [k.kid for k in self.trusted_poster_keys]
+        if len(set(kids)) != len(kids):
+            raise ValueError("a poster key is listed twice")
+        return self
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
@@ -713,6 +755,7 @@ class Config(Section):
     redemption: RedemptionConfig = RedemptionConfig()
     offers: OffersConfig = OffersConfig()
     http: HttpConfig = HttpConfig()
+    checkin: CheckinConfig = CheckinConfig()
 
     @field_validator("store_id", "gateway_id")
     @classmethod
@@ -785,6 +828,13 @@ class Config(Section):
         """The customers central sent this store: records (no keys) and tombstones."""
         p = self.storage.path
         return p.with_name(p.stem + ".customers.db")
+
+    @property
+    def inbox_path(self) -> Path:
+        """The app inbox: what each customer's phone is sent (offers with their tokens,
+        redemption states, pickup notices), kept for resume."""
+        p = self.storage.path
+        return p.with_name(p.stem + ".inbox.db")
 
     @property
     def status_path(self) -> Path:

@@ -48,6 +48,16 @@ def load_or_create_offer_key(path: Path) -> Ed25519PrivateKey:
                            "offer-signing key")
 
 
+def load_or_create_poster_key(path: Path) -> Ed25519PrivateKey:
+    """The gateway's zone-poster key (Ed25519), made like the others. A key of its own,
+    not the offer key: posters hang on walls for months while tokens live days, so this
+    one may be copied to the store's other gateways or restored onto a replacement box
+    without sharing the offer key, and a leak forges check-ins, never offers. Losing it
+    means reprinting the posters."""
+    return _load_or_create(path, Ed25519PrivateKey.generate, load_offer_key,
+                           "poster-signing key")
+
+
 def _load_or_create(path: Path, generate: Callable[[], _Key], read: Callable[[Path], _Key],
                     what: str) -> _Key:
     try:

@@ -28,7 +28,7 @@ from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.outbox import OutboxReader, OutboxStats, purge
 from storegate.adapters.plumbing import sleep_until_stopped
-from storegate.app import keys, logs
+from storegate.app import keys, logs, posters_cli
 from storegate.app.status import (
     GatewayStatusView,
     PersonalStatus,
@@ -192,6 +192,12 @@ def _print_gateway(g: GatewayStatusView, name: str, now: float) -> None:
         _print_pos(g.pos, now)
     if g.personal:
         _print_personal(g.personal)
+    if g.checkin:
+        c = g.checkin
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(c.rejected_by_reason.items()))
+        print(f"check-in  {c.accepted_total} accepted, {c.repeats_total} repeats; refused: "
+              f"{refused or 'none'}; poster key {c.poster_kid}, generations "
+              f"{c.min_generation}..{c.generation}")
 
 
 def _print_personal(ps: PersonalStatus) -> None:
@@ -638,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pos_decode)
 
     keys.add_parser(sub, _add_config, _config)
+    posters_cli.add_parser(sub, _add_config, _config)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

@@ -6,7 +6,8 @@ presence (keys and tracking), the personal service (offers, stitching, whatever 
 caches for screens). Then the disk: the identity store, the registry's file (a
 tombstone with a keyed hash only, so an older command still in flight never brings
 them back), the redemption ledger (unredeemed offers revoked, every row's customer
-replaced by a keyed hash), the outbox (stored events redacted, pending and kept for
+replaced by a keyed hash), the app inbox (offers and their tokens, pickup notices:
+deleted), the outbox (stored events redacted, pending and kept for
 replay alike). Last, every SQLite file the box writes is rebuilt (``VACUUM``) and its
 write-ahead log truncated, so no free page, free block or WAL frame keeps an old copy.
 
@@ -30,7 +31,9 @@ from storegate.adapters.outbox import Outbox, Redacted
 from storegate.adapters.private_sqlite import rebuild
 from storegate.adapters.redemption_sqlite import RedemptionStore
 from storegate.adapters.registry_sqlite import RegistrySqlite
+from storegate.app.app_channel import AppChannel
 from storegate.app.personal import PersonalService
+from storegate.app.screens import ScreenService
 from storegate.core import payloads as p
 from storegate.core.personal.registry import Registry, Tombstone
 from storegate.core.presence.pipeline import PresencePipeline
@@ -79,6 +82,8 @@ class ErasureTargets:
     personal: PersonalService | None = None
     ledger_path: Path | None = None  # the redemption ledger's file, whoever holds it
     files: Sequence[Path] = ()  # every other SQLite file the box writes (command ledger)
+    app_channel: AppChannel | None = None  # the app inbox (offers with tokens, pickups)
+    screens: ScreenService | None = None  # the staff screens (app/screens.py)
 
 
 async def erase(customers: Sequence[str], t: ErasureTargets, now: float) -> ErasureCounts:
@@ -105,6 +110,8 @@ async def erase(customers: Sequence[str], t: ErasureTargets, now: float) -> Eras
         t.pipeline.withdraw(names)
         out.tracking_states = max(sum(c in enrolled for c in names),
                                   tracked - engine.tracked)
+    if t.screens is not None:  # off every staff screen at once, out of its caches
+        t.screens.forget(names)
     if t.personal is not None:
         await _step(out, "personal service", _forget_personal(t.personal, names, loyalty,
                                                               out))
@@ -119,6 +126,8 @@ async def erase(customers: Sequence[str], t: ErasureTargets, now: float) -> Eras
         store = t.registry_store
         await _step(out, "registry", asyncio.to_thread(store.erase, names, tombs))
     await _step(out, "redemption ledger", _erase_ledger(t, names, out))
+    if t.app_channel is not None:  # rows deleted, the file rebuilt, its WAL truncated
+        await _step(out, "app inbox", _erase_inbox(t.app_channel, names, out))
     redacted = await _redact_outbox(t.outbox, names, loyalty)
     out.outbox_unsent_redacted, out.outbox_replay_redacted = redacted.unsent, redacted.replay
     if redacted.error is not None:
@@ -185,6 +194,11 @@ async def _erase_ledger(t: ErasureTargets, names: list[str], out: ErasureCounts)
     finally:
         if opened is not None:
             await asyncio.to_thread(opened.close)
+
+
+async def _erase_inbox(channel: AppChannel, names: list[str], out: ErasureCounts) -> None:
+    await channel.erase(names)
+    out.files_rewritten += 1
 
 
 async def _redact_outbox(outbox: Outbox, names: list[str], loyalty: list[str]) -> Redacted:

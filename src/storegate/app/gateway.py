@@ -28,9 +28,11 @@ import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from storegate import __version__
 from storegate.adapters import gateway_key, status_file
+from storegate.adapters.app_inbox import AppInbox
 from storegate.adapters.command_ledger import CommandLedger
 from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.mqtt_client import MqttSettings, TlsSettings
@@ -39,13 +41,17 @@ from storegate.adapters.outbox import Accepted, Outbox, OutboxReader
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.adapters.registry_sqlite import RegistrySqlite
 from storegate.app import collector
+from storegate.app.app_channel import AppChannel
+from storegate.app.checkin import CheckinService
 from storegate.app.commands import CommandHandler, Done
 from storegate.app.erasure import ErasureTargets, erase
+from storegate.app.http.hub import Hub
 from storegate.app.intake import Intake
 from storegate.app.personal import PersonalService, apply_in_slices, campaigns_path
 from storegate.app.pos import PosService
 from storegate.app.preflight import load_start_files
 from storegate.app.presence import PresenceService, build_sources, presence_enabled
+from storegate.app.screens import ScreenService
 from storegate.app.sim_store import demo_records
 from storegate.app.status import (
     CommandsStatus,
@@ -64,6 +70,7 @@ from storegate.core.ids import Uuid7Generator
 from storegate.core.personal.campaigns import CampaignsCommand
 from storegate.core.personal.erasure import EraseCommand
 from storegate.core.personal.registry import CustomersChange, Registry, RegistryDelta
+from storegate.core.personal.screens import ScreenState
 from storegate.core.personal.stitching import Stitcher
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
@@ -142,6 +149,15 @@ class Gateway:
         # Redemption, stitching and offers between the sources and the intake
         # (app/personal.py); built at start (it opens the ledger).
         self.personal: PersonalService | None = None
+        # The customer app channel (issue 12): the app inbox, fed from the
+        # personalisation flow, pushed live through the hub (which the staff screens
+        # share); built at start when the HTTP surface is on (or its file is left).
+        self.hub = Hub()
+        self.app_channel: AppChannel | None = None
+        # The staff screens (app/screens.py): who is at each lane, pickups on the floor.
+        self.screens: ScreenService | None = None
+        # Zone-poster check-ins (app/checkin.py), when [checkin] is enabled.
+        self.checkin: CheckinService | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consent_tasks: set[asyncio.Task[None]] = set()
         self._consent_lock = asyncio.Lock()
@@ -169,7 +185,15 @@ class Gateway:
                 self.config, self.registry, stitcher=Stitcher(
                     self.config.stitching.settings(), self.config.lane_checkout_zones(),
                     self.registry.customer_of_loyalty),
-                emit=self._submit, file_campaigns=self._campaigns, wall_clock=self._wall)
+                emit=self._personal_out, file_campaigns=self._campaigns,
+                wall_clock=self._wall)
+            self._build_app_channel(self.personal)
+            self._build_screens(self.personal)
+            if self.config.checkin.enabled:  # makes the poster key on first start
+                self.checkin = CheckinService.build(
+                    self.config, registry=self.registry, submit=self._from_sources,
+                    pipeline=lambda: self.presence.pipeline if self.presence else None,
+                    wall_clock=self._wall)
             key = gateway_key.load_or_create(self.config.seal_key_path)
             self.seal_key = seal.public_text(key.public_key())
             t = self.config.trust
@@ -247,6 +271,8 @@ class Gateway:
             self._registry_store.close()
         if self.personal is not None:
             self.personal.close()
+        if self.app_channel is not None:
+            self.app_channel.close()
         if self._ledger is not None:
             self._ledger.close()
 
@@ -355,6 +381,9 @@ class Gateway:
                 await self._follow_consent(change, delta)
                 if self.personal is not None:  # offers revoked, stitching forgotten
                     await self.personal.follow(delta)
+                if self.app_channel is not None and delta.marketing_withdrawn:
+                    # revoked offers leave the phones' inbox too (a till refuses them)
+                    await self.app_channel.erase(delta.marketing_withdrawn)
                 await asyncio.to_thread(store.write, delta)
             else:  # stopped under it: nothing changed
                 error = "the registry store is closed"
@@ -385,6 +414,8 @@ class Gateway:
     async def _follow_consent(self, change: CustomersChange, delta: RegistryDelta) -> None:
         """Keys and tracking follow the registry: withdrawals first (privacy), then
         enrolments; the presence service's own path (memory, then disk off the loop)."""
+        if self.checkin is not None and delta.withdraw:  # their recent check-ins too
+            self.checkin.forget(set(delta.withdraw))
         steps = [IdentityChange("remove", (), delta.withdraw, change.request_id,
                                 change.command_id),
                  IdentityChange("upsert", delta.enroll, (), change.request_id,
@@ -485,12 +516,15 @@ class Gateway:
                 pipeline=self.presence.pipeline if self.presence is not None else None,
                 personal=self.personal, ledger_path=self.config.redemption_path,
                 # no customer in these, but every file the box writes is rebuilt
-                files=(self.config.commands_path, campaigns_path(self.config)))
+                files=(self.config.commands_path, campaigns_path(self.config)),
+                app_channel=self.app_channel, screens=self.screens)
             erased = set(cmd.customers)
             # identities the registry file of the config enrolled: not again this run
             self._registry = [i for i in self._registry if i.customer not in erased]
             with collector.paused():  # up to 10,000 customers: see app/collector.py
                 counts = await erase(cmd.customers, targets, self._wall())
+            if self.checkin is not None:  # the repeat rule's memory of them
+                self.checkin.forget(erased)
         data = counts.answer(cmd.request_id, command_id)
         log.info("erase applied=%s (command %s): %d customer(s), %d record(s), %d key(s), "
                  "%d event(s) redacted, %d file(s) rewritten", data.applied, command_id,
@@ -500,6 +534,40 @@ class Gateway:
         self._submit([ev.EventDraft(ev.GATEWAY_ERASED, f"gateway/{self.config.gateway_id}",
                                     self._wall(), data)])
         await asyncio.to_thread(done, data.applied)
+
+    # --- the customer app channel (app/app_channel.py) ---------------------------------
+
+    def _build_app_channel(self, personal: PersonalService) -> None:
+        """The app inbox, fed only when the HTTP surface serves it; a file left by an
+        earlier run with HTTP on is still opened, so erasure reaches it."""
+        path = self.config.inbox_path
+        if not self.config.http.enabled and not path.exists():
+            return
+        self.app_channel = AppChannel(AppInbox(path), self.hub, self.registry,
+                                      tz=ZoneInfo(self.config.offers.timezone),
+                                      wall_clock=self._wall)
+        if self.config.http.enabled:
+            personal.on_offer = self.app_channel.on_offer
+
+    def _build_screens(self, personal: PersonalService) -> None:
+        """The staff screens, fed by the personal service (only with the HTTP surface:
+        nobody else reads them)."""
+        if not self.config.http.enabled:
+            return
+        state = ScreenState(self.registry, lanes=[lane.id for lane in self.config.pos.lanes],
+                            lane_zones=self.config.lane_checkout_zones())
+        self.screens = screens = ScreenService(state, self.hub, emit=self._submit,
+                                               clock=self._wall, engine=personal.engine)
+        personal.on_processed = screens.on_processed
+        personal.on_registry_changed = screens.on_registry_changed
+        personal.on_staff_withdrawn = screens.forget
+
+    def _personal_out(self, drafts: list[ev.EventDraft]) -> None:
+        """What personalisation emits: to the app channel (redemption states, pickup
+        notices; it only queues), then the intake."""
+        if self.app_channel is not None and self.config.http.enabled:
+            self.app_channel.observe(drafts)
+        self._submit(drafts)
 
     def _submit(self, drafts: list[ev.EventDraft]) -> None:
         """Events from the sources into the outbox, without waiting for the commit;
@@ -599,6 +667,7 @@ class Gateway:
             presence=None if self.presence is None else self.presence.snapshot(),
             pos=None if self.pos is None else self.pos.snapshot(),
             personal=None if self.personal is None else self.personal.snapshot(),
+            checkin=None if self.checkin is None else self.checkin.snapshot(),
         )
 
     def write_status(self) -> None:
@@ -622,7 +691,8 @@ class Gateway:
         self.intake.bind(loop)
         self.start()
         try:
-            if presence_enabled(self.config) and self.identities is not None:
+            if (presence_enabled(self.config) or self.checkin is not None) \
+                    and self.identities is not None:
                 self.presence = PresenceService.build(
                     self.config, identities=self.identities, submit=self._from_sources,
                     extra=self._registry, beacons=self._beacons, wall_clock=self._wall)
@@ -636,6 +706,8 @@ class Gateway:
                     tg.create_task(self.pos.run(stop))
                 if self.personal is not None:
                     tg.create_task(self.personal.run(stop))
+                if self.app_channel is not None and self.config.http.enabled:
+                    tg.create_task(self.app_channel.run(stop))
                 tg.create_task(self._status_loop(stop))
                 tg.create_task(self.intake.run(stop))
                 if self.config.sources.telemetry.enabled:
@@ -644,6 +716,10 @@ class Gateway:
                     from storegate.app.http.server import serve  # noqa: PLC0415 - optional
 
                     tg.create_task(serve(self, self.config.http, stop, clock=self._wall))
+                    if self.config.http.demo_app_tokens:
+                        h = self.config.http
+                        log.info("demo app users (loopback only): %s://%s:%d/app/demo",
+                                 "https" if h.tls else "http", h.host, h.port)
                 await stop.wait()
         finally:
             log.info("stopping: no new events accepted; draining the outbox")
@@ -655,6 +731,9 @@ class Gateway:
                 await asyncio.wait(self._consent_tasks, timeout=CONSENT_WAIT_S)
             if self.personal is not None:  # what the lanes flushed, processed
                 await self.personal.flush()
+            if self.app_channel is not None:  # ...and sent to the inbox; streams end
+                await self.app_channel.flush()
+            self.hub.close_all()
             # The lanes flushed what waited for an idle gap as their task ended; what
             # is in flight or held is committed now, before the outbox stops accepting.
             await self.intake.drain(self.config.storage.shutdown_drain_s)

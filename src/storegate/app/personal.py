@@ -123,9 +123,16 @@ class PersonalService:
         redemption.on_reserved = self._on_reserved
         # Issue 12 (staff screens) plugs in here: customers who lost staff_view.
         self.on_staff_withdrawn: Callable[[Sequence[str]], None] | None = None
+        # The staff screens (app/screens.py) see every processed batch and tick (who is
+        # at a lane, token states) and each customers change (profiles, pickups).
+        self.on_processed: Callable[[Sequence[ev.EventDraft]], None] | None = None
+        self.on_registry_changed: Callable[[], None] | None = None
         # The token's text (what the QR code carries) is in no event: it reaches the
         # customer's phone through this hook (the app channel, issue 12).
         self.on_issued: Callable[[str, IssuedToken], None] | None = None
+        # The app channel (app/app_channel.py) takes the whole decision beside the
+        # token: the offer's content (title, text, image, discount) is in no event either.
+        self.on_offer: Callable[[Decision, IssuedToken], None] | None = None
         # observable state (counters since start; no ids)
         self.issued_total = 0
         self.suppressed: Counter[str] = Counter()
@@ -188,7 +195,7 @@ class PersonalService:
             engine.upsert(file_campaigns or ())  # central's newer versions win
             svc._reindex_refs()
             now = wall_clock()
-            kept = engine.load(svc._held(ledger.history(now - HISTORY_S)), now)
+            kept = engine.load(svc._held(ledger.history(now - HISTORY_S, now)), now)
             log.info("offers: %d campaign(s) active, %d recent offer(s) reloaded",
                      len(engine.campaigns), kept)
         except BaseException:
@@ -322,6 +329,8 @@ class PersonalService:
                         await asyncio.sleep(0)
         if delta.staff_withdrawn and self.on_staff_withdrawn is not None:
             self.on_staff_withdrawn(delta.staff_withdrawn)
+        if self.on_registry_changed is not None:
+            self.on_registry_changed()
 
     async def forget(self, customers: Sequence[str]) -> Forgotten:
         """Erasure (app/erasure.py): the customers leave the engine, the stitcher and
@@ -451,6 +460,8 @@ class PersonalService:
         self.issued_total += 1
         if self.on_issued is not None:
             self.on_issued(dec.customer, token)
+        if self.on_offer is not None:
+            self.on_offer(dec, token)
         return decision_draft(dec, token.token_id)
 
     async def _revoke(self, customers: Sequence[str]) -> tuple[int, int]:
@@ -502,6 +513,8 @@ class PersonalService:
                 out = batch
             finally:
                 self._busy = False
+            if self.on_processed is not None:
+                self.on_processed(out)
             self._emit(out)
 
     async def _ticks(self, stop: asyncio.Event) -> None:
@@ -512,6 +525,8 @@ class PersonalService:
                 log.exception("personalisation tick failed; trying again in %g s", TICK_S)
                 continue
             if drafts:
+                if self.on_processed is not None:
+                    self.on_processed(drafts)
                 self._emit(drafts)
 
 

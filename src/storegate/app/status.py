@@ -252,6 +252,28 @@ class PersonalStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckinStatus:
+    """Poster check-ins (app/checkin.py): counters since start, and the poster key's id
+    and generations, so an operator sees which posters this gateway accepts."""
+
+    accepted_total: int
+    repeats_total: int  # the same poster again while its visit is open: no change
+    rejected_by_reason: Mapping[str, int]
+    poster_kid: str
+    generation: int
+    min_generation: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CheckinStatus:
+        return cls(accepted_total=int(d.get("accepted_total", 0)),
+                   repeats_total=int(d.get("repeats_total", 0)),
+                   rejected_by_reason=_counts(d.get("rejected_by_reason")),
+                   poster_kid=str(d.get("poster_kid", "")),
+                   generation=int(d.get("generation", 0)),
+                   min_generation=int(d.get("min_generation", 0)))
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayStatusView:
     """Everything the running gateway reports about itself; ``None`` parts are not
     configured (or, for the broker, not started yet)."""
@@ -271,6 +293,7 @@ class GatewayStatusView:
     presence: PresenceStatus | None
     pos: PosStatus | None
     personal: PersonalStatus | None = None  # last: older files parse
+    checkin: CheckinStatus | None = None  # poster check-ins, when enabled
 
     def to_json(self) -> dict[str, Any]:
         """The status file's content (``storegate status --json`` shows it)."""
@@ -303,6 +326,8 @@ class GatewayStatusView:
                 pos=PosStatus.from_json(pos) if isinstance(pos, Mapping) else None,
                 personal=PersonalStatus.from_json(data["personal"])
                 if isinstance(data.get("personal"), Mapping) else None,
+                checkin=CheckinStatus.from_json(data["checkin"])
+                if isinstance(data.get("checkin"), Mapping) else None,
             )
         except (TypeError, ValueError):
             return None

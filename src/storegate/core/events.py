@@ -142,6 +142,11 @@ GATEWAY_ERASED: Final = _t(
     "Answer to an erase command: what was removed, per store, in counts (names no "
     "customer).",
 )
+STAFF_VIEWED: Final = _t(
+    "storegate.staff.viewed.v1", "staff", Priority.NORMAL, p.StaffViewed,
+    "A staff screen showed a customer's personal profile (the access log): lane, role, "
+    "session pseudonym, customer, fields shown.",
+)
 
 CATALOGUE: Final[dict[str, EventType]] = {
     t.name: t
@@ -154,6 +159,7 @@ CATALOGUE: Final[dict[str, EventType]] = {
         OFFER_RESERVED, OFFER_REDEEMED, OFFER_RELEASED, OFFER_REJECTED,
         GATEWAY_CUSTOMERS_APPLIED, GATEWAY_CAMPAIGNS_APPLIED,
         GATEWAY_ERASED,
+        STAFF_VIEWED,
     )
 }
 

@@ -602,3 +602,23 @@ class Erased(Payload):
         ge=0, description="Events already sent, kept for replay, redacted the same way.")
     files_rewritten: int = Field(ge=0, description="Files of the box rewritten (VACUUM) "
                                  "and their write-ahead log truncated.")
+
+
+# --- staff screens (issue 12, core/personal/screens.py) ---------------------------------
+
+
+class StaffViewed(Payload):
+    """A staff member's screen showed a customer's personal profile: the access log.
+    One per staff session, customer and transaction (not per screen update)."""
+
+    lane: str | None = Field(description="The lane whose screen showed it; null: the "
+                             "floor screen.")
+    staff_role: Literal["cashier", "floor", "manager"]
+    session: str = Field(description="The staff session, as a pseudonym (32 hex digits "
+                         "of a hash of the session's cookie): joins the views of one "
+                         "sign-in; never the PIN or the cookie.")
+    customer: str | None = Field(description="Pseudonymous customer id; null only in an "
+                                 "event stored before the customer was erased.")
+    fields: list[str] = Field(description="The profile fields shown (greeting_name, "
+                              "tier, preferences, sizes, offers, pickup...).")
+    viewed_at: Timestamp

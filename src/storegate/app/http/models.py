@@ -69,9 +69,29 @@ class CustomerView(Body):
 
 
 class CheckIn(Body):
-    zone: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    poster: str = Field(min_length=1, max_length=512, description="The signed poster code "
-                        "the app scanned.")
+    code: str = Field(min_length=1, max_length=512, description="The zone poster's code as "
+                      "scanned (SGZ1. + base32, docs/http.md).")
+
+
+class VisitView(Body):
+    """One of the customer's open visits (the store's: zone null)."""
+
+    visit_id: str
+    zone: str | None
+    entered: bool = Field(description="Entered (a check-in enters at once).")
+    entered_at: float = Field(description="Unix time the visit began.")
+    last_evidence_at: float = Field(description="The scan, or a later sighting.")
+    held_until: float | None = Field(description="A check-in keeps the visit open until "
+                                     "then without other evidence.")
+
+
+class CheckedIn(Body):
+    zone: str
+    poster_id: str = Field(description="Which printed poster (a hash of its code).")
+    repeat: bool = Field(description="The same poster again while its visit is open: "
+                         "nothing changed.")
+    store_visit: VisitView
+    zone_visit: VisitView
 
 
 # --- operations ---------------------------------------------------------------------

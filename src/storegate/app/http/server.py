@@ -8,6 +8,8 @@ is assembled from one router per surface:
     ops.admin_router    /admin /admin/status /admin/events   (admin)
     staff.router        /staff/signin /staff/session ...     (public sign-in / staff)
     customer.router     /app/me /app/checkin                 (customer)
+    app_channel.router  /app/offers /app/events /app/ws ...  (customer; /app: static)
+    screens.router      /lanes/{lane} /floor (+ /state, /events), /staff/sign-in
 
 A surface added later is one more router in :data:`ROUTERS` (or ``extra_routers``);
 every route must declare its access rule or ``build_app`` refuses to build
@@ -39,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storegate import __version__
 from storegate.adapters.plumbing import describe_error, sleep_until_stopped
-from storegate.app.http import customer, ops, staff
+from storegate.app.http import app_channel, customer, ops, screens, staff
 from storegate.app.http.ops import GatewayLike, Metrics
 from storegate.app.http.security import (
     Authenticator,
@@ -56,7 +58,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 ROUTERS: Final[tuple[APIRouter, ...]] = (ops.ops_router, ops.admin_router, staff.router,
-                                         customer.router)
+                                         customer.router, app_channel.router,
+                                         screens.router)
 GRACEFUL_SHUTDOWN_S: Final = 5.0  # open requests get this long once the gateway stops
 RESTART_BACKOFF: Final = Backoff(1.0, 60.0)  # a port in use: try again, never give up
 
@@ -109,6 +112,9 @@ def build_app(gateway_like: GatewayLike, settings: HttpConfig, clock: Clock = ti
     app.state.metrics = metrics = Metrics(gateway_like, auth)
     for router in (*ROUTERS, *extra_routers):
         app.include_router(router)
+    app.router.routes.extend(app_channel.static_routes)  # the reference web app at /app
+    if settings.demo_app_tokens:  # demo only: a local token key and /app/demo
+        app_channel.enable_demo(app)
     check_routes(app)  # a route without an access rule is a bug caught here
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
@@ -174,6 +180,9 @@ async def serve(gateway_like: GatewayLike, settings: HttpConfig, stop: asyncio.E
         async def stop_when_told(server: _Server = server) -> None:
             await stop.wait()
             server.should_exit = True
+            hub = getattr(gateway_like, "hub", None)  # live streams end now, not after
+            if hub is not None:                       # the graceful-shutdown wait
+                hub.close_all()
 
         watcher = asyncio.create_task(stop_when_told())
         try:

@@ -37,6 +37,19 @@ class _Visit:
     last: float
     entered: bool = False
     dwell_index: int = 0
+    held_until: float = float("-inf")  # a check-in keeps it open until then (no BLE)
+
+
+@dataclass(frozen=True, slots=True)
+class VisitState:
+    """An open visit, as a check-in answers it (the customer's own visit)."""
+
+    visit_id: str
+    zone: str | None
+    first: float
+    last: float  # the last evidence
+    entered: bool
+    held_until: float | None  # a check-in holds it open until then
 
 
 class _Samples:
@@ -196,10 +209,12 @@ class PresenceEngine:
         out: list[ev.EventDraft] = []
         gone: list[str] = []
         for customer, track in self._tracks.items():
-            if track.zone is not None and now - track.zone.last >= self.settings.exit_after_s:
+            if track.zone is not None and now - track.zone.last >= self.settings.exit_after_s \
+                    and now >= track.zone.held_until:
                 self._close(customer, track.zone, out)
                 track.zone = None
-            if track.store is not None and now - track.store.last >= self.settings.exit_after_s:
+            if track.store is not None and now - track.store.last >= self.settings.exit_after_s \
+                    and now >= track.store.held_until:
                 self._close(customer, track.store, out)
                 gone.append(customer)
             elif track.store is None and all(
@@ -232,6 +247,48 @@ class PresenceEngine:
                 out[track.zone.zone] = out.get(track.zone.zone, 0) + 1
         return out
 
+    def check_in(self, customer: str, zone: str, ts: float, *,
+                 hold_s: float) -> list[ev.EventDraft]:
+        """The customer scanned a zone's poster at ``ts``: strong evidence that they
+        are in that zone now. A scan is deliberate, so the store visit and the zone
+        visit are entered at once (not after the minimum presence), opened if need be
+        (the phone may never advertise) or confirmed if BLE already placed them; the
+        zone visit ends a different current one, as a zone switch does. Both stay open
+        for ``hold_s`` without further evidence; BLE placing the customer elsewhere
+        still switches zones, and BLE evidence carries the visits on past the hold.
+        An exit keeps the engine's rule: its time is the last evidence (the scan or a
+        later sighting), the hold does not invent dwell time."""
+        if zone not in self._floors:
+            raise ValueError(f"zone {zone!r} is not one of this store's zones")
+        track = self._tracks.get(customer)
+        if track is None:
+            track = self._tracks[customer] = _Track()
+        out: list[ev.EventDraft] = []
+        if track.store is None:
+            track.store = self._new_visit(None, ts)
+        store = track.store
+        store.last = max(store.last, ts)
+        store.held_until = max(store.held_until, ts + hold_s)
+        self._progress(customer, store, 0.0, out)
+        zv = track.zone
+        if zv is None or zv.zone != zone:
+            if zv is not None:  # the old zone ends where the new one begins, no overlap
+                zv.last = max(zv.first, min(zv.last, ts))
+                self._close(customer, zv, out)
+            zv = track.zone = self._new_visit(zone, ts)
+        track.challenger = None  # a scan settles where they are
+        zv.last = max(zv.last, ts)
+        zv.held_until = max(zv.held_until, ts + hold_s)
+        self._progress(customer, zv, 0.0, out)
+        return out
+
+    def visits(self, customer: str) -> tuple[VisitState | None, VisitState | None]:
+        """The customer's open (store, zone) visits."""
+        track = self._tracks.get(customer)
+        if track is None:
+            return None, None
+        return _state(track.store), _state(track.zone)
+
     def forget(self, customer: str) -> None:
         """Consent withdrawn or erasure: drop all state, emit nothing more."""
         self._tracks.pop(customer, None)
@@ -253,3 +310,10 @@ class PresenceEngine:
                                  entered_at=entered_at, exited_at=ev.rfc3339(v.last),
                                  dwell_s=round(v.last - v.first, 3))
         return ev.EventDraft(t, f"visit/{v.visit_id}", at, data)
+
+
+def _state(v: _Visit | None) -> VisitState | None:
+    if v is None:
+        return None
+    held = v.held_until if v.held_until != float("-inf") else None
+    return VisitState(v.visit_id, v.zone, v.first, v.last, v.entered, held)

@@ -94,6 +94,12 @@ class PresencePipeline:
         out += self.engine.close_all()
         return out
 
+    def check_in(self, customer: str, zone: str, ts: float, *,
+                 hold_s: float) -> list[ev.EventDraft]:
+        """A consenting customer scanned a zone poster (the caller checked the poster and
+        the consent): visit events at once, as :meth:`PresenceEngine.check_in`."""
+        return self.engine.check_in(customer, zone, ts, hold_s=hold_s)
+
     # --- consent -------------------------------------------------------------------
 
     def enroll(self, identities: Iterable[Identity], now: float) -> int:

@@ -1,0 +1,215 @@
+"""The customer app channel's service: what reaches each customer's phone, durably,
+then live (docs/http.md, "The app channel").
+
+    PersonalService.on_offer ──┐  (an issued offer: content and the token's text)
+    emitted drafts ────────────┼─► queue ─► writer ─► AppInbox (SQLite, a cursor each)
+      offer.reserved/redeemed/ │             │
+      released; visit.entered  │             └─► Hub.publish("customer:<pseudonym>")
+      (store) with a pickup    ┘
+
+Nothing is published before it is committed: a phone that sees cursor N live can
+always get N again from the inbox, and one that reconnects asks for "after N". The
+writer takes everything queued at once (one transaction, one fsync for a burst of
+offers) and runs the SQLite work in a worker thread, so a slow SD card delays the push,
+never the event loop. Owned by the event loop; one lock serialises the inbox's
+thread work (writes, reads, prune, erase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Final, TypeVar
+from zoneinfo import ZoneInfo
+
+from storegate.adapters.app_inbox import (
+    AppInbox,
+    Entry,
+    InboxMessage,
+    OfferEntry,
+    OfferRow,
+    PickupEntry,
+    RedemptionEntry,
+)
+from storegate.adapters.plumbing import sleep_until_stopped
+from storegate.app.http.hub import Hub, Message
+from storegate.app.redemption import IssuedToken
+from storegate.core import events as ev
+from storegate.core import payloads as p
+from storegate.core.personal.offers import Decision
+from storegate.core.personal.registry import Registry
+from storegate.log_once import LogOnce
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_QUEUED: Final = 10_000  # entries waiting for the writer; past it the newest are dropped
+MAX_BATCH: Final = 500  # entries per transaction
+PRUNE_EVERY_S: Final = 60.0
+
+
+def topic(customer: str) -> str:
+    """The hub topic a customer's phone listens on."""
+    return f"customer:{customer}"
+
+
+def hub_message(m: InboxMessage) -> Message:
+    return Message(m.kind, m.data, m.cursor)
+
+
+class AppChannel:
+    """The inbox, fed from the event flow, published on the hub. ``hub`` is shared with
+    the staff screens (other topics)."""
+
+    def __init__(self, inbox: AppInbox, hub: Hub, registry: Registry, *, tz: ZoneInfo,
+                 wall_clock: Callable[[], float]) -> None:
+        self.inbox = inbox
+        self.hub = hub
+        self.registry = registry
+        self.tz = tz
+        self._wall = wall_clock
+        self._queue: deque[Entry] = deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._warn = LogOnce(log)
+        # observable state (counters since start)
+        self.queued_dropped_total = 0
+        self.errors_total = 0
+        self.published_total = 0
+
+    # --- feeding (on the loop, never waits) -----------------------------------------
+
+    def on_offer(self, decision: Decision, token: IssuedToken) -> None:
+        """PersonalService's hook: an offer issued, its token signed and recorded."""
+        camp, content = decision.campaign, decision.content
+        if camp is None or content is None:
+            return
+        discount = content.discount.model_dump() if content.discount is not None else None
+        self._put(OfferEntry(
+            customer=decision.customer, offer_id=token.token_id, campaign=camp.id,
+            title=content.title, text=content.text, image=content.image_url,
+            discount=discount, token=token.text, issued_at=decision.decided_at,
+            expires_at=float(token.expires_at)))
+
+    def observe(self, drafts: Sequence[ev.EventDraft]) -> None:
+        """The events the personalisation service emits: redemption state changes of
+        offers, and store entries of customers with a pickup order ready."""
+        for d in drafts:
+            data = d.data
+            if isinstance(data, p.OfferReserved):
+                self._put(RedemptionEntry(data.offer_id, "reserved", d.time))
+            elif isinstance(data, p.OfferRedeemed):
+                self._put(RedemptionEntry(data.offer_id, "redeemed", d.time))
+            elif isinstance(data, p.OfferReleased):
+                self._put(RedemptionEntry(data.offer_id, "released", d.time))
+            elif isinstance(data, p.VisitEntered) and data.zone is None \
+                    and data.customer is not None:
+                self._pickups(data.customer, d.time)
+
+    def _pickups(self, customer: str, at: float) -> None:
+        record = self.registry.get(customer)
+        if record is None:
+            return
+        day = datetime.fromtimestamp(at, UTC).astimezone(self.tz).date().isoformat()
+        for order in record.pickup_orders:
+            if order.state == "ready":
+                self._put(PickupEntry(customer, order.order_id, order.counter, at, day))
+
+    def _put(self, entry: Entry) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            self.queued_dropped_total += 1
+            self._warn("queue-full", "app inbox writer is %d entries behind: new app "
+                       "messages are dropped until it catches up", MAX_QUEUED)
+            return
+        self._queue.append(entry)
+        self._wake.set()
+
+    # --- the writer ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write and publish what is queued; prune expired messages every minute."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._writer(stop))
+            tg.create_task(self._pruner(stop))
+
+    async def _writer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.flush()
+            self._wake.clear()
+            if self._queue:
+                continue
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+        await self.flush()
+
+    async def flush(self) -> int:
+        """Everything queued now written, then published; returns the messages stored."""
+        stored = 0
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            try:
+                messages = await self._in_thread(self.inbox.append, batch, self._wall())
+            except sqlite3.Error as exc:
+                self.errors_total += 1
+                self._warn(f"append:{type(exc).__name__}", "app inbox write failed, %d "
+                           "message(s) not sent to phones: %s", len(batch), exc)
+                continue
+            for m in messages:  # committed: now it may be seen
+                self.hub.publish(topic(m.customer), hub_message(m))
+            self.published_total += len(messages)
+            stored += len(messages)
+        return stored
+
+    async def _pruner(self, stop: asyncio.Event) -> None:
+        while not await sleep_until_stopped(stop, PRUNE_EVERY_S):
+            try:
+                await self._in_thread(self.inbox.prune, self._wall())
+            except sqlite3.Error as exc:
+                self.errors_total += 1
+                self._warn(f"prune:{type(exc).__name__}", "app inbox prune failed: %s", exc)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args)
+
+    # --- reading (the routes) -------------------------------------------------------
+
+    async def since(self, customer: str, cursor: int) -> list[InboxMessage]:
+        return await self._in_thread(self.inbox.since, customer, cursor)
+
+    async def offers(self, customer: str) -> list[OfferRow]:
+        return await self._in_thread(self.inbox.offers, customer, self._wall())
+
+    async def offer(self, customer: str, offer_id: str) -> OfferRow | None:
+        return await self._in_thread(self.inbox.offer, customer, offer_id, self._wall())
+
+    # --- consent and erasure --------------------------------------------------------
+
+    async def erase(self, customers: Sequence[str]) -> int:
+        """Erasure (app/erasure.py) and a marketing withdrawal: their queued entries
+        dropped, every row deleted, the file rebuilt. Returns the rows deleted."""
+        names = set(customers)
+        if not names:
+            return 0
+        kept = [e for e in self._queue if not _of(e, names)]
+        # redemption entries carry no customer: the inbox drops them (offer unknown)
+        self._queue.clear()
+        self._queue.extend(kept)
+        return await self._in_thread(self.inbox.erase, sorted(names))
+
+    def close(self) -> None:
+        self.inbox.close()
+
+
+def _of(entry: Entry, names: set[str]) -> bool:
+    return isinstance(entry, OfferEntry | PickupEntry) and entry.customer in names
