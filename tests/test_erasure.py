@@ -26,6 +26,8 @@ from storegate.adapters.outbox.redaction import wipe
 from storegate.adapters.redemption_sqlite import RedemptionStore
 from storegate.adapters.registry_sqlite import RegistrySqlite
 from storegate.app.erasure import ErasureTargets, erase
+from storegate.app.gateway import Gateway
+from storegate.config import parse
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.ble.capture import Advert
@@ -402,3 +404,50 @@ def test_offers_stitching_and_the_ledger_are_forgotten(tmp_path: Path) -> None:
     assert [o.state for o in ledger.held("cust-bob", T0)] == ["issued"]  # bob's intact
     outbox.close()
     box.svc.close()
+
+
+# --- review 11 -----------------------------------------------------------------------
+
+
+def test_cards_central_names_are_erased_when_the_registry_no_longer_holds_them(
+        tmp_path: Path) -> None:
+    """Item 4: the customer was removed earlier (no record, so no cards known here);
+    their card is still in stored scans and purchases. The command's loyalty_ids
+    reach it."""
+    box = Box(tmp_path)
+    box.fill()
+    box.registry.apply(change("remove", remove=[(TARGET, 4)]), T0 + 4000)
+    assert box.registry.get(TARGET) is None
+
+    counts = asyncio.run(erase([TARGET], box.targets(), T0 + 5000, loyalty_ids=[CARD_T]))
+
+    assert counts.errors == []
+    assert scan(tmp_path, {"loyalty": CARD_T.encode()}) == []
+    assert {h.needle for h in scan(tmp_path, {"other": CARD_O.encode()})} == {"other"}
+    box.close()
+
+
+def test_the_command_takes_their_cards_validated() -> None:
+    cmd = validate_payload("erase", {"customers": [TARGET], "loyalty_ids": [CARD_T]}, now=T0)
+    assert isinstance(cmd, EraseCommand) and cmd.loyalty_ids == [CARD_T]
+    assert validate_payload("erase", {"customers": [TARGET]}, now=T0).loyalty_ids == []  # type: ignore[union-attr]
+    assert "loyalty_ids.0" in rejected({"customers": [TARGET], "loyalty_ids": ["1234"]})
+    assert "listed twice" in rejected({"customers": [TARGET],
+                                       "loyalty_ids": [CARD_T, CARD_T]})
+    assert "loyalty_ids" in rejected({"customers": [TARGET], "loyalty_ids": [
+        "ps1:" + f"{i:032x}" for i in range(4 * MAX_ERASE + 1)]})
+
+
+def test_the_config_s_identities_file_does_not_enrol_the_withdrawn_or_erased(
+        tmp_path: Path) -> None:
+    """Item 9: presence.identities_file is read at every start; the registry's rule
+    (no presence consent, removed or erased: not enrolled) applies to it as to the
+    identities command."""
+    gw = Gateway(parse(f'store_id = "s1"\ngateway_id = "g1"\n[storage]\n'
+                       f'path = "{tmp_path}/outbox.db"\n', source="test", base=tmp_path,
+                       environ={}))
+    gw.registry.apply(change("upsert", [customer_record("cust-7", 1, presence=False),
+                                        customer_record("cust-8", 1)]), T0)
+    gw.registry.erase(["cust-8"], T0)
+    gw._registry = [ident(7), ident(8), ident(9)]  # as read from the file
+    assert [i.customer for i in gw._file_identities()] == ["cust-9"]

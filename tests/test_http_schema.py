@@ -40,6 +40,7 @@ class _Personal:
 GATEWAY = StatusGateway(make_config(Path("/nonexistent-storegate-schema-test"), SETTINGS),
                         current=dataclasses.replace(healthy_status(), state="running"),
                         personal=_Personal())
+GATEWAY.config_loader = lambda: GATEWAY.config  # the config reload's working path
 APP = build_app(GATEWAY, SETTINGS, Clock())
 RULES = {(method, r.path): r.rules[0] for r in api_routes(APP) for method in r.methods}
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)

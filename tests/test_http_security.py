@@ -122,7 +122,8 @@ def test_every_route_rejects_anonymous_and_wrong_roles(tmp_path: Path) -> None:
     assert checked >= 40
     # the public ones are exactly these: nothing else slipped through as public
     public_paths = {r.path for r in routes if r.rules[0][0] is Role.PUBLIC}
-    assert public_paths == {"/healthz", "/readyz", "/staff/signin", "/staff/sign-in"}
+    assert public_paths == {"/healthz", "/readyz", "/staff/signin", "/staff/sign-in",
+                            "/admin/signin", "/admin/sign-in"}
 
 
 def test_a_route_without_an_access_rule_is_refused_at_build(tmp_path: Path) -> None:
@@ -509,7 +510,9 @@ def test_openapi_declares_the_three_security_schemes(tmp_path: Path) -> None:
     assert schemes["adminToken"]["scheme"] == "bearer"
     assert schemes["staffSession"] == {"type": "apiKey", "in": "cookie", "name": "sg_session",
                                        "description": schemes["staffSession"]["description"]}
-    assert doc["paths"]["/admin/status"]["get"]["security"] == [{"adminToken": []}]
+    # admin: the token as a Bearer (API clients) or the session cookie of a browser
+    assert doc["paths"]["/admin/status"]["get"]["security"] == [{"adminToken": []},
+                                                                {"adminSession": []}]
     assert doc["paths"]["/app/me"]["get"]["security"] == [{"customerToken": []}]
     assert doc["paths"]["/staff/session"]["get"]["security"] == [{"staffSession": []}]
     assert "security" not in doc["paths"]["/healthz"]["get"]

@@ -15,6 +15,8 @@ import pytest
 
 from storegate.adapters.outbox import OutboxReader
 from storegate.app.intake import Intake
+from storegate.core import events as ev
+from storegate.core import payloads as p
 from storegate.core.backoff import Backoff
 from storegate.core.holding import HeldEvents
 from tests.support.outbox import make_outbox, purchase, telemetry, visit
@@ -90,3 +92,33 @@ def test_what_is_still_refused_at_shutdown_is_logged_in_full(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("2 event(s) could not be accepted" in m for m in errors)
     assert any('"receipt":"R7"' in m for m in errors)  # the journal keeps the purchase
+
+
+def test_erasure_rewrites_the_events_held_in_memory(tmp_path: Path) -> None:
+    """Review 11, item 2: events held while the outbox refuses are not in the outbox
+    its redaction reaches: the intake rewrites them in place, in order, and what is
+    accepted later names nobody erased."""
+    db = tmp_path / "o.db"
+    box = make_outbox(db)
+    intake = Intake(box, backoff=Backoff(0.01, 0.05), uniform01=lambda: 0.0)
+    card = "ps1:" + "c1" * 16
+    theirs = purchase(1)
+    assert isinstance(theirs.data, p.PurchaseCompleted)
+    theirs = ev.EventDraft(theirs.type, theirs.subject, theirs.time, theirs.data.model_copy(
+        update={"customer": "c1", "loyalty_id": card}))
+
+    async def main() -> None:
+        intake.bind(asyncio.get_running_loop())
+        intake.submit([visit(1), theirs, visit(2)])  # refused: the outbox is not open
+        assert intake.redact(["c1"], [card]) == 2
+        assert intake.pending == 3 and intake.pending_purchases == 1
+        box.open()
+        assert await intake.drain(10) == 0
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    box.close()
+    with OutboxReader(db) as reader:
+        stored = [json.loads(e.payload) for e in reader.fetch_after(0, 100)]
+    assert [e["subject"] for e in stored] == ["visit/v1", "receipt/R1", "visit/v2"]
+    assert stored[0]["data"]["customer"] is None and stored[2]["data"]["customer"] == "c2"
+    assert stored[1]["data"]["customer"] is None and stored[1]["data"]["loyalty_id"] is None

@@ -439,6 +439,20 @@ def test_revoke_customer_returns_tokens_and_forgets_the_caps() -> None:
     assert e.redeemed(f"offer-cust-1-{T0:.0f}-0") is None  # revoked tokens are not held
 
 
+def test_revoke_customers_is_revoke_customer_for_many_in_one_pass() -> None:
+    """Erasure of 10,000 (review 11, item 7): one pass over the offers held."""
+    e = engine(camp("a"), camp("b"), policy=OfferPolicy(min_gap_s=0,
+                                                        max_issued_per_trigger=2))
+    for c in ("cust-1", "cust-2", "cust-3"):
+        issue(e, entered(c), facts(c), T0)
+    gone = e.revoke_customers(["cust-1", "cust-3", "cust-nobody"])
+    assert sorted(gone) == sorted(f"offer-{c}-{T0:.0f}-{n}" for c in ("cust-1", "cust-3")
+                                  for n in (0, 1))
+    assert e.customers_tracked == 1 and len(e.held("cust-2", T0)) == 2
+    assert e.revoke_customers({"cust-1"}) == []
+    assert e.redeemed(f"offer-cust-3-{T0:.0f}-0") is None
+
+
 def test_load_history_rebuilds_held_offers_and_caps_after_a_restart() -> None:
     cs = [camp("a", offer_ttl_s=3600), camp("b", max_per_customer_per_day=1),
           camp("z", trigger={"kind": "zone_entered", "zone": "dairy"})]

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -333,3 +334,171 @@ def test_config_check_reads_the_campaigns_file(tmp_path: Path) -> None:
         load_start_files(cfg)
     bad.write_text((REPO / "firmware-configs" / "campaigns" / "demo.toml").read_text())
     assert len(load_start_files(cfg).campaigns) == 6
+
+
+# --- review 11 -----------------------------------------------------------------------
+
+CARD = "ps1:" + "a1" * 16
+
+
+def with_card(r: CustomerRecord, card: str = CARD) -> CustomerRecord:
+    return CustomerRecord.model_validate({**r.model_dump(), "loyalty_ids": [card]})
+
+
+def card_scanned(card: str = CARD, tx: str = "tx-1", at: float = T0 + 50) -> ev.EventDraft:
+    return ev.EventDraft(ev.POS_SCANNED, "lane/lane-1", at, p.PosScanned(
+        lane="lane-1", kind="loyalty", value=card, scanned_at=ev.rfc3339(at),
+        transaction_id=tx))
+
+
+def test_erasure_rewrites_the_batches_queued_and_the_one_waiting(tmp_path: Path) -> None:
+    """Item 2: batches queued before the erasure (one already taken by the worker,
+    waiting for the lock) are processed after it without the customer: no offer
+    decided about them, nothing tracked again, the events kept (customer null)."""
+    box = Box(tmp_path)
+    box.know(with_card(record()), record("cust-bob"))
+    box.campaigns("upsert", WELCOME)
+    box.svc.submit([entered()])  # will be waiting for the lock
+    box.svc.submit([card_scanned(), entered("cust-bob", "v-2")])  # still queued
+
+    async def run() -> None:
+        box.registry.erase([CUSTOMER], T0)  # as app/erasure.py does first
+        forget = asyncio.create_task(box.svc.forget([CUSTOMER], [CARD]))
+        await asyncio.sleep(0)  # forget holds the lock now
+        drain = asyncio.create_task(box.svc._drain())
+        await asyncio.sleep(0)
+        assert box.svc._current is not None  # taken, waiting for the lock
+        gone = await forget
+        assert gone.queued_redacted == 2  # her visit, her card's scan
+        await drain
+
+    asyncio.run(run())
+    assert names(box.out) == ["visit.entered", "pos.scanned", "visit.entered",
+                              "offer.issued"]
+    assert box.out[0].data.customer is None  # type: ignore[attr-defined]
+    assert box.out[1].data.value is None  # type: ignore[attr-defined]
+    assert box.out[3].data.customer == "cust-bob"  # type: ignore[attr-defined]
+    assert CUSTOMER not in repr(box.out) and CARD not in repr(box.out)
+    svc = box.svc
+    assert not svc.stitcher.holds(CUSTOMER)
+    assert CUSTOMER not in svc._store_visit and CUSTOMER not in svc._visits_seen
+    assert svc.engine.held(CUSTOMER, T0) == []
+    # and an event naming them produced later (before presence forgot them) tracks nothing
+    out = box.process(entered(visit="v-9", at=T0 + 5), at=T0 + 5)
+    assert names(out) == ["visit.entered"]
+    assert CUSTOMER not in svc._store_visit and CUSTOMER not in svc._visits_seen
+    box.svc.close()
+
+
+def test_a_stale_campaign_remove_is_not_saved_as_a_removal(tmp_path: Path) -> None:
+    """Item 5: a remove older than the active version is refused, and stays refused
+    after a restart (it was saved as a removal: the campaign was gone)."""
+    box = Box(tmp_path)
+    box.campaigns("upsert", {**WELCOME, "version": 3})
+    result = asyncio.run(box.svc.apply_campaigns(CampaignsCommand.model_validate(
+        {"op": "remove", "remove": [{"id": "welcome", "version": 2}]})))
+    assert (result.stale, result.removed, result.active) == (1, 0, 1)
+    box.svc.close()
+    again = Box(tmp_path)
+    assert list(again.svc.engine.campaigns) == ["welcome"]
+    again.svc.close()
+
+
+def test_a_token_of_someone_else_than_the_lane_s_card_is_refused(tmp_path: Path) -> None:
+    """Item 8: Bob's token forwarded to Alice, who scans her card: refused
+    (customer_mismatch), not reserved for Bob on Alice's purchase."""
+    box = Box(tmp_path)
+    box.know(with_card(record()), record("cust-bob"))
+    box.campaigns("upsert", WELCOME)
+    box.process(entered("cust-bob", "v-2"))
+    [bobs] = box.tokens
+    out = box.process(card_scanned(), scanned(bobs.text, at=T0 + 60))
+    assert names(out) == ["pos.scanned", "pos.scanned", "offer.rejected"]
+    assert out[2].data.reason == "customer_mismatch"  # type: ignore[attr-defined]
+    # in a later batch of the same transaction too; and Bob's own lane takes it
+    out = box.process(scanned(bobs.text, at=T0 + 61))
+    assert out[1].data.reason == "customer_mismatch"  # type: ignore[attr-defined]
+    out = box.process(scanned(bobs.text, tx="tx-bob", at=T0 + 62))
+    assert names(out) == ["pos.scanned", "offer.reserved"]
+    box.svc.close()
+
+
+def test_an_offer_expiring_within_the_second_is_suppressed_not_raised(
+        tmp_path: Path) -> None:
+    """Item 11: the token cannot be signed (its expiry is its issue second)."""
+    box = Box(tmp_path)
+    box.know(record())
+    box.campaigns("upsert", {**WELCOME, "valid_until": ev.rfc3339(T0 + 0.5)})
+    out = box.process(entered())
+    assert names(out) == ["visit.entered", "offer.suppressed"]
+    assert out[1].data.reason == "not_valid"  # type: ignore[attr-defined]
+    box.svc.close()
+
+
+def test_a_failing_decision_keeps_the_batch_s_redemption_and_stitching(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 11: the token's redemption and the stitched purchase go out even when the
+    offer decision after them fails (counted)."""
+    box = Box(tmp_path)
+    box.know(record())
+    box.campaigns("upsert", WELCOME, CEREAL)
+    box.process(entered())
+    box.process(scanned(box.tokens[0].text))
+
+    def broken(*_a: object) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(box.svc.engine, "decide", broken)
+    out = box.process(completed(item="Muesli"))
+    assert names(out) == ["purchase.completed", "offer.redeemed"]
+    assert out[0].data.customer == CUSTOMER  # type: ignore[attr-defined]
+    assert box.svc.decision_errors_total == 1
+    box.svc.close()
+
+
+def test_lane_batches_queue_even_when_the_queue_is_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 15: past the bound only presence batches pass unprocessed; a purchase
+    overtaking its scan would never confirm the reservation."""
+    monkeypatch.setattr("storegate.app.personal.MAX_QUEUED_BATCHES", 1)
+    box = Box(tmp_path)
+    box.know(record())
+    box.svc.submit([entered()])
+    box.svc.submit([entered(visit="v-2")])  # presence: passes unprocessed, counted
+    box.svc.submit([completed()])  # a lane's: queued behind
+    assert names(box.out) == ["visit.entered"] and box.svc.unprocessed_total == 1
+    assert len(box.svc._queue) == 2
+    box.svc.close()
+
+
+def test_a_backed_up_queue_is_rewritten_in_slices_arrivals_included(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 7: a long queue is rewritten with the loop let go between slices; batches
+    queued meanwhile are rewritten too."""
+    monkeypatch.setattr("storegate.app.personal.REDACT_SLICE", 1)
+    box = Box(tmp_path)
+    box.know(record())
+    for n in range(3):
+        box.svc.submit([entered(visit=f"v-{n}")])
+
+    rewrite = box.svc._redact_batches
+    late = [entered(visit="v-late")]
+
+    def first_slice_then_an_arrival(*a: Any) -> int:
+        n = rewrite(*a)
+        if late:  # arrives while the queue is being rewritten
+            box.svc.submit([late.pop()])
+        return n
+
+    monkeypatch.setattr(box.svc, "_redact_batches", first_slice_then_an_arrival)
+
+    async def run() -> int:
+        box.registry.erase([CUSTOMER], T0)
+        gone = await box.svc.forget([CUSTOMER])
+        await box.svc._drain()
+        return gone.queued_redacted
+
+    assert asyncio.run(run()) == 4
+    assert names(box.out) == ["visit.entered"] * 4
+    assert all(d.data.customer is None for d in box.out)  # type: ignore[attr-defined]
+    box.svc.close()

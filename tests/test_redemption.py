@@ -467,3 +467,71 @@ def test_os_urandom_is_the_default_entropy(db: Path) -> None:
     assert svc.rand is os.urandom
     a, b = svc.issue_token("c", "x", T0), svc.issue_token("c", "x", T0)
     assert a.token_id != b.token_id
+
+
+# --- a restart mid-transaction, and tokens left off the receipt (review 11, item 10) -----
+
+
+def listing(tokens: list[str], tx: str, lane: str = "lane-1", at: float = T0 + 60) -> (
+    ev.EventDraft
+):
+    """A purchase whose lane listed the offer tokens scanned in its transaction."""
+    d = completed(tx=tx, lane=lane, at=at)
+    assert isinstance(d.data, p.PurchaseCompleted)
+    return ev.EventDraft(d.type, d.subject, d.time,
+                         d.data.model_copy(update={"offer_tokens": tokens}))
+
+
+def test_a_reservation_from_before_a_restart_is_redeemed_by_the_receipt_listing_it(
+        db: Path) -> None:
+    before = World(db)
+    a = before.svc.issue_token("cust-1", "spring", T0)
+    b = before.svc.issue_token("cust-2", "spring", T0)
+    c = before.svc.issue_token("cust-3", "spring", T0)
+    before.svc.process([scan(a.text, tx="tx-old"), scan(b.text, tx="tx-old"),
+                        scan(c.text, lane="lane-2", tx="tx-other")], T0 + 10)
+    before.ledger.close()
+    # the gateway restarts: the lane's transaction gets a new id, the reservations stay
+    after = World(db)
+    after.svc.started_at = T0 + 20
+    after.svc.rand = lambda n: b"\xee" * n  # its own token ids
+    late = after.svc.issue_token("cust-4", "spring", T0 + 30)
+    after.svc.process([scan(late.text, tx="tx-late", at=T0 + 30)], T0 + 30)  # since start
+
+    out = after.svc.process([listing([a.text, c.text, late.text], tx="tx-new")], T0 + 60)
+
+    # a: this lane's, before the start, listed → redeemed on the new transaction;
+    # b: not listed; c: another lane's; late: reserved since the start → all as they were
+    assert types(out) == ["purchase.completed", "offer.redeemed"]
+    r = out[1].data
+    assert isinstance(r, p.OfferRedeemed)
+    assert (r.offer_id, r.transaction_id, r.customer) == (a.token_id, "tx-new", "cust-1")
+    states = {x.token_id: after.ledger.get(x.token_id).state  # type: ignore[union-attr]
+              for x in (a, b, c, late)}
+    assert states == {a.token_id: "redeemed", b.token_id: "reserved",
+                      c.token_id: "reserved", late.token_id: "reserved"}
+    # without a start time nothing is looked for
+    after.svc.started_at = None
+    out = after.svc.process([listing([b.text], tx="tx-newer")], T0 + 70)
+    assert types(out) == ["purchase.completed"]
+
+
+def test_a_reserved_token_the_receipt_does_not_list_is_released(db: Path) -> None:
+    w = World(db)
+    a = w.svc.issue_token("cust-1", "spring", T0)
+    b = w.svc.issue_token("cust-1", "summer", T0)
+    w.svc.process([scan(a.text), scan(b.text)], T0 + 10)
+
+    out = w.svc.process([listing([a.text, "SGO1.not-a-token"], tx="tx-1")], T0 + 60)
+
+    assert types(out) == ["purchase.completed", "offer.released", "offer.redeemed"]
+    rel, red = out[1].data, out[2].data
+    assert isinstance(rel, p.OfferReleased) and isinstance(red, p.OfferRedeemed)
+    assert (rel.offer_id, rel.reason) == (b.token_id, "not_on_receipt")
+    assert red.offer_id == a.token_id
+    assert w.ledger.get(b.token_id).state == "issued"  # type: ignore[union-attr]
+    # an expired token still names its reservation on the receipt
+    c = w.svc.issue_token("cust-1", "autumn", T0, expires_at=T0 + 100)
+    w.svc.process([scan(c.text, tx="tx-2", at=T0 + 90)], T0 + 90)
+    out = w.svc.process([listing([c.text], tx="tx-2", at=T0 + 200)], T0 + 200)
+    assert types(out) == ["purchase.completed", "offer.redeemed"]

@@ -64,7 +64,7 @@ def test_the_files_keys_and_their_order() -> None:
     assert list(data["broker"]) == [
         "url", "connected", "since", "last_error", "in_flight", "published_total",
         "rejected_total", "refused_held", "last_refusal", "warnings", "birth_check",
-        "reconnects_total", "connect_failures"]
+        "reconnects_total", "connect_failures", "publish_latency"]  # new keys go last
     ble, nodes, sim = data["presence"]["sources"]
     assert list(ble) == ["kind", "adapter", "scanner", "mode", "state", "adverts_total",
                          "last_advert_at", "restarts_total", "failures_total",

@@ -407,3 +407,47 @@ def test_the_presence_engine_drives_attribution_and_the_visits_outcome() -> None
     entry = datetime.fromisoformat(till_entry.entered_at).timestamp()
     assert T0 + 60 < entry < T0 + 70
     assert store_exit.time_to_serve_s == T0 + 110 - entry
+
+
+def test_forget_many_removes_them_all_in_one_pass_and_counts_them() -> None:
+    """Erasure names up to 10,000 customers: one pass (review 11, item 7), the same
+    outcome as forget() for each."""
+    s = stitcher()
+    at_till(s, "cust-a", T0)
+    at_till(s, "cust-c", T0, zone="till-2")
+    s.process([exited("cust-a", "z-cust-a", "till-1", T0, T0 + 20),
+               scanned("tx-1", CARD_A, T0 + 31),
+               scanned("tx-2", CARD_B, T0 + 31), scanned("tx-3", CARD_UNKNOWN, T0 + 31)],
+              T0 + 31)
+    s.note_token("tx-4", "cust-c")
+    at_till(s, "cust-d", T0 + 32, zone="till-2")
+
+    assert s.forget_many({"cust-a", "cust-c", "cust-nobody"}, [CARD_UNKNOWN]) == 2
+
+    assert not s.holds("cust-a") and not s.holds("cust-c")
+    assert "cust-a" not in repr(vars(s)) and "cust-c" not in repr(vars(s))
+    assert CARD_UNKNOWN not in repr(vars(s))
+    assert s.holds("cust-d")  # others untouched
+    assert method(bought(s, purchase("tx-4", T0 + 40))) == "none"
+    assert method(bought(s, purchase("tx-2", T0 + 41))) == "loyalty"
+
+
+def test_the_lane_customer_is_who_the_transaction_s_loyalty_card_names() -> None:
+    """Review 11, item 8: a token is checked against the lane's customer; only a loyalty
+    card is strong enough to name them (presence could be a companion)."""
+    s = stitcher()
+    at_till(s, "cust-b", T0)  # presence alone names nobody
+    s.process([scanned("tx-1", CARD_A, T0 + 10)], T0 + 10)
+
+    def token(tx: str, lane: str = "lane-1") -> ev.EventDraft:
+        return ev.EventDraft(ev.POS_SCANNED, f"pos/{tx}", T0 + 20, p.PosScanned(
+            lane=lane, kind="offer", value="SGO1.X", scanned_at=ev.rfc3339(T0 + 20),
+            transaction_id=tx))
+
+    assert s.lane_customers([token("tx-1")]) == {"lane-1": "cust-a"}  # an earlier scan
+    # a card in the same batch, before or after the token, counts as well
+    assert s.lane_customers([token("tx-9", "lane-2"), scanned("tx-9", CARD_B, T0 + 21,
+                                                               lane="lane-2")]) == {
+        "lane-2": "cust-b"}
+    assert s.lane_customers([token("tx-5")]) == {}  # no card: the lane does not know
+    assert s.lane_customers([scanned("tx-6", CARD_UNKNOWN, T0), token("tx-6")]) == {}

@@ -139,6 +139,7 @@ class StatusGateway:
     config: Config
     current: GatewayStatusView = field(default_factory=healthy_status)
     personal: object | None = None
+    config_loader: Callable[[], Config] | None = None  # the config reload's source
 
     def status(self) -> GatewayStatusView:
         return self.current

@@ -161,6 +161,9 @@ class AppInbox:
         self.appended_total = 0
         self.dropped_over_bound_total = 0
         self.unknown_offer_total = 0  # redemption of an offer this inbox never held
+        # messages held, as of the last write, prune or erasure (the writes count them
+        # anyway, for the bound; read by the status without touching the connection)
+        self.messages = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
@@ -252,6 +255,7 @@ class AppInbox:
     def _bound_total(self) -> int:
         db = self._db
         n = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        self.messages = min(int(n), self.max_total)
         if n <= self.max_total:
             return 0
         return db.execute("DELETE FROM messages WHERE cursor IN (SELECT cursor FROM "
@@ -266,6 +270,7 @@ class AppInbox:
                                        (now,)).rowcount
             self._db.execute("DELETE FROM offers WHERE expires_at <= ?", (now,))
             self._db.execute("DELETE FROM pickups WHERE at <= ?", (now - 2 * PICKUP_KEEP_S,))
+        self.messages = max(self.messages - int(expired), 0)
         return int(expired)
 
     def erase(self, customers: Iterable[str]) -> int:
@@ -276,8 +281,11 @@ class AppInbox:
         with transaction(self._db):
             for c in names:
                 for table in ("messages", "offers", "pickups"):
-                    removed += self._db.execute(
+                    n = self._db.execute(
                         f"DELETE FROM {table} WHERE customer = ?", (c,)).rowcount  # noqa: S608
+                    removed += n
+                    if table == "messages":
+                        self.messages = max(self.messages - n, 0)
         scrub(self._db, vacuum=True)
         return removed
 

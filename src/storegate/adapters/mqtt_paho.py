@@ -53,6 +53,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from storegate.adapters.mqtt_client import MqttSettings, base_client
 from storegate.adapters.outbox import OutboxReader, StoredEvent
 from storegate.adapters.plumbing import describe_error
+from storegate.core.histogram import Histogram, HistogramSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class PublisherStatus:
     birth_check: str | None  # MQTT 3.1.1: did our retained birth come back from the broker
     reconnects_total: int
     connect_failures: int
+    # publish -> PUBACK, seconds (None: not measured); last, so older files parse
+    publish_latency: HistogramSnapshot | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PublisherStatus:
@@ -118,6 +121,8 @@ class PublisherStatus:
             warnings=tuple(d.get("warnings") or ()), birth_check=d.get("birth_check"),
             reconnects_total=int(d.get("reconnects_total", 0)),
             connect_failures=int(d.get("connect_failures", 0)),
+            publish_latency=HistogramSnapshot.from_json(lat)
+            if isinstance(lat := d.get("publish_latency"), Mapping) else None,
         )
 
 
@@ -212,6 +217,7 @@ class MqttPublisher:
         subscriptions: tuple[str, ...] = (),
         on_command: Callable[[str, bytes], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        measure_latency: bool = True,
     ) -> None:
         self.settings = settings
         self._outbox_path = outbox_path
@@ -240,6 +246,9 @@ class MqttPublisher:
         self._connack: ReasonCode | None = None
         self._receive_max = settings.window
         self._in_flight: dict[int, int] = {}  # mid -> sequence
+        # mid -> monotonic time of its publish, for the latency histogram: one clock read
+        # per fill of the window and one per PUBACK (bench_publish_latency.py: the cost)
+        self._sent_at: dict[int, float] = {}
         self._resend: set[int] = set()  # at or below the cursor: to fetch and send again
         self._buffer: deque[StoredEvent] = deque()  # fetched, to publish next, in order
         self._refused: dict[int, _Refusal] = {}  # sequence -> last refusal
@@ -264,6 +273,9 @@ class MqttPublisher:
         self.last_refusal: str | None = None
         self.reconnects_total = 0
         self.connect_failures = 0
+        # publish -> PUBACK of events (not the status certificates); written by the
+        # thread, snapshot() from anywhere without a lock (core/histogram.py)
+        self.publish_latency: Histogram | None = Histogram() if measure_latency else None
         self._ever_connected = False
         self._rejected_logged: set[str] = set()
         # Replaced whole (never mutated) so readers on other threads see a consistent tuple.
@@ -353,6 +365,8 @@ class MqttPublisher:
             connect_failures=self.connect_failures,
             warnings=self.warnings,
             birth_check=self.birth_check,
+            publish_latency=None if self.publish_latency is None
+            else self.publish_latency.snapshot(),
         )
 
     # --- publisher thread ----------------------------------------------------------
@@ -644,6 +658,7 @@ class MqttPublisher:
         self._resend.update(self._in_flight.values())
         self._resend.update(row.sequence for row in self._buffer if row.sequence <= cursor)
         self._in_flight.clear()
+        self._sent_at.clear()  # re-sent later: timed from then
         self._buffer.clear()
         if self._echo_payload is not None and self._status_acked:
             # mosquitto 2.0.11 with max_queued_messages 0 (the shipped store broker)
@@ -745,6 +760,9 @@ class MqttPublisher:
         return self._receive_max - (0 if self._status_acked else 1) - len(self._in_flight)
 
     def _fill_window(self, client: mqtt.Client, reader: OutboxReader) -> None:
+        # One clock read per fill: the publishes of one fill leave within microseconds.
+        timed = self.publish_latency is not None
+        sent_at = time.monotonic() if timed else 0.0
         while self._window_room() > 0:
             if not self._buffer and not self._next_batch(reader):
                 return
@@ -756,6 +774,8 @@ class MqttPublisher:
                 self._check(info.rc)
                 return
             self._in_flight[info.mid] = row.sequence
+            if timed:
+                self._sent_at[info.mid] = sent_at
             self._cursor = max(self._cursor, row.sequence)
 
     def _next_batch(self, reader: OutboxReader) -> bool:
@@ -808,6 +828,9 @@ class MqttPublisher:
         seq = self._in_flight.pop(mid, None)
         if seq is None:
             return
+        sent_at = self._sent_at.pop(mid, None)
+        if sent_at is not None and self.publish_latency is not None:
+            self.publish_latency.observe(time.monotonic() - sent_at)
         if reason.is_failure:
             self._refuse(seq, reason)
             return

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -175,6 +175,44 @@ class RedemptionStore:
                 "WHERE transaction_id = ? AND state = 'reserved'",
                 (now, receipt, transaction_id))
         return [replace(o, state="redeemed", redeemed_at=now, receipt=receipt) for o in held]
+
+    def confirm_listed(self, transaction_id: str, now: float, *, receipt: str | None,
+                       listed: Collection[str]) -> tuple[list[Offer], list[Offer]]:
+        """The receipt listed the offer tokens it applied (``listed``: token ids): the
+        transaction's reservations among them are redeemed, the others released (the
+        receipt completed without them). One transaction. Returns (redeemed, released)."""
+        with self._tx():
+            held = self._select("transaction_id = ? AND state = 'reserved'",
+                                (transaction_id,))
+            used = [o for o in held if o.token_id in listed]
+            self._db.executemany(
+                "UPDATE offers SET state = 'redeemed', redeemed_at = ?, receipt = ? "
+                "WHERE token_id = ? AND state = 'reserved'",
+                ((now, receipt, o.token_id) for o in used))
+            dropped = self._release(
+                "transaction_id = ? AND state = 'reserved'", (transaction_id,))
+        return ([replace(o, state="redeemed", redeemed_at=now, receipt=receipt) for o in used],
+                dropped)
+
+    def confirm_orphans(self, lane: str, token_ids: Collection[str], *, before: float,
+                        now: float, transaction_id: str, receipt: str | None) -> list[Offer]:
+        """After a restart the lane's transaction has a new id: reservations this lane
+        made before ``before`` (the service's start) of the tokens the receipt lists are
+        redeemed on it. Nothing else: a token not on the receipt, or reserved by another
+        lane or since the start, stays as it is."""
+        if not token_ids:
+            return []
+        with self._tx():
+            marks = ", ".join("?" * len(token_ids))
+            held = self._select(
+                f"state = 'reserved' AND lane = ? AND reserved_at < ? AND token_id IN ({marks})",
+                (lane, before, *token_ids))
+            self._db.executemany(
+                "UPDATE offers SET state = 'redeemed', redeemed_at = ?, receipt = ?, "
+                "transaction_id = ? WHERE token_id = ? AND state = 'reserved'",
+                ((now, receipt, transaction_id, o.token_id) for o in held))
+        return [replace(o, state="redeemed", redeemed_at=now, receipt=receipt,
+                        transaction_id=transaction_id) for o in held]
 
     def release(self, *, transaction_id: str | None = None, token_id: str | None = None) -> (
         list[Offer]

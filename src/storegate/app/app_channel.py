@@ -12,7 +12,8 @@ always get N again from the inbox, and one that reconnects asks for "after N". T
 writer takes everything queued at once (one transaction, one fsync for a burst of
 offers) and runs the SQLite work in a worker thread, so a slow SD card delays the push,
 never the event loop. Owned by the event loop; one lock serialises the inbox's
-thread work (writes, reads, prune, erase).
+thread work (writes, prune, erase); a route's read of one customer's rows runs inline
+when no thread job holds the connection (cheaper than the hop: ``_read``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -38,6 +40,7 @@ from storegate.adapters.app_inbox import (
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app.http.hub import Hub, Message
 from storegate.app.redemption import IssuedToken
+from storegate.app.status import AppChannelStatus
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.personal.offers import Decision
@@ -53,9 +56,12 @@ MAX_BATCH: Final = 500  # entries per transaction
 PRUNE_EVERY_S: Final = 60.0
 
 
+TOPIC_PREFIX: Final = "customer:"
+
+
 def topic(customer: str) -> str:
     """The hub topic a customer's phone listens on."""
-    return f"customer:{customer}"
+    return f"{TOPIC_PREFIX}{customer}"
 
 
 def hub_message(m: InboxMessage) -> Message:
@@ -76,6 +82,10 @@ class AppChannel:
         self._queue: deque[Entry] = deque()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        # Held by whoever uses the inbox's connection right now (a worker thread, or the
+        # loop reading inline): a thread job whose awaiting task was cancelled still
+        # runs, and a read must never interleave with a write transaction.
+        self._db_busy = threading.Lock()
         self._warn = LogOnce(log)
         # observable state (counters since start)
         self.queued_dropped_total = 0
@@ -180,18 +190,35 @@ class AppChannel:
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         async with self._lock:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(self._exclusive, fn, *args)
+
+    def _exclusive(self, fn: Callable[..., T], *args: object) -> T:
+        with self._db_busy:
+            return fn(*args)
+
+    async def _read(self, fn: Callable[..., T], *args: object) -> T:
+        """A read of one customer's rows (a few, by index, from the page cache: tens of
+        µs) runs inline when no thread job holds the connection; the hop to a worker
+        thread and back costs more than the read (~100 µs and GIL hand-offs, measured in
+        bench/bench_http.py). While a write, prune or erasure runs, the read queues
+        behind it in a thread as before, so it never sees a half-done transaction."""
+        if not self._lock.locked() and self._db_busy.acquire(blocking=False):
+            try:
+                return fn(*args)
+            finally:
+                self._db_busy.release()
+        return await self._in_thread(fn, *args)
 
     # --- reading (the routes) -------------------------------------------------------
 
     async def since(self, customer: str, cursor: int) -> list[InboxMessage]:
-        return await self._in_thread(self.inbox.since, customer, cursor)
+        return await self._read(self.inbox.since, customer, cursor)
 
     async def offers(self, customer: str) -> list[OfferRow]:
-        return await self._in_thread(self.inbox.offers, customer, self._wall())
+        return await self._read(self.inbox.offers, customer, self._wall())
 
     async def offer(self, customer: str, offer_id: str) -> OfferRow | None:
-        return await self._in_thread(self.inbox.offer, customer, offer_id, self._wall())
+        return await self._read(self.inbox.offer, customer, offer_id, self._wall())
 
     # --- consent and erasure --------------------------------------------------------
 
@@ -209,6 +236,15 @@ class AppChannel:
 
     def close(self) -> None:
         self.inbox.close()
+
+    def snapshot(self) -> AppChannelStatus:
+        """Counts only (the status, /metrics)."""
+        return AppChannelStatus(
+            inbox_messages=self.inbox.messages, queued=len(self._queue),
+            published_total=self.published_total,
+            queued_dropped_total=self.queued_dropped_total, errors_total=self.errors_total,
+            streams=self.hub.subscribers_under(TOPIC_PREFIX),
+            hub_cut_off_total=self.hub.cut_off_total)
 
 
 def _of(entry: Entry, names: set[str]) -> bool:

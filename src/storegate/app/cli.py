@@ -60,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     gateway = Gateway(config)
+    gateway.config_loader = lambda: _config(args)  # the admin API's config reload
     # Not drained (broker down) is normal at shutdown: the outbox keeps the events.
     asyncio.run(gateway.run())
     return 0
@@ -173,6 +174,13 @@ def _print_gateway(g: GatewayStatusView, name: str, now: float) -> None:
           + (f"  last error: {b.last_error}" if b.last_error else ""))
     print(f"          published {b.published_total}, in flight {b.in_flight}, "
           f"reconnects {b.reconnects_total}, rejected {b.rejected_total}")
+    lat = b.publish_latency
+    if lat is not None and lat.count:
+        def ms(bound: float | None) -> str:
+            return "-" if bound is None else "over the last bucket" \
+                if bound == float("inf") else f"<= {bound * 1000:g} ms"
+        print(f"          publish->PUBACK: mean {lat.sum_s / lat.count * 1000:.1f} ms, "
+              f"p50 {ms(lat.quantile_bound(0.5))}, p99 {ms(lat.quantile_bound(0.99))}")
     if b.refused_held:
         print(f"          REFUSED by the broker: {b.refused_held} event(s) held in the "
               f"outbox, retried with backoff (last: {b.last_refusal})")
@@ -198,6 +206,16 @@ def _print_gateway(g: GatewayStatusView, name: str, now: float) -> None:
         print(f"check-in  {c.accepted_total} accepted, {c.repeats_total} repeats; refused: "
               f"{refused or 'none'}; poster key {c.poster_kid}, generations "
               f"{c.min_generation}..{c.generation}")
+    if g.app_channel:
+        a = g.app_channel
+        print(f"app       {a.streams} phone(s) connected, {a.inbox_messages} message(s) held, "
+              f"{a.published_total} pushed" + (f"; {a.errors_total} INBOX ERRORS"
+                                               if a.errors_total else ""))
+    if g.screens:
+        sc = g.screens
+        print(f"screens   {sc.subscribers} staff screen(s) connected, {sc.accesses_total} "
+              f"profile view(s) logged" + (f"; {sc.errors_total} ERRORS" if sc.errors_total
+                                           else ""))
 
 
 def _print_personal(ps: PersonalStatus) -> None:
@@ -237,6 +255,11 @@ def _print_presence(pr: PresenceStatus, now: float) -> None:
           f"anonymous, {c.unresolved_eid} unknown EIDs; store beacons: {infra}"
           + (f"; {c.unknown_scanner} from scanners in no zone" if c.unknown_scanner
              else ""))
+    if c.visits_entered or c.visits_exited:
+        def zones(d: Mapping[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+        print(f"          visits entered: {zones(c.visits_entered)}; exited: "
+              f"{zones(c.visits_exited)}")
     for src in pr.sources:  # each source's own status (adapters/)
         print(_source_line(src, now))
 

@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -158,6 +158,9 @@ class Gateway:
         self.screens: ScreenService | None = None
         # Zone-poster check-ins (app/checkin.py), when [checkin] is enabled.
         self.checkin: CheckinService | None = None
+        # How `run` loaded this config (the CLI sets it): the admin API's config reload
+        # reads it again the same way (app/http/ops.py reload_config).
+        self.config_loader: Callable[[], Config] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consent_tasks: set[asyncio.Task[None]] = set()
         self._consent_lock = asyncio.Lock()
@@ -299,16 +302,32 @@ class Gateway:
         # Recorded only now, so a change that did not happen can be sent again as is.
         await asyncio.to_thread(done, applied)
 
+    def _not_enrollable(self, identities: Iterable[Identity]) -> set[str]:
+        """The customers of these identities presence must not enrol: the registry
+        knows them without presence consent, or removed or erased them."""
+        reg = self.registry
+        return {i.customer for i in identities
+                if (i.customer in reg and not reg.allows(i.customer, "presence"))
+                or reg.tombstone_of(i.customer) is not None}
+
+    def _file_identities(self) -> list[Identity]:
+        """The config's registry file (presence.identities_file), by the rule the
+        identities command follows: read at every start, it must not enrol a customer
+        who withdrew presence consent or was erased since the file was written."""
+        refused = self._not_enrollable(self._registry)
+        if refused:
+            log.info("presence.identities_file: %d customer(s) without presence consent "
+                     "in the registry, or removed or erased there, not enrolled",
+                     len(refused))
+        return [i for i in self._registry if i.customer not in refused]
+
     async def _apply_one(self, cmd: IdentityChange) -> bool:
         error = None
         # Consent is decided in one place: a customer the registry knows without presence
         # consent is not enrolled by the older identities command either, nor one it
         # removed or erased (a tombstone outlives any command signed before it: an
         # identities command still in the broker cannot bring an erased customer back).
-        reg = self.registry
-        refused = {i.customer for i in cmd.identities
-                   if (i.customer in reg and not reg.allows(i.customer, "presence"))
-                   or reg.tombstone_of(i.customer) is not None}
+        refused = self._not_enrollable(cmd.identities)
         if refused:
             log.info("identities: %d customer(s) without presence consent in the registry, "
                      "or removed or erased there, not enrolled", len(refused))
@@ -517,12 +536,13 @@ class Gateway:
                 personal=self.personal, ledger_path=self.config.redemption_path,
                 # no customer in these, but every file the box writes is rebuilt
                 files=(self.config.commands_path, campaigns_path(self.config)),
-                app_channel=self.app_channel, screens=self.screens)
+                app_channel=self.app_channel, screens=self.screens, intake=self.intake)
             erased = set(cmd.customers)
             # identities the registry file of the config enrolled: not again this run
             self._registry = [i for i in self._registry if i.customer not in erased]
             with collector.paused():  # up to 10,000 customers: see app/collector.py
-                counts = await erase(cmd.customers, targets, self._wall())
+                counts = await erase(cmd.customers, targets, self._wall(),
+                                     loyalty_ids=cmd.loyalty_ids)
             if self.checkin is not None:  # the repeat rule's memory of them
                 self.checkin.forget(erased)
         data = counts.answer(cmd.request_id, command_id)
@@ -668,6 +688,8 @@ class Gateway:
             pos=None if self.pos is None else self.pos.snapshot(),
             personal=None if self.personal is None else self.personal.snapshot(),
             checkin=None if self.checkin is None else self.checkin.snapshot(),
+            app_channel=None if self.app_channel is None else self.app_channel.snapshot(),
+            screens=None if self.screens is None else self.screens.snapshot(),
         )
 
     def write_status(self) -> None:
@@ -695,7 +717,8 @@ class Gateway:
                     and self.identities is not None:
                 self.presence = PresenceService.build(
                     self.config, identities=self.identities, submit=self._from_sources,
-                    extra=self._registry, beacons=self._beacons, wall_clock=self._wall)
+                    extra=self._file_identities(), beacons=self._beacons,
+                    wall_clock=self._wall)
                 self.presence.sources = build_sources(
                     self.config, mqtt_settings(self.config), on_advert=self.presence.feed,
                     enroll=self._enroll_local, beacons=self._beacons)
@@ -710,6 +733,7 @@ class Gateway:
                     tg.create_task(self.app_channel.run(stop))
                 tg.create_task(self._status_loop(stop))
                 tg.create_task(self.intake.run(stop))
+                tg.create_task(collector.freeze_after_start(stop))  # issue 12: GC pauses
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
                 if self.config.http.enabled:  # the HTTP surface, in this loop (issue 12)

@@ -25,13 +25,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from storegate.adapters.outbox import Accepted, Outbox
 from storegate.core import events as ev
 from storegate.core.backoff import Backoff
 from storegate.core.holding import MAX_DROPPABLE, HeldEvents
+from storegate.core.personal.erasure import redact_draft
 from storegate.errors import OutboxError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Intake:
         self._held = HeldEvents(max_droppable)
         self._inflight: dict[_Future, list[ev.EventDraft]] = {}
         self._retrying = 0  # events taken from the held queue for a retry in progress
+        # erasures applied while a retry was out (rewritten if it comes back refused)
+        self._retry_erasures: list[tuple[frozenset[str], frozenset[str]]] = []
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -156,6 +159,48 @@ class Intake:
                         "the least valuable (never purchases); counted by type in status",
                         self._held.max_droppable)
 
+    # --- erasure ---------------------------------------------------------------------
+
+    def redact(self, customers: Collection[str], loyalty_ids: Collection[str]) -> int:
+        """Erasure (app/erasure.py): the events held in memory (the outbox refusing)
+        rewritten without these customers and cards, by the rule the outbox's stored
+        events get (core/personal/erasure.py), in their place in the order. On the loop,
+        in one step: nothing is taken for a retry meanwhile. A retry in progress is left
+        alone (the writer thread may be encoding it): if it is accepted, the outbox's
+        own redaction, queued behind it, covers it; if it fails, it is rewritten as it
+        is put back. Returns the events changed; one whose payload cannot be kept
+        without them is dropped (counted with the bound's drops; none today)."""
+        erasure = (frozenset(customers), frozenset(loyalty_ids))
+        if self._retrying:
+            self._retry_erasures.append(erasure)
+        held, changed = self._rewrite(self._held.take(len(self._held)), [erasure])
+        self._held.put_back(held)
+        return changed
+
+    def _rewrite(self, drafts: list[ev.EventDraft],
+                 erasures: list[tuple[frozenset[str], frozenset[str]]]) -> (
+        tuple[list[ev.EventDraft], int]
+    ):
+        changed = 0
+        kept: list[ev.EventDraft] = []
+        for d in drafts:
+            out: ev.EventDraft | None = d
+            for gone, cards in erasures:
+                try:
+                    r = redact_draft(out, gone, cards) if out is not None else None
+                except ValueError:
+                    dropped = self._held.dropped
+                    dropped[d.type.name] = dropped.get(d.type.name, 0) + 1
+                    out = None
+                    break
+                if r is not None:
+                    out = r
+            if out is None:
+                continue
+            changed += out is not d
+            kept.append(out)
+        return kept, changed
+
     # --- retrying --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -187,9 +232,13 @@ class Intake:
                 await self._outbox.accept_many(batch)
             except OutboxError:
                 self._retrying = 0
+                if self._retry_erasures:  # erased while it was out: not back as it was
+                    batch, _ = self._rewrite(batch, self._retry_erasures)
+                    self._retry_erasures.clear()
                 self._note_drops(self._held.put_back(batch))
                 return False
             self._retrying = 0
+            self._retry_erasures.clear()  # accepted: the outbox's redaction covers it
             self.accepted_after_hold_total += len(batch)
             self._episode_accepted += len(batch)
             size = RETRY_BATCH

@@ -36,7 +36,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -52,6 +52,7 @@ from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.personal.campaigns import Campaign, CampaignRef, CampaignsCommand
+from storegate.core.personal.erasure import redact_draft
 from storegate.core.personal.offers import (
     HISTORY_S,
     CampaignsApplied,
@@ -85,7 +86,8 @@ MAX_QUEUED_BATCHES = 10_000
 # Customers whose store visits since start are counted (nth_visit) and whose open store
 # visit is remembered: the registry's bound.
 MAX_TRACKED = 100_000
-REVOKE_BATCH = 500  # engine revocations between yields (each scans the offers held)
+REVOKE_BATCH = 500  # customers per slice of a revocation or erasure, the loop let go between
+REDACT_SLICE = 200  # queued batches rewritten by an erasure between yields
 
 
 def campaigns_path(config: Config) -> Path:
@@ -95,11 +97,47 @@ def campaigns_path(config: Config) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class CampaignsReloaded:
+    """What :meth:`PersonalService.reload_campaigns` did: campaign ids and counts (a
+    campaign carries no customer)."""
+
+    file: str
+    applied: tuple[str, ...]  # new, or a newer version than the one in force
+    unchanged: int  # this very version already in force
+    stale: tuple[str, ...]  # older than the version in force (central's newer one wins)
+    removed: tuple[str, ...]  # left the file, and the file's version was in force
+    kept: tuple[str, ...]  # left the file, but central's newer version is in force
+    active: int
+
+    def describe(self) -> str:
+        def ids(xs: tuple[str, ...]) -> str:
+            return ", ".join(xs[:20]) + (f" (+{len(xs) - 20})" if len(xs) > 20 else "")
+        parts = [f"{len(self.applied)} applied" + (f" ({ids(self.applied)})"
+                                                   if self.applied else ""),
+                 f"{self.unchanged} unchanged"]
+        if self.stale:
+            parts.append(f"{len(self.stale)} older than the version in force, not "
+                         f"applied ({ids(self.stale)})")
+        if self.removed:
+            parts.append(f"{len(self.removed)} removed ({ids(self.removed)})")
+        if self.kept:
+            parts.append(f"{len(self.kept)} left the file but kept: central's newer "
+                         f"version is in force ({ids(self.kept)})")
+        return f"{self.file}: " + "; ".join(parts) + f"; {self.active} active"
+
+
+class NoCampaignsFile(Exception):  # noqa: N818 - a condition the caller answers
+    """``[offers] campaigns_file`` is not set: there is nothing to reload."""
+
+
+@dataclass(frozen=True, slots=True)
 class Forgotten:
     """What :meth:`PersonalService.forget` removed: counts only."""
 
     offers_dropped: int  # unredeemed offers the engine held
     tokens_revoked: int  # ledger rows revoked (issued or reserved)
+    stitcher_states: int = 0  # customers the stitcher held state of
+    queued_redacted: int = 0  # events queued for processing, rewritten without them
 
 
 class PersonalService:
@@ -117,10 +155,15 @@ class PersonalService:
         self.stitcher = stitcher
         self.offer_key = offer_key
         self._campaign_store = campaigns
+        # [offers] campaigns_file and the versions it gave, for reload_campaigns
+        self.campaigns_file: Path | None = None
+        self._file_versions: dict[str, int] = {}
         self._categories = tuple(categories.items())  # (keyword casefolded, category)
         self._emit = emit
         self._wall = wall_clock
         redemption.on_reserved = self._on_reserved
+        self._lanes: dict[str, str] = {}  # lane -> its customer, for the batch in process
+        redemption.lane_customer = self._lane_customer
         # Issue 12 (staff screens) plugs in here: customers who lost staff_view.
         self.on_staff_withdrawn: Callable[[Sequence[str]], None] | None = None
         # The staff screens (app/screens.py) see every processed batch and tick (who is
@@ -138,10 +181,13 @@ class PersonalService:
         self.suppressed: Counter[str] = Counter()
         self.errors_total = 0  # campaign store and offer issuing failures
         self.unprocessed_total = 0  # batches passed on unprocessed (queue full, a bug)
+        self.decision_errors_total = 0  # offer decisions that failed (a bug), contained
         # event-loop state
         self._visits_seen: Counter[str] = Counter()  # store visits since start
         self._store_visit: dict[str, str] = {}  # customer -> open store visit id
         self._queue: deque[list[ev.EventDraft]] = deque()
+        self._current: list[ev.EventDraft] | None = None  # taken from the queue, in process
+        self.redaction_drops_total = 0  # queued events dropped by erasure (none today)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one batch, consent change or campaign change at a time
         self._busy = False
@@ -176,7 +222,8 @@ class PersonalService:
 
             redemption = RedemptionService(ledger, signer, store=config.store_id,
                                            offer_ttl_s=r.offer_ttl_s, trusted=trusted,
-                                           campaign_of_ref=campaign_of_ref)
+                                           campaign_of_ref=campaign_of_ref,
+                                           started_at=wall_clock())
             svc = cls(registry=registry, engine=engine, redemption=redemption,
                       stitcher=stitcher, campaigns=store, categories=o.categories,
                       emit=emit, offer_key=p.OfferKey(
@@ -193,6 +240,8 @@ class PersonalService:
             if file_campaigns is None and o.campaigns_file is not None:
                 file_campaigns = load_campaigns(o.campaigns_file)
             engine.upsert(file_campaigns or ())  # central's newer versions win
+            svc.campaigns_file = o.campaigns_file
+            svc._file_versions = {c.id: c.version for c in file_campaigns or ()}
             svc._reindex_refs()
             now = wall_clock()
             kept = engine.load(svc._held(ledger.history(now - HISTORY_S, now)), now)
@@ -241,11 +290,14 @@ class PersonalService:
         if self._closed or not any(_concerns(d) for d in drafts):
             self._emit(drafts)
             return
-        if len(self._queue) >= MAX_QUEUED_BATCHES:
+        if len(self._queue) >= MAX_QUEUED_BATCHES and not any(_lane(d) for d in drafts):
+            # Presence only: passing it on unprocessed costs offers and a visit's
+            # outcome. A lane's batch always queues (a few a minute per lane): a purchase
+            # overtaking its scan would never confirm the reservation, nor be stitched.
             self.unprocessed_total += 1
-            self._warn("queue-full", "personalisation is %d batches behind: events pass "
-                       "unprocessed (no offers, no stitching) until it catches up",
-                       MAX_QUEUED_BATCHES)
+            self._warn("queue-full", "personalisation is %d batches behind: presence "
+                       "events pass unprocessed (no offers, no stitching) until it "
+                       "catches up", MAX_QUEUED_BATCHES)
             self._emit(drafts)
             return
         self._queue.append(drafts)
@@ -254,6 +306,9 @@ class PersonalService:
     async def process(self, drafts: list[ev.EventDraft], now: float) -> list[ev.EventDraft]:
         """``drafts`` with what they cause, each after its cause (module doc)."""
         async with self._lock:
+            # who each lane scanning a token serves, by loyalty card: a token of anyone
+            # else is refused (customer_mismatch). A snapshot: the worker thread reads it.
+            self._lanes = self.stitcher.lane_customers(drafts)
             out = await self.redemption.process_async(drafts, now)
             redeemed: dict[str, list[str]] = {}
             for d in out:
@@ -266,7 +321,7 @@ class PersonalService:
             final: list[ev.EventDraft] = []
             for d in out:
                 final.append(d)
-                trigger = self._trigger(d)
+                trigger = None if self._gone(d) else self._trigger(d)
                 if trigger is not None:
                     final.extend(await self._decide(trigger, now))
             return final
@@ -302,7 +357,9 @@ class PersonalService:
             self._reindex_refs()
             after = self.engine.campaigns
             gone = {cid for cid in before if cid not in after}
-            gone |= {r.id for r in cmd.remove}
+            # a remove the engine refused as stale (a newer version is active) is no
+            # removal: saved as one, the active campaign would be gone after a restart
+            gone |= {r.id for r in cmd.remove if r.id not in after}
             removed = [CampaignRef(id=cid, version=v) for cid in sorted(gone)
                        if (v := self.engine.version_of(cid)) is not None]
             active = [c.campaign for c in after.values()]
@@ -315,6 +372,61 @@ class PersonalService:
                     raise
             return result
 
+    async def reload_campaigns(self, path: Path | None = None) -> CampaignsReloaded:
+        """Read ``[offers] campaigns_file`` again (``path``: a new one, from a config
+        reload) and apply it as at start: validated whole first (a broken file raises
+        :class:`DataFileError` and changes nothing), each campaign taken if newer than
+        the version in force, so central's newer versions still win. A campaign that
+        left the file is removed if the file's version is the one in force (recorded as
+        removed at that version, like central's remove: bring it back with a higher
+        version). Saved to the campaign store like a command."""
+        path = path or self.campaigns_file
+        if path is None:
+            raise NoCampaignsFile("no [offers] campaigns_file is configured")
+        campaigns = await asyncio.to_thread(load_campaigns, path)
+        async with self._lock:
+            engine = self.engine
+            applied: list[str] = []
+            stale: list[str] = []
+            unchanged = 0
+            for c in campaigns:
+                held = engine.campaigns.get(c.id)
+                if c.version > (engine.version_of(c.id) or 0):
+                    applied.append(c.id)
+                elif held is not None and held.campaign.version == c.version:
+                    unchanged += 1
+                else:
+                    stale.append(c.id)
+            listed = {c.id for c in campaigns}
+            refs: list[CampaignRef] = []
+            kept: list[str] = []
+            for cid, version in sorted(self._file_versions.items()):
+                if cid in listed:
+                    continue
+                held = engine.campaigns.get(cid)
+                if held is not None and held.campaign.version == version:
+                    refs.append(CampaignRef(id=cid, version=version))
+                elif held is not None:
+                    kept.append(cid)
+            engine.upsert(campaigns)
+            engine.remove(refs)
+            self._reindex_refs()
+            store = self._campaign_store
+            if store is not None and (applied or refs):
+                try:
+                    await asyncio.to_thread(store.save,
+                                            [c.campaign for c in engine.campaigns.values()],
+                                            refs)
+                except sqlite3.Error:
+                    self.errors_total += 1
+                    raise
+            self.campaigns_file = path
+            self._file_versions = {c.id: c.version for c in campaigns}
+            return CampaignsReloaded(
+                file=str(path), applied=tuple(applied), unchanged=unchanged,
+                stale=tuple(stale), removed=tuple(r.id for r in refs), kept=tuple(kept),
+                active=len(engine.campaigns))
+
     async def follow(self, delta: RegistryDelta) -> None:
         """After a customers change: marketing withdrawn → offers revoked (engine and
         ledger); presence withdrawn or removed → the stitcher forgets them;
@@ -323,23 +435,25 @@ class PersonalService:
             await self._revoke(delta.marketing_withdrawn)
         if delta.withdraw:
             async with self._lock:
-                for n, c in enumerate(delta.withdraw, 1):
-                    self._forget_tracking(c)
-                    if n % REVOKE_BATCH == 0:
-                        await asyncio.sleep(0)
+                await self._forget_tracking(delta.withdraw, ())
         if delta.staff_withdrawn and self.on_staff_withdrawn is not None:
             self.on_staff_withdrawn(delta.staff_withdrawn)
         if self.on_registry_changed is not None:
             self.on_registry_changed()
 
-    async def forget(self, customers: Sequence[str]) -> Forgotten:
+    async def forget(self, customers: Sequence[str],
+                     loyalty_ids: Collection[str] = ()) -> Forgotten:
         """Erasure (app/erasure.py): the customers leave the engine, the stitcher and
-        this service's counters; their unredeemed tokens are revoked in the ledger."""
-        dropped, revoked = await self._revoke(customers)
+        this service's counters; their unredeemed tokens are revoked in the ledger; the
+        batches queued here (and the one waiting for the lock) are rewritten without
+        them and their cards (``loyalty_ids``), so nothing processed after this names
+        them or tracks them again. All of it under the lock: no batch runs between."""
         async with self._lock:
-            for c in customers:
-                self._forget_tracking(c)
-        return Forgotten(dropped, revoked)
+            stitched = await self._forget_tracking(customers, loyalty_ids)
+            dropped, revoked = await self._revoke_locked(customers)
+            # last, after the awaits: whatever was queued meanwhile is covered too
+            redacted = await self._redact_queued(customers, loyalty_ids)
+        return Forgotten(dropped, revoked, stitched, redacted)
 
     # --- status ------------------------------------------------------------------------
 
@@ -372,6 +486,16 @@ class PersonalService:
             stitched_total=dict(s.stitched_by_method), ledger_errors_total=s.ledger_errors_total)
 
     # --- inside ------------------------------------------------------------------------
+
+    def _gone(self, d: ev.EventDraft) -> bool:
+        """Whether the draft names a customer removed or erased: unknown from then on,
+        so nothing is decided or counted about them (an event produced before the
+        erasure reached the sources must not put them back into this service's memory)."""
+        named = getattr(d.data, "customer", None)
+        return isinstance(named, str) and self.registry.tombstone_of(named) is not None
+
+    def _lane_customer(self, lane: str) -> str | None:
+        return self._lanes.get(lane)
 
     def _on_reserved(self, transaction_id: str, lane: str, customer: str | None) -> None:
         del lane
@@ -425,17 +549,42 @@ class PersonalService:
             pickups_ready=sum(1 for o in r.pickup_orders if o.state == "ready"))
 
     async def _decide(self, trigger: Trigger, now: float) -> list[ev.EventDraft]:
+        """The trigger's decisions as events. A failure is contained to its decision
+        (counted, logged once): the batch's redemption and stitching output, and the
+        other decisions, still go out (a batch passed on unprocessed would lose its
+        offer.redeemed events)."""
+        try:
+            decisions = self.engine.decide(trigger, self._facts(trigger.customer), now)
+        except Exception as exc:
+            self._failed("decide", exc)
+            return []
         out: list[ev.EventDraft] = []
-        for dec in self.engine.decide(trigger, self._facts(trigger.customer), now):
-            if dec.outcome == "issued":
-                draft = await self._issue(dec, now)
-                if draft is not None:
-                    out.append(draft)
-                continue
-            self.engine.record(dec)  # a control-group hold-out counts like an issue
-            self.suppressed[dec.reason or "?"] += 1
-            out.append(decision_draft(dec))
+        for decided in decisions:
+            dec = decided
+            try:
+                if dec.outcome == "issued" and dec.expires_at is not None \
+                        and int(dec.expires_at) <= int(now):
+                    # a token's times are whole seconds: one expiring within the second
+                    # it is issued cannot be signed (nor used)
+                    dec = dataclasses.replace(dec, outcome="suppressed", reason="not_valid",
+                                              detail="expires within the second of issue")
+                if dec.outcome == "issued":
+                    draft = await self._issue(dec, now)
+                    if draft is not None:
+                        out.append(draft)
+                    continue
+                self.engine.record(dec)  # a control-group hold-out counts like an issue
+                self.suppressed[dec.reason or "?"] += 1
+                out.append(decision_draft(dec))
+            except Exception as exc:
+                self._failed("decision", exc)
         return out
+
+    def _failed(self, where: str, exc: Exception) -> None:
+        self.decision_errors_total += 1
+        # the type only: a message may quote the data it failed on (a customer id)
+        self._warn(f"{where}:{type(exc).__name__}", "an offer decision failed (%s: %s); "
+                   "the events around it go on", where, type(exc).__name__)
 
     async def _issue(self, dec: Decision, now: float) -> ev.EventDraft | None:
         """Sign and record the token (off the loop), then keep it in the engine. No
@@ -465,26 +614,86 @@ class PersonalService:
         return decision_draft(dec, token.token_id)
 
     async def _revoke(self, customers: Sequence[str]) -> tuple[int, int]:
-        dropped = 0
         async with self._lock:
-            for n, c in enumerate(customers, 1):
-                dropped += len(self.engine.revoke_customer(c))
-                if n % REVOKE_BATCH == 0:
-                    await asyncio.sleep(0)
-            try:
-                revoked = await asyncio.to_thread(self.redemption.ledger.revoke_customers,
-                                                  list(customers))
-            except sqlite3.Error as exc:
-                self.errors_total += 1
-                self._warn(f"revoke:{type(exc).__name__}", "tokens not revoked: the "
-                           "redemption ledger failed: %s", exc)
-                raise
+            return await self._revoke_locked(customers)
+
+    async def _revoke_locked(self, customers: Sequence[str]) -> tuple[int, int]:
+        """Engine first, in slices with the loop let go between (one pass over the
+        offers held per slice), then the ledger in one transaction off the loop."""
+        dropped = 0
+        names = list(customers)
+        for i in range(0, len(names), REVOKE_BATCH):
+            dropped += len(self.engine.revoke_customers(set(names[i:i + REVOKE_BATCH])))
+            await asyncio.sleep(0)
+        try:
+            revoked = await asyncio.to_thread(self.redemption.ledger.revoke_customers, names)
+        except sqlite3.Error as exc:
+            self.errors_total += 1
+            self._warn(f"revoke:{type(exc).__name__}", "tokens not revoked: the "
+                       "redemption ledger failed: %s", exc)
+            raise
         return dropped, revoked
 
-    def _forget_tracking(self, customer: str) -> None:
-        self.stitcher.forget(customer)
-        self._store_visit.pop(customer, None)
-        self._visits_seen.pop(customer, None)
+    async def _forget_tracking(self, customers: Sequence[str],
+                               loyalty_ids: Collection[str]) -> int:
+        """Stitcher and counters, in slices (one pass over the stitcher's state each);
+        the caller holds the lock. Returns how many the stitcher held."""
+        names = list(customers)
+        cards = set(loyalty_ids)
+        held = 0
+        for i in range(0, len(names), REVOKE_BATCH):
+            part = set(names[i:i + REVOKE_BATCH])
+            held += self.stitcher.forget_many(part, cards)
+            for c in part:
+                self._store_visit.pop(c, None)
+                self._visits_seen.pop(c, None)
+            await asyncio.sleep(0)
+        return held
+
+    async def _redact_queued(self, customers: Collection[str],
+                             loyalty_ids: Collection[str]) -> int:
+        """Rewrite the batches not processed yet without these customers and cards (in
+        place: the worker holds the list of the batch it waits to process). The caller
+        holds the lock, so no batch is processed meanwhile; a backed-up queue (up to
+        10,000 batches) is done in slices with the loop let go between, batches queued
+        meanwhile included. Returns the events changed; one whose payload cannot be
+        kept without them is dropped (counted; none today)."""
+        gone = set(customers)
+        cards = set(loyalty_ids)
+        changed = 0
+        # By identity: while we yield, batches are appended and the worker may take
+        # one (then it waits for the lock as _current). `done` keeps each list alive,
+        # so no id is reused.
+        done: list[list[ev.EventDraft]] = []
+        seen: set[int] = set()
+        while True:
+            todo = [b for b in (*self._queue, self._current)
+                    if b is not None and id(b) not in seen]
+            if not todo:
+                return changed
+            for i in range(0, len(todo), REDACT_SLICE):
+                part = todo[i:i + REDACT_SLICE]
+                changed += self._redact_batches(part, gone, cards)
+                done += part
+                seen.update(id(b) for b in part)
+                if len(todo) > REDACT_SLICE:
+                    await asyncio.sleep(0)
+
+    def _redact_batches(self, batches: list[list[ev.EventDraft]], gone: set[str],
+                        cards: set[str]) -> int:
+        changed = 0
+        for batch in batches:
+            kept: list[ev.EventDraft] = []
+            for d in batch:
+                try:
+                    r = redact_draft(d, gone, cards)
+                except ValueError:
+                    self.redaction_drops_total += 1
+                    continue
+                changed += r is not None
+                kept.append(d if r is None else r)
+            batch[:] = kept
+        return changed
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -505,6 +714,7 @@ class PersonalService:
         while self._queue:
             batch = self._queue.popleft()
             self._busy = True
+            self._current = batch  # erasure rewrites it while it waits for the lock
             try:
                 out = await self.process(batch, self._wall())
             except Exception:  # a bug must not lose events: they pass unprocessed
@@ -513,6 +723,7 @@ class PersonalService:
                 out = batch
             finally:
                 self._busy = False
+                self._current = None
             if self.on_processed is not None:
                 self.on_processed(out)
             self._emit(out)
@@ -528,6 +739,10 @@ class PersonalService:
                 if self.on_processed is not None:
                     self.on_processed(drafts)
                 self._emit(drafts)
+
+
+def _lane(d: ev.EventDraft) -> bool:
+    return isinstance(d.data, p.PosScanned | p.PurchaseCompleted | p.PurchaseVoided)
 
 
 def _concerns(d: ev.EventDraft) -> bool:

@@ -54,6 +54,9 @@ def load_start_files(config: Config, *,
         else None
     if config.mqtt.tls is not None:
         check_tls(config.mqtt.tls)
+    h = config.http
+    if h.enabled and h.tls_cert_file is not None and h.tls_key_file is not None:
+        check_server_tls(h.tls_cert_file, h.tls_key_file)
     zones = {z.id for z in p.zones}
     warnings = tuple(f"beacon {b.label} names zone {b.zone!r}, which is not in "
                      "[presence.zones]" for b in beacons.beacons
@@ -72,6 +75,15 @@ def check_tls(tls: TlsConfig) -> None:
         cert, key = tls.cert_file, tls.key_file
         _load(cert, "client certificate and key",
               lambda: ctx.load_cert_chain(certfile=cert, keyfile=key))
+
+
+def check_server_tls(cert: Path, key: Path) -> None:
+    """Load the HTTP server's certificate and key as uvicorn will (which, at run, would
+    only log and retry: the HTTP surface never stops the gateway, so a bad file would
+    go unnoticed until someone opened a screen)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load(cert, "HTTP certificate and key",
+          lambda: ctx.load_cert_chain(certfile=cert, keyfile=key))
 
 
 def _load(path: Path, what: str, load: Callable[[], None]) -> None:

@@ -42,6 +42,7 @@ from storegate.log_once import LogOnce
 log = logging.getLogger(__name__)
 
 LaneCustomer = Callable[[str], str | None]  # lane -> its customer pseudonym, if known
+MAX_LISTED_TOKENS = 32  # offer tokens of one purchase looked at (a lane's list: bounded)
 OnReserved = Callable[[str, str, str | None], None]  # transaction_id, lane, customer
 
 
@@ -72,7 +73,8 @@ class RedemptionService:
                  rand: Callable[[int], bytes] = os.urandom,
                  lane_customer: LaneCustomer | None = None,
                  on_reserved: OnReserved | None = None,
-                 campaign_of_ref: Callable[[bytes], str | None] | None = None) -> None:
+                 campaign_of_ref: Callable[[bytes], str | None] | None = None,
+                 started_at: float | None = None) -> None:
         self.ledger = ledger
         self.signer = signer
         self.store = store
@@ -83,6 +85,9 @@ class RedemptionService:
         self.lane_customer = lane_customer
         self.on_reserved = on_reserved
         self.campaign_of_ref = campaign_of_ref
+        # When this process started (wall clock): a reservation older than it belongs
+        # to a transaction the lane may have lost (see _completed). None: not looked at.
+        self.started_at = started_at
         # observable state (counters since start, for status and telemetry)
         self.rejected: Counter[str] = Counter()
         self.reserved_total = 0
@@ -190,10 +195,26 @@ class RedemptionService:
         return [self._rejected(s, at, reason, tid)]
 
     def _completed(self, c: p.PurchaseCompleted, at: float) -> list[ev.EventDraft]:
+        """The transaction's reservations redeemed. When the purchase lists the offer
+        tokens it applied, those not on it are released (``not_on_receipt``); when the
+        transaction has none (the gateway restarted mid-transaction: the lane's
+        transaction id is new), this lane's reservations from before the start of
+        tokens it lists are redeemed on it."""
         if c.transaction_id is None:
             return []
-        out = []
-        for o in self.ledger.confirm(c.transaction_id, at, receipt=c.receipt):
+        listed = self._listed(c.offer_tokens, at)
+        released: list[Offer] = []
+        if c.offer_tokens:
+            confirmed, released = self.ledger.confirm_listed(
+                c.transaction_id, at, receipt=c.receipt, listed=listed)
+        else:
+            confirmed = self.ledger.confirm(c.transaction_id, at, receipt=c.receipt)
+        if not confirmed and not released and listed and self.started_at is not None:
+            confirmed = self.ledger.confirm_orphans(
+                c.lane, sorted(listed), before=self.started_at, now=at,
+                transaction_id=c.transaction_id, receipt=c.receipt)
+        out = [self._released(o, "not_on_receipt", at) for o in released]
+        for o in confirmed:
             self.redeemed_total += 1
             data = p.OfferRedeemed(offer_id=o.token_id, campaign=o.campaign,
                                    customer=o.customer, lane=o.lane or c.lane,
@@ -201,6 +222,20 @@ class RedemptionService:
                                    redeemed_at=ev.rfc3339(at))
             out.append(ev.EventDraft(ev.OFFER_REDEEMED, f"offer/{o.token_id}", at, data))
         return out
+
+    def _listed(self, tokens: list[str], at: float) -> set[str]:
+        """The token ids of the offer tokens a purchase lists: authentic tokens of this
+        store (expired since the scan is fine: the reservation was made in time), at
+        most :data:`MAX_LISTED_TOKENS` (the list comes from a lane)."""
+        ids: set[str] = set()
+        for text in tokens[:MAX_LISTED_TOKENS]:
+            r = verify_token(text, keys=self.keys, store=self.store, now=at)
+            if isinstance(r, TokenRejected):
+                if r.reason == "expired" and r.token_id is not None:
+                    ids.add(r.token_id)
+            else:
+                ids.add(r.token_hex)
+        return ids
 
     def _voided(self, v: p.PurchaseVoided, at: float) -> list[ev.EventDraft]:
         if v.transaction_id is None:

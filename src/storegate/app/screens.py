@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from storegate.app.http.hub import Hub, Message
+from storegate.app.status import ScreensStatus
 from storegate.core import events as ev
 from storegate.core.personal.offers import OfferEngine
 from storegate.core.personal.registry import Registry
@@ -104,6 +105,14 @@ class ScreenService:
         # every screen recomputes: a floor or lane view may show them by a path the
         # state did not flag (a profile read at the last frame)
         self._publish(changed | self.state.refresh())
+
+    def snapshot(self) -> ScreensStatus:
+        """Counts only (the status, /metrics). The hub's other topics are the app
+        channel's (``customer:``)."""
+        streams = self.hub.subscribers() - self.hub.subscribers_under("customer:")
+        return ScreensStatus(subscribers=streams, published_total=self.published_total,
+                             accesses_total=self.accesses_total,
+                             errors_total=self.errors_total)
 
     # --- for the routes -----------------------------------------------------------------
 

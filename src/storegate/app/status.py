@@ -137,12 +137,19 @@ class PresenceCounters:
     anonymous: int  # everything else
     infrastructure: Mapping[str, int]  # adverts, by beacon kind
     unknown_scanner: int  # adverts from a scanner in no zone
+    # adverts by scanner: the configured ones, every other name under "other" (bounded)
+    by_scanner: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # visits of consenting customers by zone ("store": the store visit itself)
+    visits_entered: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    visits_exited: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, c: PipelineCounters) -> PresenceCounters:
         return cls(adverts=c.adverts, resolved=c.resolved, unresolved_eid=c.unresolved_eid,
                    anonymous=c.anonymous, infrastructure=dict(c.infrastructure),
-                   unknown_scanner=c.unknown_scanner)
+                   unknown_scanner=c.unknown_scanner, by_scanner=dict(c.by_scanner),
+                   visits_entered=dict(c.visits_entered),
+                   visits_exited=dict(c.visits_exited))
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PresenceCounters:
@@ -150,7 +157,10 @@ class PresenceCounters:
                    unresolved_eid=int(d.get("unresolved_eid", 0)),
                    anonymous=int(d.get("anonymous", 0)),
                    infrastructure=_map(d.get("infrastructure")),
-                   unknown_scanner=int(d.get("unknown_scanner", 0)))
+                   unknown_scanner=int(d.get("unknown_scanner", 0)),
+                   by_scanner=_counts(d.get("by_scanner")),
+                   visits_entered=_counts(d.get("visits_entered")),
+                   visits_exited=_counts(d.get("visits_exited")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +284,41 @@ class CheckinStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class AppChannelStatus:
+    """The customer app channel (app/app_channel.py and the live hub): counters since
+    start, never a customer."""
+
+    inbox_messages: int  # held in the inbox file, as of its last write or prune
+    queued: int  # waiting for the inbox writer
+    published_total: int  # messages stored and pushed
+    queued_dropped_total: int  # over the writer's queue bound
+    errors_total: int
+    streams: int  # phones connected now (SSE and WebSocket)
+    hub_cut_off_total: int  # slow streams cut off (they resume from their cursor)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> AppChannelStatus:
+        return cls(**{k: int(d.get(k, 0)) for k in (
+            "inbox_messages", "queued", "published_total", "queued_dropped_total",
+            "errors_total", "streams", "hub_cut_off_total")})
+
+
+@dataclass(frozen=True, slots=True)
+class ScreensStatus:
+    """The staff screens (app/screens.py): counters since start, never a customer."""
+
+    subscribers: int  # till and floor screens connected now
+    published_total: int  # screen updates pushed
+    accesses_total: int  # profile views logged (storegate.staff.viewed)
+    errors_total: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ScreensStatus:
+        return cls(**{k: int(d.get(k, 0)) for k in (
+            "subscribers", "published_total", "accesses_total", "errors_total")})
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayStatusView:
     """Everything the running gateway reports about itself; ``None`` parts are not
     configured (or, for the broker, not started yet)."""
@@ -294,6 +339,8 @@ class GatewayStatusView:
     pos: PosStatus | None
     personal: PersonalStatus | None = None  # last: older files parse
     checkin: CheckinStatus | None = None  # poster check-ins, when enabled
+    app_channel: AppChannelStatus | None = None  # with the HTTP surface
+    screens: ScreensStatus | None = None  # with the HTTP surface
 
     def to_json(self) -> dict[str, Any]:
         """The status file's content (``storegate status --json`` shows it)."""
@@ -328,6 +375,10 @@ class GatewayStatusView:
                 if isinstance(data.get("personal"), Mapping) else None,
                 checkin=CheckinStatus.from_json(data["checkin"])
                 if isinstance(data.get("checkin"), Mapping) else None,
+                app_channel=AppChannelStatus.from_json(data["app_channel"])
+                if isinstance(data.get("app_channel"), Mapping) else None,
+                screens=ScreensStatus.from_json(data["screens"])
+                if isinstance(data.get("screens"), Mapping) else None,
             )
         except (TypeError, ValueError):
             return None

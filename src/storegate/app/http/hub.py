@@ -108,6 +108,11 @@ class Hub:
             return len(self._topics.get(topic, ()))
         return sum(len(s) for s in self._topics.values())
 
+    def subscribers_under(self, prefix: str) -> int:
+        """Subscribers of the topics starting with ``prefix`` (the app channel's
+        ``customer:`` topics; the rest are staff screens), for the status."""
+        return sum(len(s) for t, s in self._topics.items() if t.startswith(prefix))
+
     def close_all(self) -> None:
         """Shutting down: every stream ends (clients reconnect to the next process)."""
         for subs in list(self._topics.values()):

@@ -149,5 +149,21 @@ class RecentEvents(Body):
 
 
 class Reloaded(Body):
+    """What a reload did. ``applied``: what changed at runtime; ``restart_needed``: the
+    settings that differ from the running config and take effect only after a restart."""
+
     reloaded: bool
     detail: str
+    applied: list[str] = Field(default_factory=list)
+    restart_needed: list[str] = Field(default_factory=list)
+
+
+class AdminSignIn(Body):
+    """An admin token, posted once for a browser session."""
+
+    token: str = Field(min_length=1, max_length=512)
+
+
+class AdminSessionView(Body):
+    role: Literal["admin"]
+    expires_at: float

@@ -7,9 +7,11 @@ scrape time (a custom collector), so nothing on the hot paths updates a Promethe
 object; the one exception is the HTTP latency histogram, which the server observes per
 request (by route template, so cardinality is bounded by the routes).
 
-The publisher does not time its publishes (it would need a clock read per message on
-its hot path), so there is no publish latency histogram yet: outbox depth and the
-oldest pending event's age show a slow broker instead.
+The publish latency histogram (publish -> PUBACK) is the publisher's own fixed-bucket
+histogram (core/histogram.py), kept lock-free on its thread and read here from the
+status: queueing before the publish shows in the outbox depth and oldest age instead.
+Every label value comes from the config or a fixed list of reasons (scanners placed in
+no zone count under ``other``), so a flood of invented names cannot grow a scrape.
 """
 
 from __future__ import annotations
@@ -20,26 +22,48 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from storegate.app.http.models import (
     AUTH_ERRORS,
+    AdminSessionView,
+    AdminSignIn,
     Health,
     Readiness,
     RecentEvent,
     RecentEvents,
     Reloaded,
+    SignedOut,
     StatusDocument,
     errors,
 )
-from storegate.app.http.security import Authenticator, admin, metrics_reader, public
+from storegate.app.http.screens import _csp, _page
+from storegate.app.http.security import (
+    SESSION_COOKIE,
+    AdminPrincipal,
+    Authenticator,
+    admin,
+    authenticator,
+    metrics_reader,
+    new_session_cookie,
+    public,
+    rate_limited,
+)
+from storegate.app.http.staff import _set_cookie
 from storegate.app.status import GatewayStatusView
+from storegate.errors import StoregateError
 
 if TYPE_CHECKING:
     from storegate.config import Config
@@ -163,6 +187,12 @@ class StatusCollector(Collector):
                                       value=b.reconnects_total)
             yield CounterMetricFamily("storegate_mqtt_connect_failures", "Failed connects.",
                                       value=b.connect_failures)
+            lat = b.publish_latency
+            if lat is not None:
+                yield HistogramMetricFamily(
+                    "storegate_mqtt_publish_latency_seconds", "Publish to PUBACK, per "
+                    "event (refusals included).", buckets=lat.cumulative(),
+                    sum_value=lat.sum_s)
         if s.commands is not None:
             yield CounterMetricFamily("storegate_commands_accepted", "Commands applied.",
                                       value=s.commands.accepted_total)
@@ -174,6 +204,7 @@ class StatusCollector(Collector):
         yield from self._presence(s)
         yield from self._pos(s)
         yield from self._personal(s)
+        yield from self._people(s)
         rejected = CounterMetricFamily("storegate_http_auth_rejected", "HTTP requests "
                                        "refused by the security layer, by reason.",
                                        labels=["reason"])
@@ -223,6 +254,65 @@ class StatusCollector(Collector):
                           1 if src.state in ("scanning", "connected", "running") else 0)
         yield per
         yield up
+        scanners = CounterMetricFamily("storegate_presence_scanner_adverts", "Adverts into "
+                                       "the pipeline, by scanner (scanners placed in no "
+                                       "zone: 'other').", labels=["scanner"])
+        for scanner, n in sorted(c.by_scanner.items()):
+            scanners.add_metric([scanner], n)
+        yield scanners
+        for name, doc, counts in (
+                ("storegate_visits_entered", "Visits begun, by zone ('store': the store "
+                 "visit).", c.visits_entered),
+                ("storegate_visits_exited", "Visits ended, by zone ('store': the store "
+                 "visit).", c.visits_exited)):
+            family = CounterMetricFamily(name, doc, labels=["zone"])
+            for zone, n in sorted(counts.items()):
+                family.add_metric([zone], n)
+            yield family
+
+    @staticmethod
+    def _people(s: GatewayStatusView) -> Iterator[Metric]:
+        """Check-ins, the app channel and the staff screens."""
+        ci = s.checkin
+        if ci is not None:
+            yield CounterMetricFamily("storegate_checkins_accepted", "Poster check-ins "
+                                      "taken as presence evidence.", value=ci.accepted_total)
+            yield CounterMetricFamily("storegate_checkins_repeats", "Check-ins repeating "
+                                      "one of an open visit.", value=ci.repeats_total)
+            rej = CounterMetricFamily("storegate_checkins_rejected", "Check-ins refused, by "
+                                      "reason.", labels=["reason"])
+            for reason, n in sorted(ci.rejected_by_reason.items()):
+                rej.add_metric([reason], n)
+            yield rej
+            yield GaugeMetricFamily("storegate_checkin_poster_generation", "The poster "
+                                    "generation printed now.", value=ci.generation)
+        a = s.app_channel
+        if a is not None:
+            yield GaugeMetricFamily("storegate_app_inbox_messages", "Messages held for "
+                                    "phones.", value=a.inbox_messages)
+            yield GaugeMetricFamily("storegate_app_queued", "Messages waiting for the inbox "
+                                    "writer.", value=a.queued)
+            yield GaugeMetricFamily("storegate_app_streams", "Phones connected (SSE and "
+                                    "WebSocket).", value=a.streams)
+            yield CounterMetricFamily("storegate_app_published", "Messages stored and "
+                                      "pushed.", value=a.published_total)
+            yield CounterMetricFamily("storegate_app_dropped", "Messages dropped over the "
+                                      "writer's queue bound.", value=a.queued_dropped_total)
+            yield CounterMetricFamily("storegate_app_errors", "Inbox write failures.",
+                                      value=a.errors_total)
+            yield CounterMetricFamily("storegate_app_streams_cut_off", "Slow streams cut "
+                                      "off (they resume from their cursor).",
+                                      value=a.hub_cut_off_total)
+        sc = s.screens
+        if sc is not None:
+            yield GaugeMetricFamily("storegate_staff_screens", "Till and floor screens "
+                                    "connected.", value=sc.subscribers)
+            yield CounterMetricFamily("storegate_staff_screen_updates", "Screen updates "
+                                      "pushed.", value=sc.published_total)
+            yield CounterMetricFamily("storegate_staff_profile_views", "Profile views "
+                                      "logged as access events.", value=sc.accesses_total)
+            yield CounterMetricFamily("storegate_staff_screen_errors", "Screen state "
+                                      "errors.", value=sc.errors_total)
 
     @staticmethod
     def _personal(s: GatewayStatusView) -> Iterator[Metric]:
@@ -233,6 +323,10 @@ class StatusCollector(Collector):
                                 value=ps.campaigns_active)
         yield GaugeMetricFamily("storegate_customers_known", "Customers central sent.",
                                 value=ps.customers_known)
+        yield GaugeMetricFamily("storegate_personal_queued_batches", "Event batches "
+                                "waiting for personalisation.", value=ps.queued_batches)
+        yield CounterMetricFamily("storegate_ledger_errors", "Redemption ledger and "
+                                  "campaign store failures.", value=ps.ledger_errors_total)
         yield CounterMetricFamily("storegate_offers_issued", "Offers issued.",
                                   value=ps.offers_issued_total)
         for name, doc, label, counts in (
@@ -261,6 +355,8 @@ class StatusCollector(Collector):
         lane_events = CounterMetricFamily("storegate_lane_events", "Lane assembly counters "
                                           "(receipts, purchases, mismatches...).",
                                           labels=["lane", "what"])
+        purchases = CounterMetricFamily("storegate_purchases", "Purchases completed, by "
+                                        "lane.", labels=["lane"])
         frames = CounterMetricFamily("storegate_pos_frames", "Frames decoded, by lane and "
                                      "device.", labels=["lane", "device"])
         rejected = CounterMetricFamily("storegate_pos_rejected", "Frames rejected, by "
@@ -270,6 +366,7 @@ class StatusCollector(Collector):
         for lane_id, lane in sorted(s.pos.lanes.items()):
             for what, n in sorted(lane.counters.items()):
                 lane_events.add_metric([lane_id, what], n)
+            purchases.add_metric([lane_id], lane.counters.get("purchases", 0))
             for dev in lane.devices:
                 frames.add_metric([lane_id, dev.role], dev.frames_total)
                 for reason, n in sorted(dev.rejected.items()):
@@ -277,7 +374,7 @@ class StatusCollector(Collector):
                 if dev.tap is not None:
                     tap_up.add_metric([lane_id, dev.role, dev.tap.state],
                                       1 if dev.tap.state == "open" else 0)
-        yield from (lane_events, frames, rejected, tap_up)
+        yield from (lane_events, purchases, frames, rejected, tap_up)
         yield CounterMetricFamily("storegate_pos_errors", "Lane errors.",
                                   value=s.pos.errors_total)
 
@@ -430,23 +527,173 @@ async def admin_events(request: Request, limit: int = Query(default=50, ge=1,
     return RecentEvents(events=events)
 
 
-@admin_router.post("/campaigns/reload", response_model=Reloaded,
-                   dependencies=[Depends(admin)], responses={**AUTH_ERRORS, **errors(501)})
-async def reload_campaigns(request: Request) -> Reloaded:
-    """Reload campaigns (the campaigns file and central's last set): 501 where this
-    gateway runs no personalisation service."""
-    personal = getattr(gateway_of(request), "personal", None)
+async def _reload_campaigns(gateway: GatewayLike, path: Path | None = None) -> str:
+    """``[offers] campaigns_file`` read again by the personalisation service; the
+    answer's sentence. HTTPException: 501 (no service), 409 (no file), 422 (a broken
+    file: nothing changed)."""
+    from storegate.app.personal import NoCampaignsFile  # noqa: PLC0415
+
+    personal = getattr(gateway, "personal", None)
     if personal is None:
         raise HTTPException(501, detail="no personalisation service on this gateway")
-    hook: Callable[[], Any] | None = getattr(personal, "reload_campaigns", None)
+    hook: Callable[..., Any] | None = getattr(personal, "reload_campaigns", None)
     if hook is None:
         raise HTTPException(501, detail="the personalisation service cannot reload "
-                            "campaigns yet")
-    result = hook()
-    if asyncio.iscoroutine(result):
-        result = await result
-    log.info("campaigns reloaded from the admin API")
-    return Reloaded(reloaded=True, detail=str(result)[:500] if result is not None else "")
+                            "campaigns")
+    try:
+        result = hook(path) if path is not None else hook()
+        if asyncio.iscoroutine(result):
+            result = await result
+    except NoCampaignsFile as exc:
+        raise HTTPException(409, detail=f"{exc}: central's campaigns command is the way "
+                            "to change them") from None
+    except StoregateError as exc:  # the file is broken: nothing was changed
+        raise HTTPException(422, detail=f"not reloaded: {exc}"[:500]) from None
+    describe = getattr(result, "describe", None)
+    text = describe() if callable(describe) else "" if result is None else str(result)
+    return str(text)[:500]
+
+
+@admin_router.post("/campaigns/reload", response_model=Reloaded,
+                   dependencies=[Depends(admin)],
+                   responses={**AUTH_ERRORS, **errors(409, 422, 501)})
+async def reload_campaigns(request: Request) -> Reloaded:
+    """Read ``[offers] campaigns_file`` again: validated whole first (422 and nothing
+    changed if it is broken), each campaign taken if newer than the version in force
+    (central's newer versions still win), a campaign that left the file removed if the
+    file's version was in force. 409 without a campaigns file, 501 without the
+    personalisation service."""
+    detail = await _reload_campaigns(gateway_of(request))
+    log.info("campaigns reloaded from the admin API: %s", detail)
+    return Reloaded(reloaded=True, detail=detail, applied=["offers.campaigns_file"])
+
+
+# What a config reload applies at runtime; every other difference waits for a restart.
+RUNTIME_SETTINGS: Final = frozenset({"http.staff", "http.admin_token_hashes",
+                                     "http.metrics_token_hash", "offers.campaigns_file"})
+
+
+def config_differences(running: Config, new: Config) -> list[str]:
+    """The settings (``section.field``, or the top-level name) that differ."""
+    out: list[str] = []
+    for name in type(running).model_fields:
+        old_value, new_value = getattr(running, name), getattr(new, name)
+        if old_value == new_value:
+            continue
+        fields = getattr(type(old_value), "model_fields", None)
+        if fields is None or type(new_value) is not type(old_value):
+            out.append(name)
+            continue
+        out.extend(f"{name}.{f}" for f in fields
+                   if getattr(old_value, f) != getattr(new_value, f))
+    return out
+
+
+@admin_router.post("/config/reload", response_model=Reloaded, dependencies=[Depends(admin)],
+                   responses={**AUTH_ERRORS, **errors(409, 422, 501)})
+async def reload_config(request: Request) -> Reloaded:
+    """Read the config file again (as ``run`` read it) and apply what can change
+    safely while running: the staff credentials and the admin and metrics tokens
+    (sessions of a removed credential end), and ``[offers] campaigns_file`` (read
+    again, as the campaigns reload). Every other setting that differs is listed in
+    ``restart_needed``: it takes effect at the next start. 422 if the file is invalid
+    (nothing changed)."""
+    gw = gateway_of(request)
+    loader: Callable[[], Config] | None = getattr(gw, "config_loader", None)
+    if loader is None:
+        raise HTTPException(501, detail="this gateway does not know where its config "
+                            "came from")
+    try:
+        new = await asyncio.to_thread(loader)
+    except StoregateError as exc:
+        raise HTTPException(422, detail=f"not reloaded: {exc}"[:500]) from None
+    running = gw.config
+    differ = config_differences(running, new)
+    personal = getattr(gw, "personal", None)
+    restart = [d for d in differ if d not in RUNTIME_SETTINGS]
+    if "offers.campaigns_file" in differ and (new.offers.campaigns_file is None
+                                              or personal is None):
+        restart.append("offers.campaigns_file")  # not unset at runtime: a restart does it
+    applied = authenticator(request).update_credentials(new.http)
+    applied = [f"http.{name}" for name in applied]
+    details = []
+    if new.offers.campaigns_file is not None and personal is not None:
+        details.append(await _reload_campaigns(gw, new.offers.campaigns_file))
+        applied.append("offers.campaigns_file")
+    if applied:
+        details.insert(0, "applied: " + ", ".join(applied))
+    if restart:
+        details.append("restart needed for: " + ", ".join(restart))
+    log.info("config reloaded from the admin API: %s applied, %d setting(s) wait for a "
+             "restart", ", ".join(applied) or "nothing", len(restart))
+    return Reloaded(reloaded=True, detail="; ".join(details)[:1000] or "no change",
+                    applied=applied, restart_needed=restart)
+
+
+# --- admin sign-in (a browser: the admin token posted once -> a session cookie) --------
+
+ADMIN_SIGNIN_JS: Final = """(function () {
+"use strict";
+var form = document.getElementById("signin");
+var msg = document.getElementById("msg");
+form.addEventListener("submit", function (e) {
+  e.preventDefault();
+  msg.textContent = "";
+  fetch("/admin/signin", {method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({token: form.elements.token.value})})
+  .then(function (r) {
+    if (!r.ok) { throw new Error(r.status === 429 ? "Too many tries: wait a minute" :
+                                 "Not an admin token"); }
+    window.location.assign("/admin");
+  })
+  .catch(function (err) { form.elements.token.value = ""; msg.textContent = err.message; });
+});
+}());
+"""
+ADMIN_SIGNIN_CSP: Final = _csp(ADMIN_SIGNIN_JS)
+
+
+@admin_router.get("/sign-in", dependencies=[Depends(public)], responses={
+    200: {"content": {"text/html": {"schema": {"type": "string"}}},
+          "description": "The admin sign-in page."}})
+async def admin_signin_page() -> HTMLResponse:
+    """A form for the admin token; it posts to ``POST /admin/signin``."""
+    body = ("<header><span>Admin sign-in</span></header><main><form id=\"signin\">"
+            "<input name=token type=password autocomplete=off placeholder=\"admin token\" "
+            "required maxlength=512><button type=submit>Sign in</button>"
+            "<div id=\"msg\"></div></form></main>")
+    return HTMLResponse(_page("Admin sign-in", body, ADMIN_SIGNIN_JS),
+                        headers={"Content-Security-Policy": ADMIN_SIGNIN_CSP})
+
+
+@admin_router.post("/signin", response_model=AdminSessionView,
+                   dependencies=[Depends(public), Depends(rate_limited("signin"))],
+                   responses=errors(400, 401, 413, 429))
+async def admin_sign_in(body: AdminSignIn, request: Request,
+                        response: Response) -> AdminSessionView:
+    """The admin token, posted once: sets an admin session cookie (Secure, HttpOnly,
+    SameSite=Strict), so a browser can open ``/admin``. API clients keep sending the
+    token as a Bearer."""
+    auth = authenticator(request)
+    if not auth.is_admin_token(body.token):
+        auth.signin_failures += 1
+        raise auth.reject("admin_signin_failed")
+    cookie = new_session_cookie()
+    expires_at = auth.admin_sessions.create(cookie, auth.clock())
+    _set_cookie(response, cookie, int(auth.settings.session_ttl_s))
+    log.info("admin signed in (browser session)")
+    return AdminSessionView(role="admin", expires_at=expires_at)
+
+
+@admin_router.post("/signout", response_model=SignedOut, responses=AUTH_ERRORS)
+async def admin_sign_out(_: AdminPrincipal, request: Request,
+                         response: Response) -> SignedOut:
+    """End this browser's admin session now (a Bearer client has none to end)."""
+    ended = authenticator(request).admin_sessions.end(request.cookies.get(SESSION_COOKIE,
+                                                                          ""))
+    _set_cookie(response, "", 0)
+    return SignedOut(signed_out=ended)
 
 
 # Not response_class=HTMLResponse: FastAPI would then document the JSON errors as HTML.

@@ -17,6 +17,9 @@ Credentials, one per request (a Bearer header wins over the cookie):
 * ``Cookie: sg_session=<id>``: a staff session from ``POST /staff/signin`` (lane, role,
   expiry); server-side, so signing out or expiry ends it at once. Sessions live in
   memory: a restart signs staff out, which is the safe direction.
+* ``Cookie: sg_session=<id>``: an admin session from ``POST /admin/signin`` (the admin
+  token posted once), so a browser can open the admin page; the same kind of cookie,
+  in its own store (``AdminSessions``), ended when the admin tokens change.
 
 Bad credentials are 401 with a reason code (never which part of a PIN was wrong); a
 valid credential of the wrong role is 403. Rejections are counted by reason for
@@ -43,6 +46,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from storegate.app.http.token_cache import VerifiedTokens
 from storegate.config import HttpConfig, StaffCredentialConfig
 from storegate.core.webauth import (
     RateLimiter,
@@ -60,6 +64,7 @@ _once = LogOnce(log)
 
 SESSION_COOKIE: Final = "sg_session"
 MAX_SESSIONS: Final = 1000  # a store has tens of tills; beyond, the oldest is ended
+MAX_ADMIN_SESSIONS: Final = 32  # an operator's browsers, not a crowd
 Clock = Callable[[], float]
 
 StaffRole = Literal["cashier", "floor", "manager"]
@@ -130,6 +135,49 @@ class SessionStore:
     def end(self, cookie: str) -> bool:
         return self._sessions.pop(self._key(cookie), None) is not None
 
+    def end_where(self, ended: Callable[[StaffSession], bool]) -> int:
+        gone = [k for k, s in self._sessions.items() if ended(s)]
+        for k in gone:
+            del self._sessions[k]
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+class AdminSessions:
+    """Server-side admin sessions: cookie digest -> expiry. Few (an operator's
+    browser or two): past the bound the oldest ends."""
+
+    def __init__(self, ttl_s: float, *, max_sessions: int = MAX_ADMIN_SESSIONS) -> None:
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, float] = OrderedDict()
+
+    def create(self, cookie: str, now: float) -> float:
+        expires_at = now + self.ttl_s
+        self._sessions[SessionStore._key(cookie)] = expires_at
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return expires_at
+
+    def get(self, cookie: str, now: float) -> float | None:
+        """The session's expiry, None if there is none (or it has expired)."""
+        key = SessionStore._key(cookie)
+        expires_at = self._sessions.get(key)
+        if expires_at is not None and now >= expires_at:
+            del self._sessions[key]
+            return None
+        return expires_at
+
+    def end(self, cookie: str) -> bool:
+        return self._sessions.pop(SessionStore._key(cookie), None) is not None
+
+    def clear(self) -> int:
+        n = len(self._sessions)
+        self._sessions.clear()
+        return n
+
     def __len__(self) -> int:
         return len(self._sessions)
 
@@ -153,6 +201,8 @@ class Authenticator:
         self.admin_digests = frozenset(settings.admin_token_hashes)
         self.metrics_digest = settings.metrics_token_hash
         self.sessions = SessionStore(settings.session_ttl_s)
+        self.admin_sessions = AdminSessions(settings.session_ttl_s)
+        self.verified = VerifiedTokens()  # customer tokens: one verification each
         self.rejected: Counter[str] = Counter()  # by reason, for /metrics
         self.signin_failures = 0
 
@@ -173,23 +223,61 @@ class Authenticator:
             return self._bearer(value)
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie is not None:
-            session = self.sessions.get(cookie, self.clock())
+            now = self.clock()
+            session = self.sessions.get(cookie, now)
             if session is None:
+                admin_until = self.admin_sessions.get(cookie, now)
+                if admin_until is not None:
+                    return Principal(Role.ADMIN, "admin", admin_until)
                 raise self.reject("session_expired")
             return Principal(Role.STAFF, session.name, session.expires_at, session.lane,
                              session.role)
         return None
 
+    def is_admin_token(self, token: str) -> bool:
+        """Whether ``token`` is one of the admin tokens (by its SHA-256, as a Bearer)."""
+        return len(token) <= 8192 and token_digest(token) in self.admin_digests
+
+    def update_credentials(self, settings: HttpConfig) -> list[str]:
+        """A config reload: the staff credentials and the admin and metrics tokens
+        from ``settings``; everything else of ``[http]`` stays as started. Sessions of
+        a staff credential removed or changed end; admin sessions end if the admin
+        tokens changed. Returns what changed (setting names)."""
+        old = self.settings
+        changed = [name for name in ("staff", "admin_token_hashes", "metrics_token_hash")
+                   if getattr(old, name) != getattr(settings, name)]
+        if not changed:
+            return []
+        self.settings = old.model_copy(update={
+            "staff": settings.staff, "admin_token_hashes": settings.admin_token_hashes,
+            "metrics_token_hash": settings.metrics_token_hash})
+        self.admin_digests = frozenset(settings.admin_token_hashes)
+        self.metrics_digest = settings.metrics_token_hash
+        if "staff" in changed:
+            kept = {(c.name, c.lane, c.role, c.pin_hash, c.device_token_hash)
+                    for c in old.staff} & {(c.name, c.lane, c.role, c.pin_hash,
+                                            c.device_token_hash) for c in settings.staff}
+            names = {k[0] for k in kept}
+            self.sessions.end_where(lambda s: s.name not in names)
+        if "admin_token_hashes" in changed:
+            self.admin_sessions.clear()
+        return changed
+
     def _bearer(self, token: str) -> Principal:
         if len(token) > 8192:
             raise self.reject("malformed_token")
         if token.count(".") == 2:  # a JWS: customer
-            try:
-                claims = verify_app_token(token, keys=self.app_keys,
-                                          audience=self.settings.app_audience,
-                                          now=self.clock())
-            except TokenRejected as exc:
-                raise self.reject(f"token_{exc.reason}") from None
+            now, audience = self.clock(), self.settings.app_audience
+            claims = self.verified.get(token, keys=self.app_keys, audience=audience,
+                                       now=now)
+            if claims is None:
+                try:
+                    claims = verify_app_token(token, keys=self.app_keys, audience=audience,
+                                              now=now)
+                except TokenRejected as exc:
+                    raise self.reject(f"token_{exc.reason}") from None
+                self.verified.put(token, claims, keys=self.app_keys, audience=audience,
+                                  now=now)
             return Principal(Role.CUSTOMER, claims.subject, claims.expires_at)
         digest = token_digest(token)
         # set membership hashes the digest, not the secret: no timing leak of the token
@@ -250,10 +338,15 @@ _admin_scheme = HTTPBearer(scheme_name="adminToken", auto_error=False,
 _staff_scheme = APIKeyCookie(name=SESSION_COOKIE, scheme_name="staffSession",
                              auto_error=False,
                              description="The session cookie POST /staff/signin sets.")
+_admin_cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, scheme_name="adminSession",
+                                    auto_error=False,
+                                    description="The session cookie POST /admin/signin "
+                                    "sets (an admin token posted once, for a browser).")
 
 BearerCreds = Annotated[HTTPAuthorizationCredentials | None, Security(_customer_scheme)]
 AdminCreds = Annotated[HTTPAuthorizationCredentials | None, Security(_admin_scheme)]
 StaffCookie = Annotated[str | None, Security(_staff_scheme)]
+AdminCookie = Annotated[str | None, Security(_admin_cookie_scheme)]
 
 
 def _rule(role: Role, staff_roles: Iterable[str] = ()) -> Callable[
@@ -291,7 +384,9 @@ async def customer(request: Request, _: BearerCreds = None) -> Principal:
 
 
 @_rule(Role.ADMIN)
-async def admin(request: Request, _: AdminCreds = None) -> Principal:
+async def admin(request: Request, _: AdminCreds = None, __: AdminCookie = None) -> Principal:
+    """An admin token as a Bearer (API clients) or an admin session cookie (a
+    browser, after ``POST /admin/signin``)."""
     return _require(request, {Role.ADMIN})
 
 

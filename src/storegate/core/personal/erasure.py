@@ -19,12 +19,14 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator
 
+from storegate.core.events import EventDraft
 from storegate.core.identity_records import (
     CUSTOMER_PATTERN,
     REQUEST_ID_PATTERN,
     check_pseudonym,
 )
 from storegate.core.payloads import Payload
+from storegate.core.personal.registry import LoyaltyPseudonym
 
 # Central erases in batches (a day's requests of a large chain fit easily); more than
 # this in one command is refused, so one command's work on the box stays bounded.
@@ -38,6 +40,8 @@ SUBSTRING_SEARCH_MAX: Final = 64
 # each checked where it stands, so a refusal names its index (customers.12)
 Pseudonym = Annotated[str, StringConstraints(pattern=CUSTOMER_PATTERN),
                       AfterValidator(check_pseudonym)]
+# a few cards per customer (a record holds at most MAX_LOYALTY_IDS; most hold one)
+MAX_ERASE_CARDS: Final = 4 * MAX_ERASE
 
 
 class EraseCommand(Payload):
@@ -50,13 +54,20 @@ class EraseCommand(Payload):
 
     customers: list[Pseudonym] = Field(min_length=1, max_length=MAX_ERASE,
                                        description="Pseudonyms of the customers to erase.")
+    loyalty_ids: list[LoyaltyPseudonym] = Field(
+        default_factory=list, max_length=MAX_ERASE_CARDS,
+        description="The loyalty-card pseudonyms of these customers, as central knows "
+        "them. Optional: the box erases the cards its registry holds for them, but a "
+        "customer removed earlier (or never sent to this store) has no record left, and "
+        "their cards would survive in stored purchases and scans. Listed cards are "
+        "redacted wherever they appear, whoever's record names them.")
     request_id: str | None = Field(default=None, pattern=REQUEST_ID_PATTERN)
 
-    @field_validator("customers")
+    @field_validator("customers", "loyalty_ids")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError("a customer is listed twice")
+            raise ValueError("an id is listed twice")
         return v
 
 
@@ -87,6 +98,29 @@ def redact_event(payload: bytes, customers: Collection[str],
     if not changed:
         return None
     return json.dumps(ce, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def redact_draft(draft: EventDraft, customers: Collection[str],
+                 loyalty: Collection[str]) -> EventDraft | None:
+    """:func:`redact_event`'s rule on an event not stored yet (queued for
+    personalisation, held by the intake while the outbox refuses): the same fields
+    nulled, the same subject replaced. Returns None when nothing names them (keep the
+    draft as it is). A payload whose model refuses a null where the rule put one
+    cannot be kept without the customer: that raises ValueError (the caller drops it,
+    counted; no event type today has such a field)."""
+    data = draft.data.model_dump(mode="json")
+    changed = False
+    if data.get("customer") in customers and data.get("loyalty_id") is not None:
+        data["loyalty_id"] = None
+        changed = True
+    changed |= _null_matches(data, customers, loyalty)
+    subject = draft.subject
+    if _names_any(subject, customers, loyalty):
+        subject = REDACTED_SUBJECT
+        changed = True
+    if not changed:
+        return None
+    return EventDraft(draft.type, subject, draft.time, type(draft.data).model_validate(data))
 
 
 def _names_any(text: str, customers: Collection[str], loyalty: Collection[str]) -> bool:

@@ -15,12 +15,17 @@ from storegate.core import events as ev
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, EddystoneEid, decode_eddystone
 from storegate.core.ble.eid import EidResolver, Identity
+from storegate.core.payloads import VisitEntered, VisitExited
 from storegate.core.presence.engine import PresenceEngine
 from storegate.core.presence.footfall import OCCUPANCY_S, PERIOD_S, Footfall
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.settings import PresenceSettings
 
 TICK_S = 1.0
+# The per-scanner advert counter's bucket for every scanner placed in no zone: a flood of
+# invented scanner names (a node or capture gone wrong) cannot grow the counters.
+OTHER_SCANNER = "other"
+STORE = "store"  # the visit counters' key for the whole-store visit
 
 
 @dataclass(slots=True)
@@ -31,6 +36,21 @@ class PipelineCounters:
     anonymous: int = 0  # everything else
     infrastructure: dict[str, int] = field(default_factory=dict)  # adverts, by beacon kind
     unknown_scanner: int = 0  # adverts from a scanner in no zone (placed nowhere)
+    # adverts by scanner: the configured scanners, the rest under OTHER_SCANNER (bounded)
+    by_scanner: dict[str, int] = field(default_factory=dict)
+    # visits by zone (STORE: the whole store), keys bounded by the configured zones
+    visits_entered: dict[str, int] = field(default_factory=dict)
+    visits_exited: dict[str, int] = field(default_factory=dict)
+
+    def count_visits(self, drafts: Iterable[ev.EventDraft]) -> None:
+        for d in drafts:
+            data = d.data
+            if isinstance(data, VisitEntered):
+                key = data.zone or STORE
+                self.visits_entered[key] = self.visits_entered.get(key, 0) + 1
+            elif isinstance(data, VisitExited):
+                key = data.zone or STORE
+                self.visits_exited[key] = self.visits_exited.get(key, 0) + 1
 
 
 class PresencePipeline:
@@ -55,8 +75,12 @@ class PresencePipeline:
         out: list[ev.EventDraft] = []
         if a.ts >= self._next_tick:
             out += self.tick(a.ts)
-        if a.scanner not in self.settings.scanner_zone:
+        by = c.by_scanner
+        if a.scanner in self.settings.scanner_zone:
+            by[a.scanner] = by.get(a.scanner, 0) + 1
+        else:
             c.unknown_scanner += 1
+            by[OTHER_SCANNER] = by.get(OTHER_SCANNER, 0) + 1
         if self.infrastructure and (a.manufacturer_data or a.service_data):
             beacon = self.infrastructure.classify(a.manufacturer_data, a.service_data)
             if beacon is not None:
@@ -70,7 +94,10 @@ class PresencePipeline:
             customer = self.resolver.resolve(frame.eid)
             if customer is not None:
                 c.resolved += 1
-                out += self.engine.observe(customer, a.scanner, a.rssi, a.ts)
+                seen = self.engine.observe(customer, a.scanner, a.rssi, a.ts)
+                if seen:
+                    c.count_visits(seen)
+                    out += seen
                 return out
             c.unresolved_eid += 1
         c.anonymous += 1
@@ -82,6 +109,7 @@ class PresencePipeline:
         self._next_tick = now + TICK_S
         self.resolver.advance(now)
         out = self.engine.tick(now)
+        self.counters.count_visits(out)
         out += self.footfall.flush(now)
         out += self.footfall.occupancy(now, self.engine.present())
         return out
@@ -91,14 +119,17 @@ class PresencePipeline:
         footfall period and occupancy interval are counted as they stand."""
         present = self.engine.present()
         out = self.footfall.close(now, present)
-        out += self.engine.close_all()
-        return out
+        closed = self.engine.close_all()
+        self.counters.count_visits(closed)
+        return out + closed
 
     def check_in(self, customer: str, zone: str, ts: float, *,
                  hold_s: float) -> list[ev.EventDraft]:
         """A consenting customer scanned a zone poster (the caller checked the poster and
         the consent): visit events at once, as :meth:`PresenceEngine.check_in`."""
-        return self.engine.check_in(customer, zone, ts, hold_s=hold_s)
+        out = self.engine.check_in(customer, zone, ts, hold_s=hold_s)
+        self.counters.count_visits(out)
+        return out
 
     # --- consent -------------------------------------------------------------------
 

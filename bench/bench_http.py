@@ -1,0 +1,607 @@
+"""Benchmark: the HTTP surface of a real `storegate run` under a store's worth of clients.
+
+A real gateway process (its uvicorn in the gateway's own event loop, as in a store), a
+real mosquitto, a pty lane (lane-1, checkout zone "checkout"), central's signed
+commands enrolling ``--clients`` customers (presence, marketing and staff_view consent)
+and one store_entered campaign. Connected to it the whole time:
+
+* ``--clients`` customer apps on the WebSocket (``/app/ws``, each with its own token);
+* ``--screens`` staff screens on Server-Sent Events, all on lane-1's till
+  (``/lanes/lane-1/events``, a cashier session each): every change of that lane goes to
+  all of them, the worst case for fan-out (a store's screens are spread over lanes).
+
+Measured:
+
+1. offer decision → delivered to the app. Customer *i* checks in at the checkout
+   zone's poster (``POST /app/checkin``): presence enters them, the campaign decides an
+   offer, the app channel pushes it. Latency = arrival on the phone's WebSocket minus
+   the decision time the message carries (``issued_at``, the gateway's wall clock at the
+   decision; same machine). Sequential (``paced``), then a ``burst`` of check-ins at the
+   entrance from the rest of the customers, ``--burst-concurrency`` at a time.
+2. presence event → till screen update. The same check-in at the checkout zone (the
+   screen shows customer *i*), then one at the entrance (they left the checkout zone:
+   the screen clears). Latency = the frame on each of the screens minus the moment the
+   check-in request was *sent*: an upper bound, it includes the HTTP request itself.
+3. requests/s and p99 of ``/healthz`` and of the offers list (``GET /app/offers``,
+   token verified, inbox read) with everything above still connected, next to a bare
+   FastAPI endpoint (a separate process, same uvicorn settings as the gateway's:
+   asyncio loop, httptools, no access log) in the same run: the ratio.
+4. RSS of the whole gateway process: idle, then with all of that connected.
+
+The load generator is a separate process (a keep-alive HTTP/1.1 client on raw asyncio
+streams, on uvloop when installed: httpx costs ~10x the CPU per request and would
+measure itself); its CPU use and the server's are reported, so it is visible which
+side was saturated. The WebSocket and SSE clients live in this process, idle during
+the request runs. Targets (reported, not asserted): push p99 ≤ 50 ms, till update p99
+≤ 200 ms, API ≥ 70 % of the bare endpoint.
+
+    .venv/bin/python bench/bench_http.py [--clients 1000] [--screens 50] [--samples 200]
+                                         [--duration 5] [--conns 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from tests.support.central import CENTRAL, customer_record, topic  # noqa: E402
+from tests.support.gateway_proc import start_run, storegate, write_config  # noqa: E402
+from tests.support.http import (  # noqa: E402
+    APP_KEY,
+    APP_KID,
+    AUDIENCE,
+    CASHIER_PIN,
+    customer_token,
+    pin_hash,
+    public_key_text,
+)
+from tests.support.mosquitto import Mosquitto, free_port  # noqa: E402
+from tests.support.pty_lane import PtyDevice  # noqa: E402
+from tests.support.subscriber import Subscriber  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "http.json"
+TIMEOUT_S = 30.0
+CAMPAIGN = {"id": "welcome", "version": 1, "trigger": {"kind": "store_entered"},
+            "priority": 50, "control_share": 0.0, "offer_ttl_s": 3600,
+            "content": {"title": "Welcome back", "text": "10 % off fresh bread today",
+                        "discount": {"kind": "percent", "value": 10}}}
+TARGETS = {"push_p99_ms": 50.0, "till_p99_ms": 200.0, "api_ratio": 0.70}
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 2), "p99_ms": round(pct(ms, 0.99), 2),
+            "max_ms": round(max(ms), 2)}
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the client side's speed only
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_async(main: Coroutine[Any, Any, Any]) -> Any:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(main)
+
+
+# --- the bare endpoint and the load generator (each its own process) -----------------
+
+
+# A bare FastAPI endpoint with the gateway's uvicorn settings (app/http/server.py), run
+# with `python -c` so the process imports only FastAPI and uvicorn (its RSS is theirs).
+BARE_SERVER = """
+import sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="httptools",
+            loop="asyncio", lifespan="off", access_log=False, log_level="warning",
+            server_header=False)
+"""
+
+
+async def load(port: int, path: str, headers: list[str], conns: int, duration: float,
+               warmup: float, server_pid: int) -> dict[str, Any]:
+    """``conns`` keep-alive connections, each sending the next request as soon as the
+    last answer is read, for warmup + duration seconds; only the last ``duration``
+    count. The client's and the server's CPU are taken over that same window."""
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while (sent := time.perf_counter()) < stop_at:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                at = head.lower().find(b"\r\ncontent-length:")
+                if at < 0:
+                    raise RuntimeError(f"{path}: no content-length in {head[:200]!r}")
+                size = int(head[at + 17:head.index(b"\r\n", at + 2)])
+                await reader.readexactly(size)
+                if sent >= measure_from:
+                    latencies.append(time.perf_counter() - sent)
+                    statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    server = psutil.Process(server_pid)
+    cpu: dict[str, float] = {}
+
+    async def window() -> None:
+        await asyncio.sleep(warmup)
+        mine, theirs, at = resource.getrusage(resource.RUSAGE_SELF), server.cpu_times(), \
+            time.perf_counter()
+        await asyncio.sleep(duration)
+        mine2, theirs2, wall = resource.getrusage(resource.RUSAGE_SELF), server.cpu_times(), \
+            time.perf_counter() - at
+        cpu["client"] = (mine2.ru_utime - mine.ru_utime + mine2.ru_stime - mine.ru_stime) / wall
+        cpu["server"] = (theirs2.user - theirs.user + theirs2.system - theirs.system) / wall
+
+    await asyncio.gather(window(), *(one() for _ in range(conns)))
+    ms = [x * 1000 for x in latencies]
+    return {"path": path, "requests": len(ms), "rps": round(len(ms) / duration),
+            "p50_ms": round(pct(ms, 0.5), 2), "p99_ms": round(pct(ms, 0.99), 2),
+            "statuses": statuses, "client_cpu_share": round(cpu["client"], 2),
+            "server_cpu_share": round(cpu["server"], 2)}
+
+
+def run_load(port: int, path: str, headers: list[str], args: argparse.Namespace,
+             server_pid: int) -> dict[str, Any]:
+    """The load generator, in its own process."""
+    cmd = [sys.executable, __file__, "--load-port", str(port), "--load-path", path,
+           "--conns", str(args.conns), "--duration", str(args.duration),
+           "--server-pid", str(server_pid)]
+    for h in headers:
+        cmd += ["--load-header", h]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+# With --gc-log the gateway process imports this (a sitecustomize on its PYTHONPATH): it
+# notes every cyclic-collector run that holds the interpreter (so the event loop) for
+# 10 ms or more. Off by default: the measured gateway runs as shipped.
+GC_LOG_SITE = """
+import gc, os, sys, time
+_start = [0.0]
+_out = os.environ["BENCH_GC_LOG"]
+
+def _note(phase, info):
+    if phase == "start":
+        _start[0] = time.perf_counter()
+        return
+    ms = (time.perf_counter() - _start[0]) * 1000
+    if ms >= 10 and "run" in sys.argv:
+        with open(_out, "a") as f:
+            f.write(f"{info['generation']} {ms:.1f}\\n")
+
+gc.callbacks.append(_note)
+"""
+
+
+def gc_pauses(path: Path) -> dict[str, Any]:
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    by_gen: dict[str, list[float]] = {}
+    for gen, ms in rows:
+        by_gen.setdefault(f"gen{gen}", []).append(float(ms))
+    return {g: {"count": len(v), "max_ms": max(v), "total_ms": round(sum(v))}
+            for g, v in sorted(by_gen.items())}
+
+
+# --- the clients held open: phones on WebSocket, tills on SSE ------------------------
+
+
+class Watched:
+    """Frames stamped on arrival; ``first(pred, start)`` waits for the first from index
+    ``start`` that matches, and returns its arrival time."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, float, dict[str, Any]]] = []  # perf, wall, frame
+        self._wake: asyncio.Future[None] | None = None
+
+    def push(self, frame: dict[str, Any]) -> None:
+        self.frames.append((time.perf_counter(), time.time(), frame))
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def first(self, pred: Callable[[dict[str, Any]], bool],
+                    start: int = 0) -> tuple[float, float, dict[str, Any]]:
+        i = start
+        while True:
+            while i < len(self.frames):
+                hit = self.frames[i]
+                i += 1
+                if pred(hit[2]):
+                    return hit
+            self._wake = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(self._wake, TIMEOUT_S)
+
+
+class Phone(Watched):
+    """A customer's app on the WebSocket; its frames are the offers pushed to it."""
+
+    def __init__(self, customer: str) -> None:
+        super().__init__()
+        self.customer = customer
+
+    async def hold(self, port: int, ready: asyncio.Semaphore,
+                   connected: Callable[[], None]) -> None:
+        from websockets.asyncio.client import connect  # noqa: PLC0415
+        from websockets.exceptions import ConnectionClosed  # noqa: PLC0415
+        from websockets.typing import Subprotocol  # noqa: PLC0415
+
+        token = customer_token(self.customer, issued_at=time.time())
+        async with ready:
+            ws = await connect(f"ws://127.0.0.1:{port}/app/ws", ping_interval=None,
+                               subprotocols=[Subprotocol("storegate.v1"),
+                                             Subprotocol(f"bearer.{token}")])
+        connected()
+        with contextlib.suppress(ConnectionClosed):  # reported: still_connected
+            async with ws:
+                async for text in ws:
+                    message = json.loads(text)
+                    if message.get("kind") == "offer":
+                        self.push(message)
+
+
+class Till(Watched):
+    """A till screen on SSE (a raw socket: HTTP/1.1, chunked); its frames are the
+    lane's states."""
+
+    def __init__(self, cookie: str) -> None:
+        super().__init__()
+        self.cookie = cookie
+
+    async def hold(self, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /lanes/lane-1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Cookie: sg_session={self.cookie}\r\nAccept: text/event-stream\r\n"
+                     "\r\n".encode())
+        buffer = ""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if int(head[9:12]) != 200:
+                raise RuntimeError(f"till stream: {head[:100]!r}")
+            while size := int((await reader.readline()).strip() or b"0", 16):
+                buffer += (await reader.readexactly(size + 2))[:-2].decode()
+                while "\n\n" in buffer:
+                    block, buffer = buffer.split("\n\n", 1)
+                    for line in block.split("\n"):
+                        if line.startswith("data: "):
+                            self.push(json.loads(line[6:]))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return  # reported: still_connected
+        finally:
+            writer.close()
+
+
+def shown(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: (f.get("customer") or {}).get("greeting_name") == name
+
+
+def cleared(f: dict[str, Any]) -> bool:
+    return f.get("customer") is None and not f.get("present")
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+def config_text(http_port: int, printer: PtyDevice) -> str:
+    return f"""
+[[pos.lanes]]
+id = "lane-1"
+checkout_zone = "checkout"
+template = "{REPO / "firmware-configs" / "pos" / "templates" / "ru-generic.toml"}"
+[[pos.lanes.devices]]
+role = "printer"
+dialect = "escpos"
+port = "{printer.path}"
+[privacy]
+pseudonym_key = "{"ab" * 32}"
+[presence]
+[[presence.zones]]
+id = "entrance"
+scanners = ["node-a"]
+[[presence.zones]]
+id = "checkout"
+scanners = ["node-c"]
+[checkin]
+enabled = true
+hold_s = 3600
+[offers]
+min_gap_s = 0
+max_per_visit = 10
+max_per_day = 10
+[http]
+enabled = true
+host = "127.0.0.1"
+port = {http_port}
+app_audience = "{AUDIENCE}"
+app_token_keys = [{{ kid = "{APP_KID}", public_key = "{public_key_text(APP_KEY)}" }}]
+signin_burst = 1000
+signin_per_minute = 10000
+checkin_burst = 1000
+checkin_per_minute = 10000
+[[http.staff]]
+lane = "lane-1"
+role = "cashier"
+name = "till-1"
+pin_hash = "{pin_hash(CASHIER_PIN)}"
+"""
+
+
+def poster(config: Path, zone: str, out: Path) -> str:
+    import zxingcpp  # noqa: PLC0415 - dev extra: the poster as printed, read back
+    from PIL import Image  # noqa: PLC0415
+
+    r = storegate("posters", "-c", str(config), "--zone", zone, "--format", "png",
+                  "--out", str(out))
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    [found] = zxingcpp.read_barcodes(Image.open(out / f"poster-{zone}.png"))
+    return str(found.text)
+
+
+def rss_mib(pid: int) -> float:
+    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+
+
+async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: int,
+                  bare_pid: int, codes: dict[str, str], customers: list[str],
+                  ) -> dict[str, Any]:
+    result: dict[str, Any] = {"rss_idle_mib": rss_mib(gw_pid)}
+    phones = {c: Phone(c) for c in customers}
+    tills: list[Till] = []
+    connected = 0
+
+    def one_more() -> None:
+        nonlocal connected
+        connected += 1
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http, \
+            asyncio.TaskGroup() as tg:
+        t0 = time.perf_counter()
+        gate = asyncio.Semaphore(64)  # connects in flight at once
+        tasks = [tg.create_task(p.hold(port, gate, one_more)) for p in phones.values()]
+        for _ in range(args.screens):
+            r = await http.post("/staff/signin", json={"lane": "lane-1", "pin": CASHIER_PIN})
+            r.raise_for_status()
+            tills.append(Till(r.cookies["sg_session"]))
+        tasks += [tg.create_task(t.hold(port)) for t in tills]
+        while connected < len(phones) or any(not t.frames for t in tills):
+            await asyncio.sleep(0.05)
+            if time.perf_counter() - t0 > 120:
+                raise RuntimeError(f"only {connected} phones connected")
+        result["connect_s"] = round(time.perf_counter() - t0, 1)
+        await asyncio.sleep(1)  # the last subscriptions settle
+        result["rss_connected_mib"] = rss_mib(gw_pid)
+
+        async def checkin(customer: str, zone: str) -> float:
+            sent = time.perf_counter()
+            r = await http.post("/app/checkin", json={"code": codes[zone]}, headers={
+                "Authorization": f"Bearer {customer_token(customer, issued_at=time.time())}"})
+            if r.status_code != 200:
+                raise RuntimeError(f"check-in {r.status_code}: {r.text}")
+            return sent
+
+        def push_ms(phone: Phone) -> float:
+            _, wall, message = phone.frames[0]
+            return (wall - float(message["data"]["issued_at"])) * 1000
+
+        # 1-2. paced: one customer at a time into the checkout zone and out again
+        pushed: list[float] = []
+        till_ms: list[float] = []
+        for n, customer in enumerate(customers[:args.samples]):
+            name = f"Bench {n:04d}"
+            marks = [len(t.frames) for t in tills]
+            sent = await checkin(customer, "checkout")
+            hits = await asyncio.gather(*(t.first(shown(name), m) for t, m in zip(
+                tills, marks, strict=True)))
+            till_ms += [(perf - sent) * 1000 for perf, _, _ in hits]
+            await phones[customer].first(lambda m: True)
+            pushed.append(push_ms(phones[customer]))
+            marks = [len(t.frames) for t in tills]
+            sent = await checkin(customer, "entrance")
+            hits = await asyncio.gather(*(t.first(cleared, m) for t, m in zip(
+                tills, marks, strict=True)))
+            till_ms += [(perf - sent) * 1000 for perf, _, _ in hits]
+        result["push_paced"] = summary(pushed)
+        result["till_update"] = summary(till_ms)
+
+        # 1b. burst: the rest check in at the entrance, many at once
+        rest = customers[args.samples:]
+        gate = asyncio.Semaphore(args.burst_concurrency)
+
+        async def burst_one(customer: str) -> None:
+            async with gate:
+                await checkin(customer, "entrance")
+
+        t_burst = time.perf_counter()
+        await asyncio.gather(*(burst_one(c) for c in rest))
+        await asyncio.gather(*(phones[c].first(lambda m: True) for c in rest))
+        if rest:
+            result["push_burst"] = summary([push_ms(phones[c]) for c in rest])
+            result["push_burst"]["checkins_per_s"] = round(
+                len(rest) / (time.perf_counter() - t_burst))
+
+        # 3. requests/s, everything still connected; the bare endpoint in between
+        token = customer_token(customers[0], issued_at=time.time(), lifetime_s=3600)
+        runs = {
+            "bare": (bare_port, "/healthz", [], bare_pid),
+            "healthz": (port, "/healthz", [], gw_pid),
+            "offers": (port, "/app/offers", [f"Authorization: Bearer {token}"], gw_pid),
+        }
+        api: dict[str, Any] = {}
+        for label, (p, path, headers, pid) in runs.items():
+            api[label] = await asyncio.to_thread(run_load, p, path, headers, args, pid)
+        bare_rps = api["bare"]["rps"]
+        for label in ("healthz", "offers"):
+            api[label]["ratio_to_bare"] = round(api[label]["rps"] / bare_rps, 2)
+        result["api"] = api
+        result["rss_end_mib"] = rss_mib(gw_pid)
+        result["bare_rss_mib"] = rss_mib(bare_pid)
+        result["still_connected"] = {
+            "phones": sum(not t.done() for t in tasks[:len(phones)]),
+            "tills": sum(not t.done() for t in tasks[len(phones):])}
+        for t in tasks:
+            t.cancel()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--screens", type=int, default=50)
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--burst-concurrency", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--gc-log", action="store_true", help="note the gateway's collector "
+                    "pauses of 10 ms or more (a sitecustomize in the gateway process)")
+    # internal: the child processes
+    ap.add_argument("--load-port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--load-path", help=argparse.SUPPRESS)
+    ap.add_argument("--load-header", action="append", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load_port:
+        print(json.dumps(run_async(load(args.load_port, args.load_path, args.load_header,
+                                        args.conns, args.duration, warmup=1.0,
+                                        server_pid=args.server_pid))))
+        return
+    if args.samples > args.clients:
+        ap.error("--samples is at most --clients")
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        root = Path(tmp)
+        broker = Mosquitto(root / "mosquitto")
+        broker.start()
+        printer = PtyDevice(root / "dev", "usb-Epson_TM-T20-if00")
+        port, bare_port = free_port(), free_port()
+        storage = root / "state" / "outbox.db"
+        config = write_config(root / "gw.toml", port=broker.port, storage=storage,
+                              extra=config_text(port, printer))
+        if args.gc_log:
+            (root / "site").mkdir()
+            (root / "site" / "sitecustomize.py").write_text(GC_LOG_SITE)
+            os.environ["BENCH_GC_LOG"] = str(root / "gc.log")
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                x for x in (str(root / "site"), os.environ.get("PYTHONPATH")) if x)
+        gw = start_run(config, stderr=root / "gw.log")
+        bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+        sub = Subscriber(broker.port)
+        result: dict[str, Any] = {}
+        try:
+            wait_for(lambda: sub.retained_state() == "online", 30, "birth certificate")
+
+            def up(p: int) -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=1).is_success
+                except httpx.TransportError:
+                    return False
+            wait_for(lambda: up(port) and up(bare_port), 30, "both HTTP servers")
+            customers = [f"cust-bench-{n:05d}" for n in range(args.clients)]
+            seal_key = sub.status[-1]["data"]["seal_key"]
+            sub.client.publish(topic("customers"), CENTRAL.customers("upsert", [
+                customer_record(c, 1, greeting_name=f"Bench {n:04d}")
+                for n, c in enumerate(customers)], gateways={"g1": seal_key},
+                request_id="enrol"), qos=1)
+            sub.client.publish(topic("campaigns"), CENTRAL.sign("campaigns", {
+                "op": "upsert", "request_id": "welcome", "campaigns": [CAMPAIGN]}), qos=1)
+            for kind in ("customers", "campaigns"):
+                wait_for(lambda k=kind: bool(sub.of_type(f"storegate.gateway.{k}_applied.v1")),
+                         60, f"{kind} applied")
+            codes = {z: poster(config, z, root / "posters") for z in ("checkout", "entrance")}
+            result |= run_async(measure(args, port, gw.pid, bare_port, bare.pid, codes,
+                                       customers))
+        finally:
+            sub.close()
+            for proc in (bare, gw):
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)
+            broker.kill()
+            log = (root / "gw.log").read_text()
+            if args.gc_log:
+                result["gateway_gc_pauses_10ms"] = gc_pauses(root / "gc.log")
+            if "Traceback" in log or "config error" in log:
+                print(log[-3000:], file=sys.stderr)
+    result["setup"] = {"clients": args.clients, "screens": args.screens,
+                       "samples": args.samples, "conns": args.conns,
+                       "duration_s": args.duration, "cpus": os.cpu_count(),
+                       "gateway": "storegate run (real process)"}
+    report(result)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def report(r: dict[str, Any]) -> None:
+    s = r["setup"]
+    print(f"a real `storegate run`, {s['clients']} app clients on WebSocket, "
+          f"{s['screens']} till screens on SSE (all on lane-1), {s['cpus']} CPUs; "
+          f"connected in {r['connect_s']} s")
+
+    def row(label: str, x: dict[str, Any], target: float | None = None) -> None:
+        flag = "" if target is None else (
+            f"  target p99 <= {target:g} ms: {'met' if x['p99_ms'] <= target else 'MISSED'}")
+        print(f"  {label:42s} n={x['n']:6d}  p50 {x['p50_ms']:7.2f} ms  "
+              f"p99 {x['p99_ms']:7.2f} ms  max {x['max_ms']:7.2f} ms{flag}")
+
+    row("offer decision -> app (paced)", r["push_paced"], TARGETS["push_p99_ms"])
+    if "push_burst" in r:
+        row(f"offer decision -> app (burst, {r['push_burst']['checkins_per_s']} check-ins/s)",
+            r["push_burst"], TARGETS["push_p99_ms"])
+    row("check-in sent -> till frame (x screens)", r["till_update"], TARGETS["till_p99_ms"])
+    for label, x in r["api"].items():
+        ratio = x.get("ratio_to_bare")
+        verdict = "" if ratio is None else (
+            f"  {ratio:.2f}x bare ({'met' if ratio >= TARGETS['api_ratio'] else 'MISSED'}"
+            f" >= {TARGETS['api_ratio']:.2f})")
+        print(f"  GET {x['path']:14s} ({label:7s}) {x['rps']:6d} req/s  p50 {x['p50_ms']:6.2f} ms"
+              f"  p99 {x['p99_ms']:6.2f} ms  statuses {x['statuses']}  CPU: server "
+              f"{x['server_cpu_share']:.2f}, client {x['client_cpu_share']:.2f}{verdict}")
+    if "gateway_gc_pauses_10ms" in r:
+        print(f"  gateway collector pauses >= 10 ms over the run: {r['gateway_gc_pauses_10ms']}")
+    print(f"  gateway RSS: idle {r['rss_idle_mib']} MiB, all connected "
+          f"{r['rss_connected_mib']} MiB, at the end {r['rss_end_mib']} MiB "
+          f"(bare FastAPI process: {r['bare_rss_mib']} MiB); still connected at the end: "
+          f"{r['still_connected']}")
+
+
+if __name__ == "__main__":
+    main()
