@@ -11,7 +11,12 @@ import time
 
 from bleak.exc import BleakDBusError
 
-from storegate.adapters.plumbing import LoopHandoff, describe_error, sleep_until_stopped
+from storegate.adapters.plumbing import (
+    LoopHandoff,
+    describe_error,
+    sleep_until_stopped,
+    wait_for_either,
+)
 
 # --- LoopHandoff -------------------------------------------------------------------------
 
@@ -195,3 +200,18 @@ def test_the_description_is_one_line_without_a_traceback() -> None:
         raise RuntimeError("outer") from KeyError("inner")
     except RuntimeError as exc:
         assert describe_error(exc) == "RuntimeError: outer"
+
+
+def test_wait_for_either_returns_on_work_or_on_stop_and_leaves_no_task() -> None:
+    async def main() -> None:
+        for which in ("wake", "stop"):
+            wake, stop = asyncio.Event(), asyncio.Event()
+            waiting = asyncio.ensure_future(wait_for_either(wake, stop))
+            await asyncio.sleep(0)
+            assert not waiting.done()  # neither set: it waits
+            (wake if which == "wake" else stop).set()
+            await asyncio.wait_for(waiting, 1)
+            await asyncio.sleep(0)
+            # its two helper waits were cancelled, not left pending on the loop
+            assert len(asyncio.all_tasks()) == 1
+    asyncio.run(main())

@@ -95,6 +95,17 @@ async def sleep_until_stopped(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+async def wait_for_either(wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """A worker's idle wait: until there is work (``wake``) or it must stop."""
+    waiter = asyncio.ensure_future(wake.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        stopper.cancel()
+
+
 def describe_error(error: BaseException | str | None, *, terse: bool = False) -> str:
     """One line saying why, for a log or a status field (no traceback).
 

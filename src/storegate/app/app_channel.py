@@ -37,7 +37,7 @@ from storegate.adapters.app_inbox import (
     PickupEntry,
     RedemptionEntry,
 )
-from storegate.adapters.plumbing import sleep_until_stopped
+from storegate.adapters.plumbing import sleep_until_stopped, wait_for_either
 from storegate.app.http.hub import Hub, Message
 from storegate.app.redemption import IssuedToken
 from storegate.app.status import AppChannelStatus
@@ -153,13 +153,7 @@ class AppChannel:
             self._wake.clear()
             if self._queue:
                 continue
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                stopper.cancel()
+            await wait_for_either(self._wake, stop)
         await self.flush()
 
     async def flush(self) -> int:

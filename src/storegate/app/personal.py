@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 
 from storegate.adapters import gateway_key
 from storegate.adapters.campaigns_sqlite import CampaignStore
-from storegate.adapters.plumbing import sleep_until_stopped
+from storegate.adapters.plumbing import sleep_until_stopped, wait_for_either
 from storegate.adapters.redemption_sqlite import Offer, RedemptionStore
 from storegate.app.campaign_files import load_campaigns
 from storegate.app.redemption import IssuedToken, RedemptionService
@@ -701,13 +701,7 @@ class PersonalService:
             self._wake.clear()
             if self._queue:
                 continue
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                stopper.cancel()
+            await wait_for_either(self._wake, stop)
         await self._drain()
 
     async def _drain(self) -> None:

@@ -28,8 +28,6 @@ with its reason, and input is bounded before any work is done.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -41,6 +39,8 @@ from typing import Final, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from storegate.core import base32text
 
 TEXT_PREFIX: Final = "SGO1."
 VERSION: Final = 1
@@ -56,7 +56,6 @@ U32_MAX: Final = 0xFFFF_FFFF
 KID_PATTERN: Final = re.compile(r"^[0-9a-f]{8}$")
 
 _SIGNED_PREFIX: Final = b"storegate-offer-token\0"  # a token signature is nothing else
-_BASE32: Final = re.compile(r"[A-Z2-7]+")
 
 RejectReason = Literal[
     "malformed",          # not a token of a version this gateway reads
@@ -134,7 +133,7 @@ class TokenSigner:
         body = _BODY.pack(VERSION, self._kid, token_id, self._store, offer_ref(offer),
                           issued_at, expires_at, customer_tag(token_id, customer))
         sig = self._key.sign(_SIGNED_PREFIX + body)
-        return TEXT_PREFIX + base64.b32encode(body + sig).decode("ascii").rstrip("=")
+        return TEXT_PREFIX + base32text.encode(body + sig)
 
 
 def sign_token(key: Ed25519PrivateKey, *, store: str, token_id: bytes, offer: str,
@@ -183,13 +182,5 @@ def _decode(text: object) -> bytes | None:
     length is checked first: a scanner can send kilobytes of junk, none is decoded."""
     if not isinstance(text, str) or len(text) != TEXT_CHARS or not text.startswith(TEXT_PREFIX):
         return None
-    body = text[len(TEXT_PREFIX):]
-    if not _BASE32.fullmatch(body):
-        return None
-    try:
-        raw = base64.b32decode(body + "=" * (-len(body) % 8))
-    except (binascii.Error, ValueError):
-        return None
-    if len(raw) != TOKEN_BYTES or base64.b32encode(raw).decode("ascii").rstrip("=") != body:
-        return None
-    return raw
+    raw = base32text.decode_canonical(text[len(TEXT_PREFIX):])
+    return raw if raw is not None and len(raw) == TOKEN_BYTES else None

@@ -27,11 +27,8 @@ reason for everything it refuses.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import re
 import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ from typing import Final, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from storegate.core import base32text
 from storegate.core.personal.tokens import key_id
 
 TEXT_PREFIX: Final = "SGZ1."
@@ -57,7 +55,6 @@ MAX_TEXT_CHARS: Final = len(TEXT_PREFIX) + -(-MAX_BYTES * 8 // 5)  # 236
 DEFAULT_SKEW_S: Final = 300
 
 _SIGNED_PREFIX: Final = b"storegate-zone-poster\0"  # a poster signature is nothing else
-_BASE32: Final = re.compile(r"[A-Z2-7]+")
 
 RejectReason = Literal[
     "malformed",      # not a poster code of a version this gateway reads
@@ -120,7 +117,7 @@ class PosterSigner:
         body = _HEAD.pack(VERSION, self._kid, self._store, generation, issued_at,
                           len(name)) + name
         sig = self._key.sign(_SIGNED_PREFIX + body)
-        return TEXT_PREFIX + base64.b32encode(body + sig).decode("ascii").rstrip("=")
+        return TEXT_PREFIX + base32text.encode(body + sig)
 
 
 def verify_poster(  # noqa: PLR0911 -- one return per reason, in the order checked
@@ -170,14 +167,7 @@ def _decode(text: object) -> bytes | None:
     if not isinstance(text, str) or not MIN_TEXT_CHARS <= len(text) <= MAX_TEXT_CHARS \
             or not text.startswith(TEXT_PREFIX):
         return None
-    body = text[len(TEXT_PREFIX):]
-    if not _BASE32.fullmatch(body):
-        return None
-    try:
-        raw = base64.b32decode(body + "=" * (-len(body) % 8))
-    except (binascii.Error, ValueError):
-        return None
-    if not MIN_BYTES <= len(raw) <= MAX_BYTES \
-            or base64.b32encode(raw).decode("ascii").rstrip("=") != body:
+    raw = base32text.decode_canonical(text[len(TEXT_PREFIX):])
+    if raw is None or not MIN_BYTES <= len(raw) <= MAX_BYTES:
         return None
     return raw
