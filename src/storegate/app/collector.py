@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import gc
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from storegate.adapters.plumbing import sleep_until_stopped
@@ -47,22 +48,53 @@ def paused() -> Iterator[None]:
 
 # --- the long-lived heap of a running gateway ------------------------------------------
 
-# Start-up (imports, config, registry, campaigns, the HTTP app) is done by then.
-SETTLE_S: Final = 10.0
+SETTLE_S: Final = 10.0  # start-up (imports, config, registry, the HTTP app) is done by then
+CHECK_S: Final = 1.0  # how soon after a full collection its survivors are frozen
+THAW_S: Final = 3600.0  # frozen objects that died in a cycle since are freed this often
+
+_full_since_freeze = threading.Event()
 
 
-async def freeze_after_start(stop: asyncio.Event, settle_s: float = SETTLE_S) -> None:
-    """Once start-up has settled, move everything it built out of the collector's sight.
+def _note_full(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info.get("generation") == 2:
+        _full_since_freeze.set()
 
-    Measured (bench/bench_http.py, 1,000 phones and 50 screens connected): without it,
-    every full collection traverses the whole start-up heap (modules, classes, pydantic
-    and FastAPI schemas, the registry) and holds the event loop 150-250 ms, 8-10 times
-    in two minutes: a push or a till frame caught behind one is late by that much. What
-    start-up built lives as long as the process, so freezing it leaks nothing; objects
-    made later (connections come and go) stay collectable.
+
+async def tend(stop: asyncio.Event, *, settle_s: float = SETTLE_S, check_s: float = CHECK_S,
+               thaw_s: float = THAW_S, clock: Callable[[], float] = time.monotonic) -> None:
+    """Keep full collections short while the gateway runs.
+
+    Measured (bench/bench_http.py, 1,000 phones and 50 screens connected): left alone,
+    every full collection traverses the whole heap (modules, classes, pydantic and
+    FastAPI schemas, the registry, every connection) and holds the event loop 150-250
+    ms, 8-10 times in two minutes: a push or a till frame caught behind one is late by
+    that much. So what start-up built is frozen once it settles, and so is whatever
+    survives a full collection (just collected: no garbage among it; long-lived by
+    then: connections, customers, campaigns): the next full collections traverse only
+    what came since. The price: an object frozen while alive that later dies *in a
+    cycle* is not freed until the next thaw, every ``thaw_s`` (reference counting still
+    frees everything else at once); the full collection after a thaw is the one long
+    pause of the hour.
     """
     if await sleep_until_stopped(stop, settle_s):
         return
+    _freeze()
+    gc.callbacks.append(_note_full)
+    thawed_at = clock()
+    try:
+        while not await sleep_until_stopped(stop, check_s):
+            if clock() - thawed_at >= thaw_s:
+                gc.unfreeze()  # the next full collection sees (and frees) everything
+                thawed_at = clock()
+                _full_since_freeze.clear()
+            elif _full_since_freeze.is_set():
+                _full_since_freeze.clear()
+                _freeze()
+    finally:
+        gc.callbacks.remove(_note_full)
+
+
+def _freeze() -> None:
     with _lock:
         if _depth == 0:  # a bulk job freezes on its own when it ends
             gc.freeze()

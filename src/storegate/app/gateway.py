@@ -733,7 +733,7 @@ class Gateway:
                     tg.create_task(self.app_channel.run(stop))
                 tg.create_task(self._status_loop(stop))
                 tg.create_task(self.intake.run(stop))
-                tg.create_task(collector.freeze_after_start(stop))  # issue 12: GC pauses
+                tg.create_task(collector.tend(stop))  # issue 12: short GC pauses
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
                 if self.config.http.enabled:  # the HTTP surface, in this loop (issue 12)

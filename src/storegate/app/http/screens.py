@@ -6,8 +6,9 @@ A page is rendered on the server (every value escaped: customer data comes from
 outside) with one small inline script, allowed by its hash in the page's own CSP, that
 applies the stream's frames with ``textContent`` only (no HTML is ever built from
 data). The stream sends a full state frame on connect and one on every change (the hub
-says *that* a screen changed; the frame is recomputed for the viewer's role, so a
-withdrawal or an erasure is on screen at the next frame), and a comment every
+says *that* a screen changed; the frame is recomputed for the viewer's role, once per
+change and role for all the screens that share them, so a withdrawal or an erasure
+is on screen at the next frame), and a comment every
 :data:`KEEPALIVE_S` so proxies and the browser keep it open. It ends when the session
 does (signed out, expired) or the hub cuts it off; ``EventSource`` reconnects and gets a
 fresh snapshot. A request that does not ask for ``text/event-stream`` (curl, probes,
@@ -30,6 +31,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from storegate.app.http.hub import Message
 from storegate.app.http.models import AUTH_ERRORS, errors
 from storegate.app.http.security import (
     CSP,
@@ -125,7 +127,8 @@ def _frame(data: str) -> str:
     return f"event: state\ndata: {data}\n\n"
 
 
-def _stream(request: Request, topic: str, render: Callable[[], str]) -> StreamingResponse:
+def _stream(request: Request, topic: str,
+            render: Callable[[Message | None], str]) -> StreamingResponse:
     svc = screens_of(request)
     auth = authenticator(request)
     cookie = request.cookies.get(SESSION_COOKIE, "")
@@ -134,7 +137,7 @@ def _stream(request: Request, topic: str, render: Callable[[], str]) -> Streamin
     async def frames() -> AsyncIterator[str]:
         sub = svc.hub.subscribe(topic)  # before the snapshot: no change falls between
         try:
-            last = render()
+            last = render(None)
             yield f"retry: {RETRY_MS}\n" + _frame(last)
             if not live:
                 return
@@ -147,7 +150,7 @@ def _stream(request: Request, topic: str, render: Callable[[], str]) -> Streamin
                         return  # too far behind, or shutting down: reconnect, snapshot
                     yield ": keep-alive\n\n"
                     continue
-                text = render()
+                text = render(message)  # shared by every screen of this topic and role
                 if text != last:
                     last = text
                     yield _frame(text)
@@ -165,14 +168,14 @@ async def lane_events(lane: LaneId, request: Request, who: TillStaff) -> Streami
     _lane_allowed(request, who, lane)
     svc, role, session = screens_of(request), _role(who), _session(request)
     return _stream(request, f"lane:{lane}",
-                   lambda: svc.lane(lane, role, session).model_dump_json())
+                   lambda notice: svc.lane_frame(lane, role, session, notice))
 
 
 @router.get("/floor/events", responses={200: _SSE_200, **AUTH_ERRORS})
 async def floor_events(request: Request, who: FloorStaff) -> StreamingResponse:
     """The floor's state, live: a snapshot on connect, then each change."""
     svc, role, session = screens_of(request), _role(who), _session(request)
-    return _stream(request, "floor", lambda: svc.floor(role, session).model_dump_json())
+    return _stream(request, "floor", lambda notice: svc.floor_frame(role, session, notice))
 
 
 # --- pages ------------------------------------------------------------------------------
