@@ -222,6 +222,11 @@ class ZoneConfig(Section):
     scanners: list[str] = Field(min_length=1, description="Scanners placed in this zone.")
     min_rssi_dbm: float = Field(default=-80.0, ge=-120, le=0,
                                 description="Closer than this to count as in the zone.")
+    entrance: bool = Field(default=False, description="A door zone: its scanners also hear "
+                           "the pavement, so a store visit needs interior evidence; passed "
+                           "through, never a zone visit.")
+    transit: bool = Field(default=False, description="Passed through (a corridor): never a "
+                          "zone visit of its own.")
 
 
 class PresenceConfig(Section):
@@ -741,6 +746,46 @@ class CheckinConfig(Section):
         return self
 
 
+# --- calibration (issue 13: the floor plan, core/presence/calibration.py) -------------
+
+PLAN_MAX_M: Final = 10_000.0  # no store is 10 km across: a larger number is a typo
+
+
+class CalibrationConfig(Section):
+    """The store's floor plan for self-calibration: where the scanners are (metres, any
+    corner as origin; the zone beacons' places are in the beacons file, ``position``).
+    Optional: a scanner without a position works as before, uncalibrated."""
+
+    enabled: bool = Field(default=True, description="Fit the store's radio model from the "
+                          "zone beacons (needs positioned scanners and beacons).")
+    scanners: dict[str, list[float]] = Field(
+        default={}, max_length=256, description="Scanner name -> [x, y] or [x, y, z] in "
+        "metres, the same origin as the beacons' positions.")
+    interval_s: float = Field(default=30.0, ge=5, le=3600, description="Re-fit this often.")
+    window_s: float = Field(default=900.0, ge=60, le=86_400, description="Beacon adverts "
+                            "of the last this-many seconds are fitted.")
+    bucket_s: float = Field(default=30.0, ge=5, le=600, description="A pair's level is the "
+                            "median of its buckets' medians (robust to fades).")
+
+    @field_validator("scanners")
+    @classmethod
+    def _positions(cls, value: dict[str, list[float]]) -> dict[str, list[float]]:
+        for name, pos in value.items():
+            if len(pos) not in (2, 3):
+                raise ValueError(f"scanner {name!r}: a position is [x, y] or [x, y, z] in "
+                                 f"metres, got {len(pos)} number(s)")
+            if any(abs(c) > PLAN_MAX_M for c in pos):
+                raise ValueError(f"scanner {name!r}: {pos} is more than {PLAN_MAX_M:.0f} m "
+                                 "from the origin")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket(self) -> CalibrationConfig:
+        if self.window_s < 2 * self.bucket_s:
+            raise ValueError("window_s must hold at least two buckets (2 x bucket_s)")
+        return self
+
+
 class Config(Section):
     store_id: str
     gateway_id: str
@@ -756,6 +801,23 @@ class Config(Section):
     offers: OffersConfig = OffersConfig()
     http: HttpConfig = HttpConfig()
     checkin: CheckinConfig = CheckinConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+
+    @field_validator("calibration")
+    @classmethod
+    def _placed_scanners(cls, value: CalibrationConfig,
+                         info: ValidationInfo) -> CalibrationConfig:
+        # A position for a scanner no zone lists is a typo in one of the two names:
+        # said at start, not discovered as a scanner that never calibrates.
+        presence = info.data.get("presence")
+        if presence is None:  # presence itself is invalid: that error is reported
+            return value
+        known = {s for z in presence.zones for s in z.scanners}
+        for name in value.scanners:
+            if name not in known:
+                raise ValueError(f"scanners: {name!r} is in no [[presence.zones]] "
+                                 f"(scanners: {sorted(known) or 'none configured'})")
+        return value
 
     @field_validator("store_id", "gateway_id")
     @classmethod

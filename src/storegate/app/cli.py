@@ -28,7 +28,7 @@ from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.outbox import OutboxReader, OutboxStats, purge
 from storegate.adapters.plumbing import sleep_until_stopped
-from storegate.app import keys, logs, posters_cli
+from storegate.app import calibrate, keys, logs, posters_cli
 from storegate.app.status import (
     GatewayStatusView,
     PersonalStatus,
@@ -260,6 +260,14 @@ def _print_presence(pr: PresenceStatus, now: float) -> None:
             return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
         print(f"          visits entered: {zones(c.visits_entered)}; exited: "
               f"{zones(c.visits_exited)}")
+    cal = pr.calibration  # the store's radio model from its zone beacons (issue 13)
+    if cal is not None and cal.exponent is not None:
+        offs = ", ".join(f"{s} {o:+.1f}" for s, o in cal.offsets_db.items())
+        print(f"          calibration: n {cal.exponent:.2f}, {cal.pairs} pairs, rms "
+              f"{cal.residual_rms_db or 0:.1f} dB; offsets dB: {offs or 'none'}"
+              + (f"; flags: {', '.join(cal.flags)}" if cal.flags else ""))
+    elif cal is not None:
+        print(f"          calibration: {cal.state}")
     for src in pr.sources:  # each source's own status (adapters/)
         print(_source_line(src, now))
 
@@ -668,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys.add_parser(sub, _add_config, _config)
     posters_cli.add_parser(sub, _add_config, _config)
+    calibrate.add_parser(sub, _add_config, _config)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

@@ -20,7 +20,7 @@ from storegate.adapters.mqtt_nodes import NodeSourceStatus, ScannerNodesSource
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.app.presence_files import presence_pipeline
 from storegate.app.sim_store import SimulatedStore
-from storegate.app.status import PresenceCounters, PresenceStatus
+from storegate.app.status import CalibrationStatus, PresenceCounters, PresenceStatus
 from storegate.config import Config
 from storegate.core import events as ev
 from storegate.core import payloads as p
@@ -29,6 +29,7 @@ from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import APPLE, encode_ibeacon
 from storegate.core.ble.eid import Identity
 from storegate.core.commands import IdentityChange
+from storegate.core.presence.calibration import Calibrator
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.topics import Topics
@@ -128,7 +129,8 @@ class PresenceService:
               extra: Sequence[Identity] = (), beacons: Infrastructure | None = None,
               wall_clock: Callable[[], float] = time.time) -> PresenceService:
         pipeline = presence_pipeline(config.presence, beacons or Infrastructure(()),
-                                     identities.secret("footfall"))
+                                     identities.secret("footfall"),
+                                     calibration=config.calibration)
         now = wall_clock()
         stored, skipped = identities.load()
         if skipped:
@@ -234,6 +236,7 @@ class PresenceService:
             sources_down=down,
             enrolled=len(self.pipeline.resolver),
             customers_present=self.pipeline.engine.present()[None],
+            calibration=_calibration_payload(self.pipeline.calibrator),
         )
 
     def snapshot(self) -> PresenceStatus:
@@ -247,4 +250,17 @@ class PresenceService:
             commands_applied=self.commands_applied,
             errors_total=self.errors_total,
             sources=tuple(s.status() for s in self.sources),
+            calibration=None if pl.calibrator is None else CalibrationStatus.of(pl.calibrator),
         )
+
+
+def _calibration_payload(c: Calibrator | None) -> p.PresenceCalibration | None:
+    """The live fit for telemetry (rounded: central needs tenths, not float noise)."""
+    if c is None:
+        return None
+    f = c.fit
+    return p.PresenceCalibration(
+        state=f.state, exponent=None if f.exponent is None else round(f.exponent, 3),
+        offsets_db={s: round(o, 2) for s, o in f.offsets_db.items()}, pairs=f.pairs,
+        residual_rms_db=None if f.residual_rms_db is None else round(f.residual_rms_db, 2),
+        flags=f.flags(), uncalibrated=list(f.uncalibrated))

@@ -15,6 +15,7 @@ at most ``MAX_IDENTITIES`` identities and ``MAX_BEACONS`` beacons; every record 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 import uuid
@@ -30,9 +31,10 @@ from pydantic import (
     model_validator,
 )
 
-from storegate.config import PresenceConfig, toml_problem
+from storegate.config import PLAN_MAX_M, CalibrationConfig, PresenceConfig, toml_problem
 from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.identity_records import IdentityRecord
+from storegate.core.presence.calibration import Calibrator
 from storegate.core.presence.infrastructure import Beacon, Infrastructure, Kind
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings, Zone
@@ -132,12 +134,34 @@ class BeaconRecord(_Strict):
     ibeacon: IBeaconMatch | None = None
     eddystone_uid: EddystoneUidMatch | None = None
     altbeacon: AltBeaconMatch | None = None
+    position: list[float] | None = Field(
+        default=None, description="[x, y] or [x, y, z] metres on the floor plan "
+        "(calibration.scanners' origin): the beacon then calibrates the scanners.")
 
     @model_validator(mode="after")
     def _one_match(self) -> BeaconRecord:
         given = [m for m in (self.ibeacon, self.eddystone_uid, self.altbeacon) if m]
         if len(given) != 1:
             raise ValueError("give exactly one of ibeacon, eddystone_uid, altbeacon")
+        return self
+
+    @model_validator(mode="after")
+    def _one_place(self) -> BeaconRecord:
+        # One position is one beacon: a rule that covers a fleet (badges, tags: no minor
+        # or instance) or a beacon that moves cannot say where its adverts come from.
+        if self.position is None:
+            return self
+        if len(self.position) not in (2, 3) or not all(
+                math.isfinite(c) and abs(c) <= PLAN_MAX_M for c in self.position):
+            raise ValueError(f"position: [x, y] or [x, y, z] in metres, each finite and "
+                             f"within {PLAN_MAX_M:.0f} m, got {self.position}")
+        if self.kind not in ("zone", "fixture"):
+            raise ValueError(f"position: only a fixed beacon (kind zone or fixture) has "
+                             f"one, not a {self.kind} beacon")
+        ib, uid = self.ibeacon, self.eddystone_uid
+        if (ib is not None and ib.minor is None) or (uid is not None and uid.instance is None):
+            raise ValueError("position: this rule matches many beacons (give the iBeacon's "
+                             "major and minor, or the Eddystone instance)")
         return self
 
     def beacon(self) -> Beacon:
@@ -149,6 +173,7 @@ class BeaconRecord(_Strict):
             eddystone_namespace=uid.namespace.lower() if uid else None,
             eddystone_instance=uid.instance.lower() if uid and uid.instance else None,
             altbeacon_id=alt.id.lower() if alt else None,
+            position=tuple(self.position) if self.position is not None else None,
         )
 
 
@@ -185,7 +210,8 @@ def load_beacons(path: Path) -> list[Beacon]:
 
 def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
     return PresenceSettings(
-        zones=tuple(Zone(z.id, tuple(z.scanners), z.min_rssi_dbm) for z in cfg.zones),
+        zones=tuple(Zone(z.id, tuple(z.scanners), z.min_rssi_dbm, entrance=z.entrance,
+                         transit=z.transit) for z in cfg.zones),
         min_presence_s=cfg.min_presence_s,
         zone_min_presence_s=cfg.zone_min_presence_s,
         exit_after_s=cfg.exit_after_s,
@@ -202,11 +228,26 @@ def config_beacons(cfg: PresenceConfig) -> Infrastructure:
     return Infrastructure(load_beacons(cfg.beacons_file) if cfg.beacons_file else [])
 
 
+def calibrator(cfg: CalibrationConfig, presence: PresenceConfig,
+               beacons: Infrastructure) -> Calibrator | None:
+    """The self-calibration the floor plan allows: None when it is switched off; a
+    calibrator that reports ``no-plan`` when no positioned scanner and beacon exist."""
+    if not cfg.enabled:
+        return None
+    return Calibrator(
+        {s: tuple(p) for s, p in cfg.scanners.items()},
+        {b.label: b.position for b in beacons.beacons if b.position is not None},
+        all_scanners=[s for z in presence.zones for s in z.scanners],
+        window_s=cfg.window_s, bucket_s=cfg.bucket_s, interval_s=cfg.interval_s)
+
+
 def presence_pipeline(cfg: PresenceConfig, beacons: Infrastructure,
-                      footfall_secret: bytes | None = None) -> PresencePipeline:
+                      footfall_secret: bytes | None = None, *,
+                      calibration: CalibrationConfig | None = None) -> PresencePipeline:
     """The pure pipeline as the config sets it up (for ``run`` and ``replay``)."""
     return PresencePipeline(
         presence_settings(cfg), EidResolver(), os.urandom, footfall_secret,
         infrastructure=beacons, footfall_period_s=cfg.footfall_period_s,
         occupancy_interval_s=cfg.occupancy_interval_s,
+        calibrator=calibrator(calibration, cfg, beacons) if calibration else None,
     )

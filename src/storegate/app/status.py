@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # keeps ``storegate --help`` from importing adapters and pres
     from storegate.adapters.mqtt_paho import PublisherStatus
     from storegate.adapters.serial_tap import SerialTapStatus
     from storegate.app.sim_store import SimSourceStatus
+    from storegate.core.presence.calibration import Calibrator
     from storegate.core.presence.pipeline import PipelineCounters
 
     SourceStatus: TypeAlias = BleSourceStatus | NodeSourceStatus | SimSourceStatus
@@ -163,6 +164,59 @@ class PresenceCounters:
                    visits_exited=_counts(d.get("visits_exited")))
 
 
+def _floats(value: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in _map(value).items()}
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationStatus:
+    """The live fit of the store's radio model (core/presence/calibration.py)."""
+
+    state: str  # no-plan | waiting | fitted
+    fitted_at: float | None
+    exponent: float | None
+    exponent_se: float | None
+    offsets_db: Mapping[str, float]  # per positioned scanner, mean zero
+    powers_dbm: Mapping[str, float]  # per positioned beacon, RSSI at 1 m
+    pairs: int
+    samples: int
+    censored_pairs: int  # heard near the scanner's floor: left out
+    residual_rms_db: float | None
+    downweighted_pairs: int
+    flags: tuple[str, ...]
+    uncalibrated: tuple[str, ...]  # scanners without a position
+    fits_total: int
+
+    @classmethod
+    def of(cls, c: Calibrator) -> CalibrationStatus:
+        f = c.fit
+        return cls(state=f.state, fitted_at=f.fitted_at, exponent=f.exponent,
+                   exponent_se=f.exponent_se, offsets_db=dict(f.offsets_db),
+                   powers_dbm=dict(f.powers_dbm), pairs=f.pairs, samples=f.samples,
+                   censored_pairs=c.censored_pairs, residual_rms_db=f.residual_rms_db,
+                   downweighted_pairs=f.downweighted_pairs, flags=tuple(f.flags()),
+                   uncalibrated=f.uncalibrated, fits_total=c.counters.fits)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CalibrationStatus:
+        return cls(state=str(d.get("state", "")), fitted_at=_opt_float(d.get("fitted_at")),
+                   exponent=_opt_float(d.get("exponent")),
+                   exponent_se=_opt_float(d.get("exponent_se")),
+                   offsets_db=_floats(d.get("offsets_db")),
+                   powers_dbm=_floats(d.get("powers_dbm")), pairs=int(d.get("pairs", 0)),
+                   samples=int(d.get("samples", 0)),
+                   censored_pairs=int(d.get("censored_pairs", 0)),
+                   residual_rms_db=_opt_float(d.get("residual_rms_db")),
+                   downweighted_pairs=int(d.get("downweighted_pairs", 0)),
+                   flags=tuple(str(x) for x in d.get("flags") or ()),
+                   uncalibrated=tuple(str(x) for x in d.get("uncalibrated") or ()),
+                   fits_total=int(d.get("fits_total", 0)))
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceStatus:
     """Presence: who is enrolled and present, and each advert source's own snapshot."""
@@ -175,6 +229,7 @@ class PresenceStatus:
     commands_applied: int
     errors_total: int
     sources: tuple[SourceStatus, ...]  # each advert source's own status
+    calibration: CalibrationStatus | None = None  # None: calibration off
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> PresenceStatus:
@@ -184,7 +239,9 @@ class PresenceStatus:
                    beacons_last_heard=_map(d.get("beacons_last_heard")),
                    commands_applied=int(d.get("commands_applied", 0)),
                    errors_total=int(d.get("errors_total", 0)),
-                   sources=_sources(d.get("sources")))
+                   sources=_sources(d.get("sources")),
+                   calibration=CalibrationStatus.from_json(d["calibration"])
+                   if isinstance(d.get("calibration"), Mapping) else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,9 @@ class PresenceHealth(Payload):
         description="Sources not delivering: a scan restarting, a silent scanner node.")
     enrolled: int = Field(ge=0, description="Consenting customers whose ids resolve here.")
     customers_present: int = Field(ge=0)
+    calibration: PresenceCalibration | None = Field(
+        default=None, description="The store's radio model fitted from its own zone "
+        "beacons; null when calibration is off.")
 
 
 class IdentitiesApplied(Payload):
@@ -622,3 +625,23 @@ class StaffViewed(Payload):
     fields: list[str] = Field(description="The profile fields shown (greeting_name, "
                               "tier, preferences, sizes, offers, pickup...).")
     viewed_at: Timestamp
+
+
+# --- presence calibration (issue 13, core/presence/calibration.py) ---------------------
+
+
+class PresenceCalibration(Payload):
+    """The live fit of the store's radio model: RSSI = P_beacon - 10·n·log10(d) +
+    offset_scanner, from the zone beacons at known places."""
+
+    state: Literal["no-plan", "waiting", "fitted"] = Field(
+        description="no-plan: no positioned scanner hears a positioned beacon; waiting: "
+        "not enough beacon adverts in the window yet.")
+    exponent: float | None = Field(description="Path-loss exponent n (1.6-4.5).")
+    offsets_db: dict[str, float] = Field(description="Receive offset per positioned "
+                                         "scanner, dB (mean zero).")
+    pairs: int = Field(ge=0, description="Scanner-beacon pairs in the fit.")
+    residual_rms_db: float | None = Field(description="Pair levels about the model.")
+    flags: list[str] = Field(description="at-bound:<parameter>, "
+                             "disagrees-with-recent-fits, exponent-not-identified.")
+    uncalibrated: list[str] = Field(description="Scanners without a position.")

@@ -115,9 +115,11 @@ class FloorPlan:
 
     def settings(self) -> PresenceSettings:
         """The gateway's presence settings: the zones and their scanners, every timing
-        and threshold at its default."""
+        and threshold at its default; the door zones flagged as entrances, as a store's
+        config says which of its zones is the entrance."""
         return PresenceSettings(zones=tuple(
-            Zone(z.id, tuple(s.name for s in self.scanners if s.zone == z.id))
+            Zone(z.id, tuple(s.name for s in self.scanners if s.zone == z.id),
+                 entrance=z.id in self.entrances)
             for z in self.zones))
 
     def infrastructure(self) -> tuple[Beacon, ...]:

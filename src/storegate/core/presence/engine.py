@@ -12,6 +12,9 @@ Per consenting customer (an Eddystone-EID resolved to a pseudonym):
   minimum (passers-by never count), ``dwelled`` at each threshold, ``exited`` after
   ``exit_after_s`` of absence with the exit time set to the last evidence, not to the
   moment the timeout fired.
+* **The door** (a zone configured ``entrance``): the store visit follows interior
+  evidence, not any sighting: see :meth:`PresenceEngine._door`. Entrance and transit
+  zones are passed through, never visited.
 
 Unresolved adverts never reach this engine as people: the caller counts them
 anonymously; nothing about them is kept here.
@@ -52,6 +55,12 @@ class VisitState:
     held_until: float | None  # a check-in holds it open until then
 
 
+# How long before the interior evidence a pass under the entrance scanner still dates
+# the entry: walking in and a first short stop, not an earlier walk past the window.
+DOOR_LOOKBACK_S = 120.0
+PENDING_ZONES = 4  # zone stays kept while a visit is being confirmed
+
+
 class _Samples:
     """Recent (time, RSSI) samples of one scanner, compact: a phone is heard by many
     scanners and a busy store tracks thousands of phones."""
@@ -89,6 +98,16 @@ class _Track:
     challenger: str | None = None
     challenger_since: float = 0.0
     evaluated: float = float("-inf")
+    # door mode (an entrance zone configured): the current run of interior evidence,
+    # the last of it, and the entrance's strongest moment (arriving, or leaving)
+    interior_since: float | None = None
+    interior_zone: str | None = None
+    # zone stays that ended while the visit was still being confirmed (a short first
+    # stop): said once the visit opens, with their own times (bounded)
+    pending_zones: list[_Visit] = field(default_factory=list)
+    last_inside: float = float("-inf")
+    door_peak: float = float("-inf")
+    door_peak_ts: float = float("-inf")
 
 
 class PresenceEngine:
@@ -120,15 +139,19 @@ class PresenceEngine:
         if q is None:
             q = track.samples[scanner] = _Samples()
         q.add(ts, rssi, self.settings.max_samples)
+        door = bool(self.settings.entrances)
         if ts - track.evaluated < self.settings.evaluate_every_s:
             # Within one evaluation step: the sample is kept, the decision waits. A
             # phone heard by many scanners would otherwise cost a full re-evaluation
             # per advert for no change in outcome.
-            if track.store is not None:
+            if track.store is not None and not door:
                 track.store.last = max(track.store.last, ts)
             return out
         track.evaluated = ts
         medians = self._strength(track, ts)
+        if door:
+            self._door(customer, track, medians, ts, out)
+            return out
         if not medians or max(medians.values()) < self.settings.inside_min_rssi_dbm:
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
             # being inside; an idle track is dropped by tick().
@@ -142,6 +165,99 @@ class PresenceEngine:
         if levels:  # no zone close enough: the current zone visit may time out
             self._assign_zone(customer, track, levels, ts, out)
         return out
+
+    def _door(self, customer: str, track: _Track, medians: dict[str, float], ts: float,
+              out: list[ev.EventDraft]) -> None:
+        """The store visit as a person at the door would judge it. The entrance scanner
+        hears the pavement as well as the doorway, so it never places a phone inside on
+        its own: inside means an interior zone heard about as strongly as the entrance
+        (both heard by the same phone: its unknown transmit power cancels). A visit opens
+        after ``entry_confirm_s`` of that, dated back to the phone's pass under the
+        entrance scanner (its strongest moment there); it ends ``outside_after_s`` after
+        the last interior evidence, dated to the pass under the entrance scanner on the
+        way out if there was one, else to that last evidence."""
+        st = self.settings
+        at_door = max((v for z, v in medians.items() if z in st.entrances), default=None)
+        inner = {z: v for z, v in medians.items() if z not in st.entrances}
+        interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
+        interior = inner[interior_zone] if interior_zone is not None else None
+        store = track.store
+        margin = st.interior_margin_db if store is None else st.stay_margin_db
+        inside = (interior is not None and interior >= st.inside_min_rssi_dbm
+                  and (at_door is None or interior >= at_door - margin))
+        lag = st.window_s / 2  # a window's median describes its middle, not its end
+        if inside and interior is not None and store is None \
+                and interior_zone != track.interior_zone:
+            # Pending a visit, the evidence must be one place: someone walking along the
+            # shop front is heard strongest by one front zone after another, a shopper
+            # stays in one. A challenger within the switch margin does not restart it.
+            held = track.interior_zone
+            if held is None or held not in inner or inner[held] + st.switch_margin_db <= interior:
+                track.interior_zone = interior_zone
+                track.interior_since = None
+        if inside:
+            if track.interior_since is None:
+                track.interior_since = ts
+            track.last_inside = ts
+            if store is None and ts - track.interior_since >= st.entry_confirm_s:
+                first = track.interior_since - lag
+                # Came in past the entrance scanner (maybe via a short first stop): dated
+                # to that pass. Not required: a pass lost in a fade must not lose the visit.
+                if track.door_peak_ts >= track.interior_since - DOOR_LOOKBACK_S:
+                    first = min(first, track.door_peak_ts - lag)
+                store = track.store = self._new_visit(None, first)
+            if store is not None:
+                store.last = max(store.last, ts - lag)
+                track.door_peak = float("-inf")  # the way out is measured from here
+        else:
+            track.interior_since = None
+            # at the door: the entrance scanner strongest of all (no interior one as strong)
+            passing = at_door is not None and at_door >= st.inside_min_rssi_dbm \
+                and (interior is None or at_door > interior)
+            if passing and at_door is not None and (
+                    at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
+                track.door_peak, track.door_peak_ts = at_door, ts
+        if store is not None:
+            self._progress(customer, store, st.min_presence_s, out)
+            if store.entered and track.pending_zones:
+                self._flush_pending(customer, track, out)
+        elif not inside:
+            if track.zone is not None:  # nothing said yet: kept if a visit opens after all
+                self._stash(track, track.zone)
+            track.zone = track.challenger = None
+            if ts - track.last_inside > DOOR_LOOKBACK_S:
+                track.pending_zones = []
+            return
+        # zones as always once in the store (pending a visit: candidates, from interior
+        # evidence only)
+        levels = {z: v for z, v in medians.items() if v >= self._floors[z]}
+        if levels:
+            self._assign_zone(customer, track, levels, ts, out)
+
+    def _door_exit(self, customer: str, track: _Track, now: float,
+                   out: list[ev.EventDraft]) -> None:
+        """Door mode: end the store visit once interior evidence is gone long enough (a
+        zone visit without its zone's evidence ends as it always did)."""
+        store = track.store
+        st = self.settings
+        zv = track.zone
+        if zv is not None and store is not None and now - zv.last >= st.exit_after_s \
+                and now >= zv.held_until:
+            self._close(customer, zv, out)
+            track.zone = None
+        if store is None or now - track.last_inside < st.outside_after_s \
+                or now < store.held_until:
+            return
+        if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
+            store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
+        if track.zone is not None:
+            track.zone.last = max(track.zone.first, min(track.zone.last, store.last))
+            self._close(customer, track.zone, out)
+            track.zone = None
+        self._close(customer, store, out)
+        track.store = None
+        track.interior_since = None
+        track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
 
     def _strength(self, track: _Track, now: float) -> dict[str, float]:
         """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
@@ -178,14 +294,32 @@ class PresenceEngine:
         start = track.challenger_since if track.challenger == leader else ts
         if track.zone is not None:
             track.zone.last = max(track.zone.first, min(track.zone.last, start))
-            self._close(customer, track.zone, out)
+            if track.store is None and self.settings.entrances:
+                self._stash(track, track.zone)
+            else:
+                self._close(customer, track.zone, out)
         track.zone = self._new_visit(leader, start)
         track.challenger = None
         self._progress(customer, track.zone, self.settings.zone_min_presence_s, out)
 
+    def _stash(self, track: _Track, v: _Visit) -> None:
+        if v.zone not in self.settings.transits \
+                and v.last - v.first >= self.settings.zone_min_presence_s:
+            track.pending_zones = [*track.pending_zones[-(PENDING_ZONES - 1):], v]
+
+    def _flush_pending(self, customer: str, track: _Track, out: list[ev.EventDraft]) -> None:
+        """The visit is entered: the zone stays of its confirmation, entered and exited."""
+        for v in track.pending_zones:
+            if track.store is not None and v.first >= track.store.first:
+                self._progress(customer, v, self.settings.zone_min_presence_s, out)
+                self._close(customer, v, out)
+        track.pending_zones = []
+
     def _progress(self, customer: str, v: _Visit, min_presence: float,
                   out: list[ev.EventDraft]) -> None:
         if v.zone is not None:  # a zone visit counts only inside an entered store visit
+            if v.zone in self.settings.transits:
+                return  # passed through, not visited
             store = self._tracks[customer].store
             if store is None or not store.entered:
                 return
@@ -208,7 +342,15 @@ class PresenceEngine:
         """Close visits whose evidence is older than ``exit_after_s``."""
         out: list[ev.EventDraft] = []
         gone: list[str] = []
+        door = bool(self.settings.entrances)
         for customer, track in self._tracks.items():
+            if door:
+                self._door_exit(customer, track, now, out)
+                if track.store is None and all(
+                        not q.ts or now - q.ts[-1] >= self.settings.exit_after_s
+                        for q in track.samples.values()):
+                    gone.append(customer)
+                continue
             if track.zone is not None and now - track.zone.last >= self.settings.exit_after_s \
                     and now >= track.zone.held_until:
                 self._close(customer, track.zone, out)
@@ -269,6 +411,7 @@ class PresenceEngine:
         store = track.store
         store.last = max(store.last, ts)
         store.held_until = max(store.held_until, ts + hold_s)
+        track.last_inside = max(track.last_inside, ts)  # door mode: a scan is inside
         self._progress(customer, store, 0.0, out)
         zv = track.zone
         if zv is None or zv.zone != zone:

@@ -40,6 +40,9 @@ class Beacon:
     eddystone_namespace: str | None = None  # lower-case hex
     eddystone_instance: str | None = None
     altbeacon_id: str | None = None  # lower-case hex, 20 bytes
+    # metres on the store's floor plan, (x, y) or (x, y, z): a zone beacon at a known
+    # place calibrates the scanners that hear it (core/presence/calibration.py)
+    position: tuple[float, ...] | None = None
 
 
 class Infrastructure:

@@ -16,6 +16,7 @@ from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, EddystoneEid, decode_eddystone
 from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.payloads import VisitEntered, VisitExited
+from storegate.core.presence.calibration import Calibrator
 from storegate.core.presence.engine import PresenceEngine
 from storegate.core.presence.footfall import OCCUPANCY_S, PERIOD_S, Footfall
 from storegate.core.presence.infrastructure import Infrastructure
@@ -58,7 +59,8 @@ class PresencePipeline:
                  rand: Callable[[int], bytes], footfall_secret: bytes | None = None, *,
                  infrastructure: Infrastructure | None = None,
                  footfall_period_s: float = PERIOD_S,
-                 occupancy_interval_s: float = OCCUPANCY_S) -> None:
+                 occupancy_interval_s: float = OCCUPANCY_S,
+                 calibrator: Calibrator | None = None) -> None:
         self.settings = settings
         self.resolver = resolver
         self.engine = PresenceEngine(settings, rand)
@@ -66,6 +68,8 @@ class PresencePipeline:
                                  occupancy_s=occupancy_interval_s)
         self.infrastructure = infrastructure or Infrastructure(())
         self.beacons_last_heard: dict[str, float] = {}  # infrastructure label -> ts
+        # fed the positioned beacons' adverts; the engine does not read its fit yet
+        self.calibrator = calibrator
         self.counters = PipelineCounters()
         self._next_tick = float("-inf")
 
@@ -86,6 +90,8 @@ class PresencePipeline:
             if beacon is not None:
                 c.infrastructure[beacon.kind] = c.infrastructure.get(beacon.kind, 0) + 1
                 self.beacons_last_heard[beacon.label] = a.ts
+                if self.calibrator is not None and beacon.position is not None:
+                    self.calibrator.observe(a.scanner, beacon.label, a.rssi, a.ts)
                 return out
         out += self.footfall.observe(a.address, a.scanner, a.rssi, a.ts)  # anonymously
         eddy = a.service_data.get(EDDYSTONE_UUID)
@@ -112,6 +118,8 @@ class PresencePipeline:
         self.counters.count_visits(out)
         out += self.footfall.flush(now)
         out += self.footfall.occupancy(now, self.engine.present())
+        if self.calibrator is not None:
+            self.calibrator.tick(now)  # re-fits every interval_s, O(pairs)
         return out
 
     def close(self, now: float) -> list[ev.EventDraft]:

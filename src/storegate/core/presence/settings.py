@@ -10,6 +10,14 @@ class Zone:
     id: str
     scanners: tuple[str, ...]
     min_rssi_dbm: float = -80.0  # closer than this to count (a checkout lane wants more)
+    # A door zone: its scanners also hear the pavement, so they alone never place a phone
+    # inside the store; and it is passed through, never visited.
+    entrance: bool = False
+    transit: bool = False  # passed through (a corridor): never a zone visit of its own
+
+    @property
+    def passed_through(self) -> bool:
+        return self.entrance or self.transit
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +35,26 @@ class PresenceSettings:
     min_samples: int = 3  # fewer samples in the window: that scanner does not count
     switch_margin_db: float = 4.0  # a challenger zone must be this much stronger...
     switch_hold_s: float = 3.0  # ...for this long, to take over (no flapping)
+    # With an entrance zone configured, the store visit follows interior evidence: an
+    # interior zone heard at least about as strongly as the entrance (within this margin;
+    # a comparison between scanners cancels the phone's unknown transmit power)...
+    interior_margin_db: float = 0.0
+    stay_margin_db: float = 6.0  # once inside, the margin widens (no door flapping)
+    # ...in one zone for this long opens a visit (dated back to the door): longer than
+    # walking past a front zone or glancing in; it delays the event, not its time
+    entry_confirm_s: float = 30.0
+    # no interior evidence for this long: outside (the exit is dated back to the last
+    # evidence); long enough to ride out a deep fade without splitting the visit
+    outside_after_s: float = 12.0
     scanner_zone: dict[str, str] = field(init=False, default_factory=dict)
+    entrances: frozenset[str] = field(init=False, default=frozenset())
+    transits: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         for z in self.zones:
             for s in z.scanners:
                 self.scanner_zone[s] = z.id
+        # frozen: set once here, derived from the zones
+        object.__setattr__(self, "entrances", frozenset(z.id for z in self.zones if z.entrance))
+        object.__setattr__(self, "transits",
+                           frozenset(z.id for z in self.zones if z.passed_through))

@@ -1,0 +1,187 @@
+"""The store visit as a person at the door would judge it (issue 13): with an entrance
+zone configured, only interior evidence opens a visit, losing it ends the visit at the
+last inside evidence, and transit zones are passed through, never visited.
+
+Timings are taken from the settings (fractions and multiples of them), never a tuned
+number of one store; the levels are scripted, the same for every scanner's gain."""
+
+from __future__ import annotations
+
+from storegate.app.presence_files import presence_settings
+from storegate.config import PresenceConfig
+from storegate.core import events as ev
+from storegate.core.presence.engine import PresenceEngine
+from storegate.core.presence.settings import PresenceSettings, Zone
+from storegate.sim.stores import generate
+
+T0 = 1_795_000_000.0
+STEP = 0.5  # a phone advertising twice a second
+SETTINGS = PresenceSettings(zones=(
+    Zone("entrance", ("s-door",), entrance=True),
+    Zone("corridor", ("s-corr",), transit=True),
+    Zone("checkout-1", ("s-c1",)), Zone("checkout-2", ("s-c2",)),
+    Zone("checkout-3", ("s-c3",)), Zone("produce", ("s-prod",))))
+S = SETTINGS
+Script = list[tuple[float, dict[str, int]]]  # (seconds from T0, scanner -> RSSI) per step
+
+
+def engine(settings: PresenceSettings = SETTINGS) -> PresenceEngine:
+    counter = iter(range(10**9))
+    return PresenceEngine(settings, lambda n: next(counter).to_bytes(n, "big"))
+
+
+def stretch(start: float, seconds: float, levels: dict[str, int]) -> Script:
+    n = round(seconds / STEP)
+    return [(start + i * STEP, levels) for i in range(n)]
+
+
+def run(e: PresenceEngine, script: Script, until: float, customer: str = "c-1") -> (
+    list[tuple[float, ev.EventDraft]]
+):
+    """Events with the time they were emitted."""
+    out: list[tuple[float, ev.EventDraft]] = []
+    next_tick = float("-inf")
+    for dt, levels in script:
+        ts = T0 + dt
+        if ts >= next_tick:
+            out += [(ts, d) for d in e.tick(ts)]
+            next_tick = ts + 1.0
+        for scanner, rssi in levels.items():
+            out += [(ts, d) for d in e.observe(customer, scanner, rssi, ts)]
+    t = T0 + (script[-1][0] if script else 0.0)
+    while t < T0 + until:
+        t += 1.0
+        out += [(t, d) for d in e.tick(t)]
+    return out
+
+
+def store_events(out: list[tuple[float, ev.EventDraft]], t: ev.EventType) -> (
+    list[tuple[float, ev.EventDraft]]
+):
+    return [(at, d) for at, d in out if d.type is t and d.data.zone is None]  # type: ignore[attr-defined]
+
+
+def at(stamp: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def shopper(inside_s: float, after: Script | None = None) -> tuple[Script, float, float]:
+    """Pavement, under the entrance scanner, then ``inside_s`` in produce; then ``after``.
+    Returns the script, the moment under the door scanner and the last inside moment."""
+    script = stretch(0, 8, {"s-door": -80, "s-c1": -85})  # walking up on the pavement
+    script += stretch(8, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})  # the doorway
+    door_pass = 9.5
+    script += stretch(11, inside_s, {"s-prod": -60, "s-door": -75, "s-c1": -72})
+    last_inside = 11 + inside_s - STEP
+    if after:
+        script += [(last_inside + STEP + dt, lv) for dt, lv in after]
+    return script, door_pass, last_inside
+
+
+def test_a_phone_only_heard_by_the_entrance_never_opens_a_visit() -> None:
+    """Standing outside the door for minutes, heard strongest (even strongly) by the
+    entrance scanner alone: the entrance hears the pavement, it is no evidence of inside."""
+    e = engine()
+    script = stretch(0, 300, {"s-door": -62, "s-c1": -80})
+    out = run(e, script, until=400)
+    assert out == []
+    assert e.tracked == 0  # dropped once silent
+
+
+def test_walking_along_the_shop_front_is_no_visit() -> None:
+    """Each front zone leads in turn, for less than the entry confirmation each."""
+    part = 0.6 * S.entry_confirm_s
+    script = stretch(0, part, {"s-c1": -65, "s-door": -80})
+    script += stretch(part, part, {"s-c2": -65, "s-c1": -78, "s-door": -80})
+    script += stretch(2 * part, part, {"s-c3": -65, "s-c2": -78, "s-door": -82})
+    assert part * 3 > S.min_presence_s  # long enough to have been a visit by presence alone
+    assert run(engine(), script, until=3 * part + 60) == []
+
+
+def test_entry_needs_interior_evidence_and_is_dated_to_the_door() -> None:
+    script, door_pass, _ = shopper(inside_s=3 * S.entry_confirm_s)
+    out = run(engine(), script, until=200)
+    (emitted, entered), = store_events(out, ev.VISIT_ENTERED)
+    entered_at = at(entered.data.entered_at) - T0  # type: ignore[attr-defined]
+    # not the first pavement sighting (t=0), not when the evidence was confirmed, but
+    # the pass under the entrance scanner (its window's middle)
+    assert 0 < entered_at <= door_pass
+    assert door_pass - entered_at <= S.window_s
+    assert emitted - T0 >= 11 + S.entry_confirm_s  # confirmed by interior evidence first
+
+
+def test_exit_on_loss_of_interior_evidence_while_still_heard_from_the_pavement() -> None:
+    """After leaving, the phone stays audible from the pavement for two minutes: the
+    visit ends when interior evidence is gone, dated to the last of it, not to silence."""
+    pavement = stretch(0, 2, {"s-door": -58, "s-prod": -78})  # out through the door
+    pavement += stretch(2, 120, {"s-door": -78, "s-c1": -84, "s-prod": -90})
+    script, _, last_inside = shopper(inside_s=2 * S.entry_confirm_s, after=pavement)
+    out = run(engine(), script, until=400)
+    (emitted, exited), = store_events(out, ev.VISIT_EXITED)
+    exited_at = at(exited.data.exited_at) - T0  # type: ignore[attr-defined]
+    assert abs(exited_at - last_inside) <= S.window_s  # last inside evidence or the doorway
+    assert emitted - T0 <= last_inside + S.outside_after_s + S.window_s  # noticed, not timed out
+    assert emitted - T0 < last_inside + 60  # long before the phone went silent
+
+
+def test_a_short_loss_of_interior_evidence_does_not_split_the_visit() -> None:
+    gap = stretch(0, 0.5 * S.outside_after_s, {"s-door": -80})  # a deep fade in produce
+    gap += stretch(0.5 * S.outside_after_s, 60, {"s-prod": -60, "s-door": -75})
+    script, _, _ = shopper(inside_s=2 * S.entry_confirm_s, after=gap)
+    out = run(engine(), script, until=400)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert len(store_events(out, ev.VISIT_EXITED)) == 1
+
+
+def test_entrance_and_transit_zones_are_passed_through_not_visited() -> None:
+    corridor = stretch(0, 4 * S.zone_min_presence_s, {"s-corr": -58, "s-door": -80})
+    script, _, _ = shopper(inside_s=3 * S.zone_min_presence_s + S.entry_confirm_s,
+                           after=corridor)
+    out = run(engine(), script, until=600)
+    zones = {d.data.zone for _, d in out}  # type: ignore[attr-defined]
+    assert "produce" in zones  # a zone with a dwell is visited
+    assert "entrance" not in zones
+    assert "corridor" not in zones  # however long the dwell
+
+
+def test_without_an_entrance_zone_the_store_visit_is_as_before() -> None:
+    """No zone flagged: a phone strong at any zone's scanner is inside (today's rule)."""
+    plain = PresenceSettings(zones=(Zone("entrance", ("s-door",)), Zone("produce", ("s-prod",))))
+    out = run(engine(plain), stretch(0, 60, {"s-door": -62}), until=120)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert {d.data.zone for _, d in out} == {None, "entrance"}  # type: ignore[attr-defined]
+
+
+def test_config_flags_reach_the_engine_settings() -> None:
+    cfg = PresenceConfig.model_validate({"zones": [
+        {"id": "door", "scanners": ["a"], "entrance": True},
+        {"id": "hall", "scanners": ["b"], "transit": True},
+        {"id": "dairy", "scanners": ["c"]}]})
+    s = presence_settings(cfg)
+    assert s.entrances == frozenset({"door"})
+    assert s.transits == frozenset({"door", "hall"})
+
+
+def test_a_generated_store_flags_its_door_zones_as_entrances() -> None:
+    store = generate(1000)
+    s = store.plan.settings()
+    assert s.entrances == frozenset(store.plan.entrances)
+    assert s.entrances and all(z.startswith("entrance") for z in s.entrances)
+
+
+def test_a_first_stop_shorter_than_the_confirmation_is_still_a_zone_visit() -> None:
+    """The visit is confirmed in the second zone; the first stay, long enough to be a
+    zone visit, is said once the visit opens, with its own times."""
+    first = (S.zone_min_presence_s + S.entry_confirm_s) / 2
+    assert S.zone_min_presence_s < first < S.entry_confirm_s
+    second = stretch(0, 3 * S.entry_confirm_s, {"s-c2": -60, "s-prod": -78, "s-door": -80})
+    script, _, last_in_produce = shopper(inside_s=first, after=second)
+    out = run(engine(), script, until=600)
+    produce = [d for _, d in out if d.data.zone == "produce"]  # type: ignore[attr-defined]
+    assert [d.type for d in produce] == [ev.VISIT_ENTERED, ev.VISIT_EXITED]
+    exited_at = at(produce[1].data.exited_at) - T0  # type: ignore[attr-defined]
+    assert abs(exited_at - last_in_produce) <= S.switch_hold_s + S.window_s
+    assert {d.data.zone for _, d in out} == {None, "produce", "checkout-2"}  # type: ignore[attr-defined]
+    (_, entered), = store_events(out, ev.VISIT_ENTERED)
+    assert at(entered.data.entered_at) - T0 < 11  # type: ignore[attr-defined]
