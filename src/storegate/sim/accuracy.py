@@ -8,13 +8,17 @@ store visit) and their intervals overlap. Latencies compare when an event was *e
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from storegate.core import events as ev
 from storegate.core import payloads as p
+from storegate.core.ble.capture import Advert
 from storegate.core.ble.eid import EidResolver
+from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
+from storegate.core.presence.settings import PresenceSettings
 from storegate.sim.store import Interval, Simulation, adverts
 
 
@@ -51,13 +55,23 @@ class Accuracy:
 
 def run_pipeline(sim: Simulation, seed: int = 2) -> tuple[list[tuple[float, ev.EventDraft]], int]:
     """Feed the simulation's adverts through a pipeline; events with emission times."""
+    return replay(sim, sim.settings(), adverts(sim, seed))
+
+
+def replay(sim: Simulation, settings: PresenceSettings, stream: Iterable[Advert],
+           infrastructure: Infrastructure | None = None) -> (
+        tuple[list[tuple[float, ev.EventDraft]], int]):
+    """``stream`` through a pipeline with ``settings`` and the simulation's customers
+    enrolled, ticked a minute past its end; events with emission times, and how many
+    adverts it read."""
     resolver = EidResolver()
     resolver.enroll_all(sim.identities(), sim.start)
     counter = iter(range(1 << 62))
-    pipe = PresencePipeline(sim.settings(), resolver, lambda n: next(counter).to_bytes(n, "big"))
+    pipe = PresencePipeline(settings, resolver, lambda n: next(counter).to_bytes(n, "big"),
+                            infrastructure=infrastructure)
     out: list[tuple[float, ev.EventDraft]] = []
     now = sim.start
-    for a in adverts(sim, seed):
+    for a in stream:
         now = max(now, a.ts)
         out += [(now, d) for d in pipe.feed(a)]
     t = now

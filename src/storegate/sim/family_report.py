@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from storegate.core import events as ev
-from storegate.core.ble.eid import EidResolver
 from storegate.core.presence.infrastructure import Infrastructure
-from storegate.core.presence.pipeline import PresencePipeline
-from storegate.sim.accuracy import Accuracy, evaluate, predicted_visits
+from storegate.sim.accuracy import Accuracy, evaluate, predicted_visits, replay
 from storegate.sim.stores import FULL, LINGERER, FamilyStore, StoreSize, adverts, generate
 
 TUNE_SEEDS: Final = range(1000, 1100)
@@ -116,23 +114,8 @@ def run_pipeline(store: FamilyStore, advert_seed: int | None = None) -> (
 ):
     """The store's adverts through a pipeline built from its plan (zones, scanners,
     beacons) with every other setting at its default; events with emission times."""
-    sim = store.sim
-    resolver = EidResolver()
-    resolver.enroll_all(sim.identities(), sim.start)
-    counter = iter(range(1 << 62))
-    pipe = PresencePipeline(store.plan.settings(), resolver,
-                            lambda n: next(counter).to_bytes(n, "big"),
-                            infrastructure=Infrastructure(store.plan.infrastructure()))
-    out: list[tuple[float, ev.EventDraft]] = []
-    now = sim.start
-    for a in adverts(store, advert_seed):
-        now = max(now, a.ts)
-        out += [(now, d) for d in pipe.feed(a)]
-    t = now
-    while t < sim.end + 60:
-        t += 1.0
-        out += [(t, d) for d in pipe.tick(t)]
-    return out, pipe.counters.adverts
+    return replay(store.sim, store.plan.settings(), adverts(store, advert_seed),
+                  Infrastructure(store.plan.infrastructure()))
 
 
 def _timestamp_errors(store: FamilyStore, events: list[tuple[float, ev.EventDraft]]) -> (
