@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID
@@ -46,6 +47,26 @@ DEMO_ZONES: tuple[SimZone, ...] = (
     SimZone("clothing", 20, 6, 30, 12),
     SimZone("checkout", 10, 0, 30, 6, min_rssi_dbm=-75.0),
 )
+
+
+class Fading(Protocol):
+    @property
+    def fade_rate_per_s(self) -> float: ...
+    @property
+    def fade_db(self) -> tuple[float, float]: ...
+    @property
+    def fade_s(self) -> tuple[float, float]: ...
+
+
+def fade_depth(fades: dict[tuple[str, str], tuple[float, float]], link: tuple[str, str],
+               t: float, step: float, *, radio: Fading, rng: random.Random) -> float:
+    """dB a link loses at ``t`` to a deep fade: one starts at ``fade_rate_per_s`` and
+    lasts ``fade_s`` (``fades`` holds each link's until and depth)."""
+    until, depth = fades.get(link, (0.0, 0.0))
+    if t >= until and rng.random() < radio.fade_rate_per_s * step:
+        until, depth = t + rng.uniform(*radio.fade_s), rng.uniform(*radio.fade_db)
+        fades[link] = (until, depth)
+    return depth if t < until else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +221,7 @@ def adverts(sim: Simulation, seed: int = 2) -> Iterator[Advert]:
             for scanner, (sx, sy) in sim.scanners.items():
                 d = max(math.hypot(pos[0] - sx, pos[1] - sy), 0.5)
                 rssi = r.p1m_dbm - 10 * r.path_loss_n * math.log10(d) + rng.gauss(0, r.noise_db)
-                link = (person.id, scanner)
-                until, depth = fades.get(link, (0.0, 0.0))
-                if t >= until and rng.random() < r.fade_rate_per_s * step:
-                    until, depth = t + rng.uniform(*r.fade_s), rng.uniform(*r.fade_db)
-                    fades[link] = (until, depth)
-                if t < until:
-                    rssi -= depth
+                rssi -= fade_depth(fades, (person.id, scanner), t, step, radio=r, rng=rng)
                 if rssi < r.sensitivity_dbm or rng.random() < r.loss:
                     continue
                 yield Advert(ts=round(t + rng.uniform(0, 0.05), 4), scanner=scanner,

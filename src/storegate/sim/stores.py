@@ -32,7 +32,7 @@ from storegate.core.ble.decoders import APPLE, EDDYSTONE_UUID
 from storegate.core.ble.eid import Identity, compute_eid
 from storegate.core.presence.infrastructure import Beacon
 from storegate.core.presence.settings import PresenceSettings, Zone
-from storegate.sim.store import Interval, Person, Radio, Simulation, SimZone
+from storegate.sim.store import Interval, Person, Radio, Simulation, SimZone, fade_depth
 
 START: Final = 1_795_000_000.0
 PHONE_P1M_DBM: Final = -59.0  # a typical phone's RSSI at 1 m; each phone is off by +-6 dB
@@ -490,13 +490,7 @@ def adverts(store: FamilyStore, seed: int | None = None) -> Iterator[Advert]:
             d = max(math.hypot(pos[0] - sx, pos[1] - sy), 0.5)
             rssi = (p1m + offset - 10 * r.path_loss_n * log10(d) - outside
                     + rng.gauss(0, r.noise_db))
-            link = (eid, name)
-            until, depth = fades.get(link, (0.0, 0.0))
-            if t >= until and rng.random() < r.fade_rate_per_s * step:
-                until, depth = t + rng.uniform(*r.fade_s), rng.uniform(*r.fade_db)
-                fades[link] = (until, depth)
-            if t < until:
-                rssi -= depth
+            rssi -= fade_depth(fades, (eid, name), t, step, radio=r, rng=rng)
             if rssi < r.sensitivity_dbm or rng.random() < r.loss:
                 continue
             yield Advert(ts=round(t + rng.uniform(0, 0.05), 4), scanner=name, address=address,
