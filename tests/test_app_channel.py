@@ -40,6 +40,8 @@ from storegate.app.http.app_channel import (
 )
 from storegate.app.http.hub import Hub, Message
 from storegate.app.http.server import build_app
+from storegate.app.redemption import IssuedToken
+from storegate.core.personal.offers import Decision
 from storegate.core.personal.registry import Registry
 from storegate.core.personal.tokens import TokenSigner
 from tests import test_personal as tp
@@ -430,7 +432,13 @@ def test_the_personal_flow_feeds_offer_redemption_and_pickup(tmp_path: Path) -> 
     hub = Hub()
     channel = AppChannel(inbox, hub, box.registry, tz=ZoneInfo("Europe/Moscow"),
                          wall_clock=lambda: tp.T0)
-    box.svc.on_offer = channel.on_offer
+    record = box.svc.on_offer  # the test box keeps the tokens too
+
+    def on_offer(decision: Decision, token: IssuedToken) -> None:
+        if record is not None:
+            record(decision, token)
+        channel.on_offer(decision, token)
+    box.svc.on_offer = on_offer
 
     async def flow() -> list[Message]:
         sub = hub.subscribe(topic(tp.CUSTOMER))

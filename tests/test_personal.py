@@ -85,7 +85,7 @@ class Box:
             self.cfg, self.registry, stitcher=Stitcher(
                 self.cfg.stitching.settings(), {}, self.registry.customer_of_loyalty),
             emit=self.out.extend, wall_clock=lambda: T0)
-        self.svc.on_issued = lambda _c, tok: self.tokens.append(tok)
+        self.svc.on_offer = lambda _d, tok: self.tokens.append(tok)
 
     def know(self, *records: CustomerRecord) -> None:
         self.registry.apply(CustomersChange("upsert", records, {}, (), None), T0)

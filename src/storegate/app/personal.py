@@ -170,11 +170,9 @@ class PersonalService:
         # at a lane, token states) and each customers change (profiles, pickups).
         self.on_processed: Callable[[Sequence[ev.EventDraft]], None] | None = None
         self.on_registry_changed: Callable[[], None] | None = None
-        # The token's text (what the QR code carries) is in no event: it reaches the
-        # customer's phone through this hook (the app channel, issue 12).
-        self.on_issued: Callable[[str, IssuedToken], None] | None = None
-        # The app channel (app/app_channel.py) takes the whole decision beside the
-        # token: the offer's content (title, text, image, discount) is in no event either.
+        # The token's text (what the QR code carries) and the offer's content (title,
+        # text, image, discount) are in no event: they reach the customer's phone through
+        # this hook (the app channel, app/app_channel.py), with the whole decision.
         self.on_offer: Callable[[Decision, IssuedToken], None] | None = None
         # observable state (counters since start; no ids)
         self.issued_total = 0
@@ -607,8 +605,6 @@ class PersonalService:
             return None
         self.engine.record(dec, token.token_id)
         self.issued_total += 1
-        if self.on_issued is not None:
-            self.on_issued(dec.customer, token)
         if self.on_offer is not None:
             self.on_offer(dec, token)
         return decision_draft(dec, token.token_id)
