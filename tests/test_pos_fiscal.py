@@ -39,9 +39,12 @@ from storegate.sim.fiscal import (
     atol_item,
     shtrih_cancel,
     shtrih_close,
+    shtrih_close_v2,
     shtrih_discount,
+    shtrih_frame,
     shtrih_reply,
     shtrih_sale,
+    shtrih_sale_v2,
     stx_etx_frame,
 )
 
@@ -170,6 +173,38 @@ def test_shtrih_return_surcharge_and_longer_text() -> None:
     assert p.feed(ENQ + frame, T) == [FiscalItem(long_name, 1000, 100, T, 1, False, 0x80)]
 
 
+def test_shtrih_v2_operation_and_close_of_fiscal_storage_registers() -> None:
+    """FF46 / FF45 as the vendor's javapos_shtrih sends them (FSPrintRecItem,
+    FSCloseReceipt): two command bytes, quantity in millionths, an explicit or
+    register-computed line sum, 16 payment types, a rounding in kopecks."""
+    sale = shtrih_sale_v2("Молоко", 2000, 8990)
+    # STX LEN FF 46 password(4) op(1) qty(6) price(5) sum(5) tax(5) rate dept method subj
+    assert sale[:4] == bytes((0x02, 2 + 4 + 1 + 6 + 5 + 5 + 5 + 4 + 40, 0xFF, 0x46))
+    assert sale[8] == 1 and int.from_bytes(sale[9:15], "little") == 2_000_000
+    weighed = shtrih_sale_v2("Сыр", 1254, 12900, sum_minor=16177, department=2)
+    back = shtrih_sale_v2("Брак", 1000, 999, is_return=True)
+    close = shtrih_close_v2({1: 20000, 2: 3000, 13: 2167, 15: 100}, rounding_minor=7,
+                            text="спасибо")
+    p = ShtrihM()
+    out = p.feed(ENQ + sale + ENQ + weighed + ENQ + back + ENQ + close, T)
+    assert out == [
+        FiscalItem("Молоко", 2000, 8990, T, 1, False, 0xFF46),
+        FiscalItem("Сыр", 1254, 12900, T, 2, False, 0xFF46, amount_minor=16177),
+        FiscalItem("Брак", 1000, 999, T, 1, True, 0xFF46),
+        FiscalClose((("cash", 20000), ("card", 3000), ("card", 2167), ("other", 100)), T, 7,
+                    "спасибо", 0xFF45)]
+    assert p.rejected == {}
+    # the register refuses the next sale: its two-byte reply carries the error code
+    assert p.feed(ENQ + sale + shtrih_frame(0xFF46, bytes((0x33,))), T) == [
+        FiscalItem("Молоко", 2000, 8990, T, 1, False, 0xFF46), FiscalRejected(0xFF46, 0x33, T)]
+    # an expense (operation 3) is no sale
+    expense = bytearray(sale)
+    expense[8] = 3
+    expense[-1] = xor8(bytes(expense[1:-1]))
+    assert p.feed(ENQ + bytes(expense), T) == []
+    assert p.rejected == {"error-reply": 1, "ignored-operation": 1}
+
+
 def test_shtrih_retransmission_versus_the_same_item_sold_again() -> None:
     sale = shtrih_sale("Хлеб", 1000, 4500)
     p = ShtrihM()
@@ -262,7 +297,10 @@ def test_shtrih_noise_before_and_inside_frames() -> None:
 
 # -- ATOL v3 --------------------------------------------------------------------------
 
-ATOL_CANCEL_BY_HAND = bytes.fromhex("fe 01 00 01 59 83")  # CRC8(01 59) = 83
+# A cancel as atol4j sends it: access password 00 00, then the command 0x59
+ATOL_CANCEL_BY_HAND = bytes.fromhex("fe 03 00 01 00 00 59") + bytes((crc8_bitwise(
+    bytes.fromhex("01 00 00 59")),))
+PW = b"\x00\x00"
 
 
 def hand_atol(packet_id: int, data: bytes) -> bytes:
@@ -274,37 +312,52 @@ def hand_atol(packet_id: int, data: bytes) -> bytes:
 
 
 def test_atol_hand_vectors() -> None:
+    """Layouts of kurbatov/atol4j (ItemRegistrationCommand, CloseBillCommand,
+    CancelBillCommand; CashRegister.execute puts the password before every command)."""
     p = AtolV3()
     assert p.feed(ATOL_CANCEL_BY_HAND, T) == [FiscalCancel(T, 0x59)]
     assert atol_frame(1, atol_cancel()) == ATOL_CANCEL_BY_HAND
     # id 0xFE and 0xFD are stuffed
-    frame = hand_atol(0xFE, b"\x59")
-    assert frame[:5] == bytes.fromhex("fe 01 00 fd ee")
+    frame = hand_atol(0xFE, PW + b"\x59")
+    assert frame[:5] == bytes.fromhex("fe 03 00 fd ee")
     assert atol_frame(0xFE, atol_cancel()) == frame
     assert p.feed(frame, T) == [FiscalCancel(T, 0x59)]
-    assert p.feed(hand_atol(0xFD, b"\x59"), T) == [FiscalCancel(T, 0x59)]
-    # an item: name cp866, price 1234.56 and qty 1.5 in BCD, department 3
-    item = (b"\xe6\x00" + "Сыр ▓".encode("cp866").ljust(64, b" ") + bytes.fromhex("000000123456")
-            + bytes.fromhex("000000001500") + b"\x03")
-    assert atol_item("Сыр ▓", 1500, 123456, department=3) == (
-        item[:2] + "Сыр ▓".encode("cp866").ljust(64, b"\0") + item[66:])
-    assert p.feed(hand_atol(7, item), T) == [FiscalItem("Сыр ▓", 1500, 123456, T, 3, False, 0xE6)]
+    assert p.feed(hand_atol(0xFD, PW + b"\x59"), T) == [FiscalCancel(T, 0x59)]
+    # an item: name cp866, price 1234.56 (6 BCD), qty 1.5 (5 BCD), type 1, a discount of
+    # 10.00 (sign 0), tax 2, section 3, padded to 104 bytes
+    item = (b"\xe6\x02" + "Сыр ▓".encode("cp866").ljust(64, b"\0")
+            + bytes.fromhex("000000123456") + bytes.fromhex("0000001500") + b"\x01\x00"
+            + bytes.fromhex("000000001000") + b"\x02\x03" + b"\x00" * 17)
+    assert len(item) == 104
+    assert atol_item("Сыр ▓", 1500, 123456, department=3, discount_minor=1000, tax=2) == item
+    assert p.feed(hand_atol(7, PW + item), T) == [
+        FiscalItem("Сыр ▓", 1500, 123456, T, 3, False, 0xE6), FiscalDiscount(1000, T, 0xE6)]
+    surcharge = atol_item("Сыр", 1000, 500, discount_minor=-50)
+    assert p.feed(atol_frame(8, surcharge), T)[1] == FiscalDiscount(-50, T, 0xE6)
     # a long packet: LEN over 127 takes both 7-bit halves
-    long_item = item + b"\x00" * 100
-    assert hand_atol(8, long_item)[1:3] == bytes((len(long_item) & 0x7F, len(long_item) >> 7))
-    assert p.feed(hand_atol(8, long_item), T) == [
-        FiscalItem("Сыр ▓", 1500, 123456, T, 3, False, 0xE6)]
+    long_item = PW + item + b"\x00" * 100
+    assert hand_atol(9, long_item)[1:3] == bytes((len(long_item) & 0x7F, len(long_item) >> 7))
+    assert p.feed(hand_atol(9, long_item), T)[0] == FiscalItem("Сыр ▓", 1500, 123456, T, 3,
+                                                               False, 0xE6)
+    # a close: tender 1 cash, 2 electronic; a sum of 0 is "the receipt's sum"
+    assert p.feed(hand_atol(10, PW + bytes.fromhex("4a 00 02 00 00 01 00 00")), T) == [
+        FiscalClose((("card", 10000),), T, command=0x4A)]
+    assert p.feed(atol_frame(11, atol_close(0, tender=1)), T) == [
+        FiscalClose((), T, command=0x4A, rest="cash")]
     assert p.rejected == {}
+    # the same command without its password is not read as a command
+    assert p.feed(hand_atol(12, b"\x59"), T) == []
+    assert p.rejected == {"bad-length": 1}
 
 
 def test_atol_receipt_with_add_task_wrapper() -> None:
     stream = b"".join((
         atol_frame(0x10, atol_item("Молоко", 1500, 8990), task_id=1),
         atol_frame(0x11, atol_item("Хлеб", 1000, 70000), task_id=2),
-        atol_frame(0x12, b"\xc2\x01"),  # some other transport command
-        atol_frame(0x13, atol_close(83485, tender=0), task_id=3),
-        atol_frame(0x14, atol_close(1000, tender=1)),
-        atol_frame(0x15, atol_close(5, tender=7)),
+        atol_frame(0x12, b"\xc2\x01", password=None),  # a transport command (ack)
+        atol_frame(0x13, atol_close(83485, tender=1), task_id=3),
+        atol_frame(0x14, atol_close(1000, tender=2)),
+        atol_frame(0x15, atol_close(5, tender=5)),
         atol_frame(0x16, atol_cancel(), task_id=4),
     ))
     expected: list[Frame] = [
@@ -338,7 +391,7 @@ def test_atol_bad_crc_cut_frames_bad_escape_and_bad_bcd() -> None:
     bad_crc[-1] ^= 0x01
     cut = atol_frame(3, atol_item("Вода", 1000, 5002))[:40]
     bad_escape = bytes.fromhex("fe 01 00 fd 00 59 00")
-    bad_bcd = hand_atol(4, b"\x4a\x00\x00" + bytes.fromhex("000000001a"))
+    bad_bcd = hand_atol(4, PW + b"\x4a\x00\x01" + bytes.fromhex("000000001a"))
     p = AtolV3()
     out = p.feed(b"\x00\xfd\x13" + bytes(bad_crc) + cut + bad_escape + bad_bcd + good, T)
     assert out == [FiscalItem("Вода", 1000, 5000, T, 1, False, 0xE6)]
@@ -523,8 +576,9 @@ def atol_ops(draw: st.DrawFn) -> tuple[bytes, Frame]:
     elif kind == "close":
         amount, tender = draw(money), draw(st.integers(0, 255))
         cmd = atol_close(amount, tender)
-        tender_kind: TenderKind = "cash" if tender == 0 else "card" if tender == 1 else "other"
-        frame = FiscalClose(((tender_kind, amount),) if amount else (), T, command=0x4A)
+        tender_kind: TenderKind = "cash" if tender == 1 else "card" if tender == 2 else "other"
+        frame = FiscalClose(((tender_kind, amount),), T, command=0x4A) if amount else \
+            FiscalClose((), T, command=0x4A, rest=tender_kind)
     else:
         cmd, frame = atol_cancel(), FiscalCancel(T, 0x59)
     return cmd, frame

@@ -214,7 +214,13 @@ encoding = "cp1251"
     capture = subprocess.Popen(
         [sys.executable, "-m", "storegate", "pos", "capture", "lane-2", str(cap), "-c",
          str(cfg), "--duration", "4"], cwd=REPO, env=env(), stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # a positive signal that the capture reads the line (not a fixed sleep: a loaded
+    # machine starts the process slower): ENQ polls, harmless to the decode, until one
+    # is recorded
+    deadline = time.monotonic() + 20
+    while not (cap.exists() and cap.stat().st_size) and time.monotonic() < deadline:
+        register.write(b"\x05")
+        time.sleep(0.05)
     register.write(stream)
     _, err = capture.communicate(timeout=30)
     assert capture.returncode == 0, err

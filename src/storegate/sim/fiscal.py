@@ -33,10 +33,12 @@ def _text(text: str, size: int, encoding: str, pad: bytes = b"\x00") -> bytes:
 
 
 def shtrih_frame(cmd: int, data: bytes) -> bytes:
-    """``STX LEN CMD DATA LRC``; LRC = XOR of LEN..DATA."""
-    if len(data) + 1 > 0xFF:
-        raise ValueError("Shtrih-M frames carry at most 254 data bytes")
-    body = bytes((len(data) + 1, cmd)) + data
+    """``STX LEN CMD DATA LRC``; LRC = XOR of LEN..DATA. A two-byte command (``FF xx``)
+    is sent high byte first and counted in LEN."""
+    code = cmd.to_bytes(2 if cmd > 0xFF else 1, "big")
+    if len(data) + len(code) > 0xFF:
+        raise ValueError("Shtrih-M frames carry at most 255 command and data bytes")
+    body = bytes((len(data) + len(code),)) + code + data
     return bytes((shtrih_m.STX,)) + body + bytes((xor8(body),))
 
 
@@ -79,6 +81,34 @@ def shtrih_discount(amount_minor: int, text: str = "", password: int = DEFAULT_P
     return shtrih_frame(shtrih_m.SURCHARGE if surcharge else shtrih_m.DISCOUNT, data)
 
 
+def shtrih_sale_v2(name: str, quantity_milli: int, price_minor: int, department: int = 1, *,
+                   is_return: bool = False, sum_minor: int | None = None,
+                   password: int = DEFAULT_PASSWORD, tax_rate: int = 1, method: int = 4,
+                   subject: int = 1) -> bytes:
+    """0xFF46 Operation V2 (fiscal storage registers): quantity in millionths; without
+    ``sum_minor`` the register computes price x quantity (FF..FF)."""
+    data = (_password(password) + bytes((2 if is_return else 1,))
+            + _uint(quantity_milli * 1000, 6, "quantity") + _uint(price_minor, 5, "price")
+            + (_uint(sum_minor, 5, "sum") if sum_minor is not None else b"\xff" * 5)
+            + b"\xff" * 5 + bytes((tax_rate,)) + _uint(department, 1, "department")
+            + bytes((method, subject)) + _text(name, 40, shtrih_m.TEXT_ENCODING))
+    return shtrih_frame(shtrih_m.SALE_V2, data)
+
+
+def shtrih_close_v2(sums: dict[int, int], *, rounding_minor: int = 0,
+                    password: int = DEFAULT_PASSWORD, text: str = "") -> bytes:
+    """0xFF45 Close receipt V2: ``sums`` by payment type 1..16 (1 cash, 2-13 electronic,
+    14 prepayment, 15 credit, 16 counter-provision), rounding in kopecks."""
+    if not set(sums) <= set(range(1, 17)):
+        raise ValueError("payment types are 1..16")
+    data = (_password(password)
+            + b"".join(_uint(sums.get(k, 0), 5, "sum") for k in range(1, 17))
+            + _uint(rounding_minor, 1, "rounding") + b"\x00" * 30 + b"\x01"
+            + _text(text, min(len(text.encode(shtrih_m.TEXT_ENCODING)), 64),
+                    shtrih_m.TEXT_ENCODING))
+    return shtrih_frame(shtrih_m.CLOSE_V2, data)
+
+
 def shtrih_cancel(password: int = DEFAULT_PASSWORD) -> bytes:
     """0x88 Cancel the open receipt."""
     return shtrih_frame(shtrih_m.CANCEL, _password(password))
@@ -106,12 +136,13 @@ def _stuff(raw: bytes) -> bytes:
 
 
 def atol_frame(packet_id: int, command: bytes, *, task_id: int | None = None,
-               task_flags: int = 0) -> bytes:
-    """``FE LEN0 LEN1 ID DATA CRC8``, stuffed; with ``task_id`` the command is wrapped in
-    an "add task" (``C1 flags task-id command``)."""
-    data = command
+               task_flags: int = 0, password: bytes | None = b"\x00\x00") -> bytes:
+    """``FE LEN0 LEN1 ID DATA CRC8``, stuffed. The device command goes after the access
+    ``password`` (2 BCD bytes, as every ATOL command; None: a transport command, which
+    has none); with ``task_id`` it is wrapped in an "add task" (``C1 flags task-id``)."""
+    data = command if password is None else password + command
     if task_id is not None:
-        data = bytes((atol.ADD_TASK, task_flags, task_id)) + command
+        data = bytes((atol.ADD_TASK, task_flags, task_id)) + data
     if len(data) >= 1 << 14:
         raise ValueError("ATOL v3 data is at most 16383 bytes")
     body = bytes((packet_id,)) + data
@@ -120,15 +151,19 @@ def atol_frame(packet_id: int, command: bytes, *, task_id: int | None = None,
 
 
 def atol_item(name: str, quantity_milli: int, price_minor: int, department: int = 1,
-              flags: int = 0) -> bytes:
-    """Device command 0xE6, item registration (our documented layout)."""
+              flags: int = 2, *, discount_minor: int = 0, tax: int = 0) -> bytes:
+    """Device command 0xE6, item registration, laid out as atol4j sends it (104 bytes):
+    a negative ``discount_minor`` is a surcharge."""
     return (bytes((atol.ITEM, flags)) + _text(name, atol.NAME_LEN, atol.TEXT_ENCODING)
-            + _bcd(price_minor, 6, "price") + _bcd(quantity_milli, 6, "quantity")
-            + _uint(department, 1, "department"))
+            + _bcd(price_minor, 6, "price") + _bcd(quantity_milli, 5, "quantity")
+            + bytes((1, 0 if discount_minor >= 0 else 1))
+            + _bcd(abs(discount_minor), 6, "discount") + _uint(tax, 1, "tax")
+            + _uint(department, 1, "department") + b"\x00" * 17)
 
 
-def atol_close(sum_minor: int, tender: int = 0, flags: int = 0) -> bytes:
-    """Device command 0x4A, close receipt: tender 0 cash, 1 card, other values other."""
+def atol_close(sum_minor: int, tender: int = 1, flags: int = 0) -> bytes:
+    """Device command 0x4A, close receipt: tender 1 cash, 2 electronic, 3 prepayment,
+    4 credit, 5 other; a sum of 0 is "the receipt's sum"."""
     return bytes((atol.CLOSE, flags, tender)) + _bcd(sum_minor, 5, "sum")
 
 

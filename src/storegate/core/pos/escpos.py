@@ -28,6 +28,10 @@ FS: Final = 0x1C
 DLE: Final = 0x10
 LF: Final = 0x0A
 MAX_LINE: Final = 1024  # characters; longer is not a receipt line
+# lines of one job; a stream that never cuts (a journal, noise at the wrong baud rate)
+# would otherwise grow a job without bound until the idle flush: the rest is dropped and
+# the job counted once as "job-too-long"
+MAX_JOB_LINES: Final = 2000
 MAX_IMAGE: Final = 4 * 1024 * 1024  # declared image bytes beyond this: noise, not an image
 MAX_QR: Final = 7089  # QR capacity
 
@@ -68,6 +72,7 @@ class _Job:
     qr: list[str] = field(default_factory=list)
     barcodes: list[str] = field(default_factory=list)
     started_at: float | None = None
+    over: bool = False  # MAX_JOB_LINES reached: further lines are dropped
 
 
 class EscPos:
@@ -163,7 +168,13 @@ class EscPos:
         line = "".join(raw.decode(codec, "replace") for raw, codec in self._segments)
         self._segments = []
         self._line_len = 0
-        self._job.lines.append(line.rstrip())
+        job = self._job
+        if len(job.lines) >= MAX_JOB_LINES:
+            if not job.over:
+                job.over = True
+                self._reject("job-too-long")
+            return
+        job.lines.append(line.rstrip())
 
     def _end_job(self, at: float, *, cut: bool, out: list[Frame]) -> None:
         if self._segments:

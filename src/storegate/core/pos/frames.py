@@ -66,6 +66,8 @@ class FiscalItem:
     department: int = 0
     is_return: bool = False
     command: int = 0  # the register's command code, for matching an error reply
+    amount_minor: int | None = None  # the line's sum when the command carries it (else
+    # price x quantity, rounded half up, as registers compute it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,8 @@ class FiscalClose:
     text: str = ""
     command: int = 0
     discount_percent_centi: int = 0  # a receipt discount in 0.01 % (Shtrih-M 0x85)
+    rest: TenderKind | None = None  # this tender covers what the others leave of the
+    # total (ATOL 0x4A with a sum of 0: "the sum of the receipt")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,9 @@ integer minor units throughout.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from storegate.core import events as ev
@@ -46,13 +46,29 @@ from storegate.core.pos.frames import (
     Scanned,
     TenderKind,
 )
-from storegate.core.pos.template import ParsedReceipt, Template
+from storegate.core.pos.template import ParsedReceipt, Template, arithmetic
 from storegate.core.pseudonyms import WITHHELD, Kind, PersonalData
 
 Source = Literal["printer", "fiscal"]
 STALE_S: Final = 30 * 60.0  # an open transaction idle this long is abandoned
 SEEN_RECEIPTS: Final = 1000  # remembered per lane to recognise repeats
 _PRICE: Final = re.compile(r"\d+[.,]\d{2}\s*$")
+# The share of recent receipts whose items add up to their total, per lane: a printer
+# firmware update or a new till layout shows as a fall. Over the last ADDS_UP_WINDOW
+# receipts, once at least ADDS_UP_MIN were read; the alert rises below ALERT_BELOW and
+# clears at CLEAR_AT (hysteresis: one bad receipt in a good stream does not flap it).
+ADDS_UP_WINDOW: Final = 50
+ADDS_UP_MIN: Final = 10
+ALERT_BELOW: Final = 0.8
+UNREADABLE_AMOUNTS: Final = 3  # a job with this many amounts and nothing read counts
+_AMOUNT: Final = re.compile(r"\d[.,]\d{2}(?!\d)")
+CLEAR_AT: Final = 0.95
+# what a lane refuses to read on a receipt, with the words the log says once per lane
+REFUSED_ON_RECEIPTS: Final = {
+    "receipt-line-too-long": "a printed line too long to be a receipt's was not read",
+    "receipt-lines-dropped": "a printed job too long to be a receipt: its rest was not read",
+    "card-number-lines": "a line with a card number was skipped (never published)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,27 @@ class LaneAssembler:
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.counters: dict[str, int] = {}
         self._count = Rejections(self.counters)
+        self._adds_up: deque[bool] = deque(maxlen=ADDS_UP_WINDOW)
+        self.layout_alert = False  # the share fell below ALERT_BELOW (a layout change?)
+
+    @property
+    def adds_up_share(self) -> float | None:
+        """Of the last ADDS_UP_WINDOW receipts, the share whose items add up to the total;
+        None until ADDS_UP_MIN were read."""
+        if len(self._adds_up) < ADDS_UP_MIN:
+            return None
+        return sum(self._adds_up) / len(self._adds_up)
+
+    def _record(self, adds_up: bool) -> None:
+        self._adds_up.append(adds_up)
+        share = self.adds_up_share
+        if share is None:
+            return
+        if not self.layout_alert and share < ALERT_BELOW:
+            self.layout_alert = True
+            self._count("layout-alerts")
+        elif self.layout_alert and share >= CLEAR_AT:
+            self.layout_alert = False
 
     def _open(self, at: float) -> _Txn:
         t = self._txn
@@ -160,6 +197,17 @@ class LaneAssembler:
             self._count("no-template")
             return []
         r = self.settings.template.parse(job.lines)
+        # bounded, counted, never silent: lines too long to be a receipt's, lines past a
+        # receipt's length, card-number lines (never items, never published)
+        for reason, n in (("receipt-line-too-long", r.long_lines),
+                          ("receipt-lines-dropped", r.dropped_lines),
+                          ("card-number-lines", r.card_lines),
+                          ("bad-amounts", r.bad_amounts)):
+            if n:
+                self._count(reason, n)
+        if r.total_minor is not None and r.total_minor < 0 \
+                and sum(i.amount_minor for i in r.items) < 0:
+            r = as_return(r)  # a refund printed with negative amounts ("TOTAL -9.60")
         fiscal = next((s for s in map(parse_fiscal_qr, job.qr) if s is not None), None)
         if r.copy:
             self._count("reprint")
@@ -168,6 +216,11 @@ class LaneAssembler:
             return self._voided(r.receipt, job.at, "cancelled on the receipt")
         if not r.items and r.total_minor is None and fiscal is None:
             self._count("not-a-receipt")  # X/Z reports, slips, test prints
+            if sum(1 for line in job.lines if _AMOUNT.search(line)) >= UNREADABLE_AMOUNTS:
+                # amounts the template read none of: a receipt in a layout it no longer
+                # knows, most likely (a rare report among receipts barely moves the share)
+                self._count("unreadable-receipt")
+                self._record(False)
             return []
         return self._completed_from_text(r, job, fiscal)
 
@@ -181,19 +234,20 @@ class LaneAssembler:
         items = [p.LineItem(name=i.name, quantity_milli=i.quantity_milli,
                             unit_price_minor=i.unit_price_minor, amount_minor=i.amount_minor,
                             discount_minor=i.discount_minor) for i in r.items]
-        discount = r.discount_minor
-        computed = sum(i.amount_minor - i.discount_minor for i in items) - discount
-        total = r.total_minor if r.total_minor is not None else (
-            fiscal.total_minor if fiscal is not None else computed)
-        mismatch = computed != total or (fiscal is not None and fiscal.total_minor != total)
+        check = arithmetic(r, fiscal.total_minor if fiscal is not None else None)
+        total = check.total_minor if check.total_minor is not None else check.computed_minor
+        mismatch = check.computed_minor != total or (
+            fiscal is not None and fiscal.total_minor != total)
         receipt = r.receipt or (fiscal.fd if fiscal is not None else None) \
             or f"{self.settings.lane}-{int(job.at * 1000)}"
-        kind: Literal["sale", "return"] = "return" if fiscal is not None \
-            and fiscal.operation in (2, 4) else "sale"
+        # the calculation sign printed (ВОЗВРАТ ПРИХОДА) or the fiscal QR's operation
+        kind: Literal["sale", "return"] = "return" if r.is_return or (
+            fiscal is not None and fiscal.operation in (2, 4)) else "sale"
         return self._completed(t, receipt, job.at, items=items, tenders=r.tenders,
-                               discount=discount, total=total, mismatch=mismatch,
+                               discount=r.discount_minor, total=total, mismatch=mismatch,
                                operator=r.cashier, loyalty=r.loyalty, fiscal=fiscal,
-                               kind=kind, source="printer")
+                               kind=kind, source="printer", tax=r.tax_added_minor,
+                               adds_up=check.adds_up)
 
     # --- fiscal register -----------------------------------------------------------
 
@@ -236,21 +290,26 @@ class LaneAssembler:
             return []
         items = [p.LineItem(name=i.name, quantity_milli=i.quantity_milli,
                             unit_price_minor=i.price_minor,
-                            amount_minor=_extend(i.price_minor, i.quantity_milli))
+                            amount_minor=i.amount_minor if i.amount_minor is not None
+                            else _extend(i.price_minor, i.quantity_milli))
                  for i in t.items]
         subtotal = sum(i.amount_minor for i in items) - sum(d.amount_minor for d in t.discounts)
         # a percentage discount on the close: of the subtotal, rounded half up, as registers
         percent = (subtotal * f.discount_percent_centi + 5000) // 10000
         discount = sum(d.amount_minor for d in t.discounts) + f.discount_minor + percent
         total = sum(i.amount_minor for i in items) - discount
-        tendered = sum(amount for _, amount in f.tenders)
+        tenders = list(f.tenders)
+        if f.rest is not None:  # "the receipt's sum": what the other tenders leave
+            tenders.append((f.rest, max(total - sum(a for _, a in tenders), 0)))
+        tendered = sum(amount for _, amount in tenders)
         kind: Literal["sale", "return"] = "return" if all(i.is_return for i in t.items) \
             else "sale"
         return self._completed(
             t, f"{self.settings.lane}-{int(f.at * 1000)}", f.at, items=items,
-            tenders=list(f.tenders), discount=max(discount, 0), total=total,
+            tenders=tenders, discount=max(discount, 0), total=total,
             mismatch=tendered < total or discount < 0, operator=None, loyalty=None,
-            fiscal=None, kind=kind, source="fiscal")
+            fiscal=None, kind=kind, source="fiscal",
+            adds_up=tendered >= total and discount >= 0)
 
     # --- output --------------------------------------------------------------------
 
@@ -258,7 +317,7 @@ class LaneAssembler:
                    tenders: list[tuple[TenderKind, int]], discount: int, total: int,
                    mismatch: bool, operator: str | None, loyalty: str | None,
                    fiscal: p.FiscalSign | None, kind: Literal["sale", "return"],
-                   source: Source) -> list[ev.EventDraft]:
+                   source: Source, adds_up: bool, tax: int = 0) -> list[ev.EventDraft]:
         key = (receipt, total)
         if self._txn is t:
             self._txn = None
@@ -271,11 +330,13 @@ class LaneAssembler:
         if mismatch:
             self._count("totals-mismatch")
         self._count("purchases")
+        self._record(adds_up)
         data = p.PurchaseCompleted(
             receipt=receipt, lane=self.settings.lane, kind=kind, source=source,
             transaction_id=t.id, operator=self._personal("operator", operator), items=items,
             tenders=[p.Tender(kind=k, amount_minor=a) for k, a in tenders],
-            discount_minor=discount, total_minor=total, currency=self.settings.currency,
+            discount_minor=discount, tax_minor=tax, total_minor=total,
+            currency=self.settings.currency,
             loyalty_id=self._personal("loyalty", loyalty or t.loyalty),
             offer_tokens=list(t.offers), fiscal=fiscal,
             first_item_at=ev.rfc3339(t.first_item_at) if t.first_item_at is not None
@@ -304,6 +365,19 @@ class LaneAssembler:
                                 reason=reason, transaction_id=t.id if t else None)
         return [ev.EventDraft(ev.PURCHASE_VOIDED,
                               f"receipt/{self.settings.lane}/{receipt or 'open'}", at, data)]
+
+
+def as_return(r: ParsedReceipt) -> ParsedReceipt:
+    """A receipt printed with a negative total (US and EU refunds: "TOTAL  9.60-") as
+    the return it is: amounts positive, kind return, as a fiscal ВОЗВРАТ ПРИХОДА is
+    published. Discounts and taxes are read as magnitudes already."""
+    out = replace(r, items=[replace(i, amount_minor=-i.amount_minor,
+                                    unit_price_minor=abs(i.unit_price_minor))
+                            for i in r.items],
+                  tenders=[(k, -a) for k, a in r.tenders], is_return=True,
+                  total_minor=-r.total_minor if r.total_minor is not None else None,
+                  subtotal_minor=-r.subtotal_minor if r.subtotal_minor is not None else None)
+    return out
 
 
 def _extend(price_minor: int, quantity_milli: int) -> int:

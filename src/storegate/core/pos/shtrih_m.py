@@ -17,7 +17,22 @@ Requests understood (``LEN`` of the request layout in brackets):
   exposed (``discount_minor`` stays 0);
 * 0x86 Discount / 0x87 Surcharge [54]: password(4) sum(5) taxes(4) text(40) ->
   :class:`FiscalDiscount` (a surcharge as a negative amount);
-* 0x88 Cancel receipt [5]: password(4) -> :class:`FiscalCancel`.
+* 0x88 Cancel receipt [5]: password(4) -> :class:`FiscalCancel`;
+* 0xFF46 Operation V2 [32 + text 0..128] (registers with a fiscal storage, FFD 1.05+):
+  password(4) operation(1: 1 sale, 2 return of sale, 3 expense, 4 return of expense)
+  qty(6, millionths) price(5) sum(5; FF…FF: price x qty by the register) tax(5)
+  tax rate(1) department(1) payment method(1) subject(1) name(0-128) ->
+  :class:`FiscalItem` (operations 3 and 4 are counted ``ignored-operation``);
+* 0xFF45 Close receipt V2 [118 + text 0..64]: password(4) sum1..sum16 (5 each: 1 cash,
+  2-13 electronic, 14 prepayment, 15 credit, 16 counter-provision) rounding(1, kopecks)
+  taxes 1-6 (5 each) tax system(1) text -> :class:`FiscalClose` (the rounding as its
+  discount).
+
+Two-byte commands (``FF xx``) carry both bytes in ``CMD`` and ``LEN``. Layouts checked
+for issue 16 against oleg-golovanov/pyshtrih (``commands.py``: 0x80-0x88, text at least
+40 bytes) and the vendor's shtrih-m/javapos_shtrih (``FSPrintRecItem.java`` FF46,
+``FSCloseReceipt.java`` FF45); before it, FF46/FF45 were ``ignored-command``, so a
+register driven by a current driver gave no purchases at all.
 
 A text field longer than 40 bytes (later firmware) is read to the end of the frame.
 Frames of any other command are well-formed traffic we do not need: counted as
@@ -40,7 +55,8 @@ dropped and the bytes after its STX are searched again.
 
 Counted in ``rejected``: ``noise`` (bytes skipped while hunting for a start, including
 those of a frame dropped for its LRC or its timeout), ``bad-lrc``, ``bad-length``,
-``timeout``, ``duplicate``, ``unmatched-reply``, ``error-reply``, ``ignored-command``.
+``timeout``, ``duplicate``, ``unmatched-reply``, ``error-reply``, ``ignored-command``,
+``ignored-operation`` (an FF46 expense or return of expense).
 """
 
 from __future__ import annotations
@@ -71,6 +87,9 @@ CLOSE: Final = 0x85
 DISCOUNT: Final = 0x86
 SURCHARGE: Final = 0x87
 CANCEL: Final = 0x88
+SALE_V2: Final = 0xFF46
+CLOSE_V2: Final = 0xFF45
+_NO_SUM: Final = 0xFF_FFFF_FFFF  # FF46: "the register computes price x quantity"
 
 TEXT_ENCODING: Final = "cp1251"
 _TEXT_LEN: Final = 40
@@ -82,8 +101,12 @@ REQUEST_LEN: Final[dict[int, int]] = {
     DISCOUNT: 1 + 4 + 5 + 4 + _TEXT_LEN,
     SURCHARGE: 1 + 4 + 5 + 4 + _TEXT_LEN,
     CANCEL: 1 + 4,
+    SALE_V2: 2 + 4 + 1 + 6 + 5 + 5 + 5 + 1 + 1 + 1 + 1,
+    CLOSE_V2: 2 + 4 + 16 * 5 + 1 + 6 * 5 + 1,
 }
 _TENDERS: Final[tuple[TenderKind, ...]] = ("cash", "card", "other", "other")
+_TENDERS_V2: Final[tuple[TenderKind, ...]] = ("cash", *(("card",) * 12), "other", "other",
+                                              "other")
 
 
 def _text(raw: bytes) -> str:
@@ -173,6 +196,8 @@ class ShtrihM(TimedBuffer):
             self._count("bad-length")
             return
         cmd = frame[1]
+        if cmd == 0xFF and length >= 2:  # a two-byte command
+            cmd = 0xFF00 | frame[2]
         layout = REQUEST_LEN.get(cmd)
         if layout is None:
             self._count("ignored-command")
@@ -186,8 +211,15 @@ class ShtrihM(TimedBuffer):
         self._last_request = frame
         self._last_reply = None
         self._pending = cmd
-        data = frame[2:-1]  # password(4) first
-        if cmd in (SALE, RETURN):
+        data = frame[2 if cmd <= 0xFF else 3:-1]  # password(4) first
+        if cmd == SALE_V2:
+            self._sale_v2(data, now, out)
+        elif cmd == CLOSE_V2:
+            out.append(FiscalClose(
+                tenders=tuple((_TENDERS_V2[k], a) for k in range(16)
+                              if (a := _le(data[4 + 5 * k:9 + 5 * k]))),
+                at=now, discount_minor=data[84], text=_text(data[116:]), command=cmd))
+        elif cmd in (SALE, RETURN):
             out.append(FiscalItem(
                 name=_text(data[19:]),
                 quantity_milli=_le(data[4:9]),
@@ -211,8 +243,21 @@ class ShtrihM(TimedBuffer):
         else:
             out.append(FiscalCancel(now, cmd))
 
+    def _sale_v2(self, data: bytes, now: float, out: list[Frame]) -> None:
+        operation = data[4]
+        if operation not in (1, 2):
+            self._count("ignored-operation")
+            return
+        amount = _le(data[16:21])
+        out.append(FiscalItem(
+            name=_text(data[30:]), quantity_milli=(_le(data[5:11]) + 500) // 1000,
+            price_minor=_le(data[11:16]), at=now, department=data[27],
+            is_return=operation == 2, command=SALE_V2,
+            amount_minor=None if amount == _NO_SUM else amount))
+
     def _reply(self, frame: bytes, cmd: int, now: float, out: list[Frame]) -> None:
-        if frame[0] < 2:  # not even an error code
+        at = 2 if cmd <= 0xFF else 3  # the error code, after the command's byte(s)
+        if frame[0] < at:  # not even an error code
             self._count("bad-length")
             return
         if frame == self._last_reply:
@@ -223,7 +268,7 @@ class ShtrihM(TimedBuffer):
             return
         self._pending = None
         self._last_reply = frame
-        error = frame[2]
+        error = frame[at]
         if error:
             self._count("error-reply")
             out.append(FiscalRejected(cmd, error, now))
