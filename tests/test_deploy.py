@@ -4,6 +4,10 @@ shipped config (logins, ACLs, TLS, Debian's main config) is tests/test_broker_ac
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +15,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from storegate.adapters.sd_notify import Notifier
+from storegate.app.gateway import Gateway
+from storegate.config import load
+from storegate.core.clock import clock_problem
+from storegate.errors import ClockError
+from tests.support.gateway_proc import env, write_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
@@ -107,3 +117,104 @@ def test_bridge_forwards_events_and_status_but_never_raw_adverts(tmp_path: Path)
         sub.close()
         store.kill()
         central.kill()
+
+
+# --- systemd: Type=notify from the gateway's loop; the clock; the unit's budgets ------------
+
+
+def _notify_socket(tmp_path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(30)
+    return sock
+
+
+def _until(sock: socket.socket, word: str, seen: list[str]) -> None:
+    while not any(word in m for m in seen):
+        seen.append(sock.recv(4096).decode())
+
+
+def test_a_gateway_under_systemd_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    """`storegate run` as storegate.service starts it (NOTIFY_SOCKET, WATCHDOG_USEC): a
+    real process, a real datagram socket, a real broker."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    cfg = write_config(tmp_path / "store.toml", port=broker.port,
+                       storage=tmp_path / "data" / "outbox.db")
+    # storage.status_file on the runtime directory, as deploy/storegate.example.toml
+    cfg.write_text(cfg.read_text().replace(
+        "[storage]\n", f'[storage]\nstatus_file = "{tmp_path / "run" / "status.json"}"\n'))
+    (tmp_path / "run").mkdir()
+    sock = _notify_socket(tmp_path)
+    e = env()
+    e.update(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="400000")
+    proc = subprocess.Popen([sys.executable, "-m", "storegate", "--log-format", "json", "run",
+                             "--config", str(cfg)], cwd=REPO, env=e,
+                            stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        _until(sock, "READY=1", seen)
+        wait_for((tmp_path / "run" / "status.json").exists, 10,
+                 "the status file on the runtime directory")
+        assert not (tmp_path / "data" / "outbox.db.status.json").exists()
+        before = len(seen)
+        _until(sock, "WATCHDOG=1", seen)  # from the loop, every WATCHDOG_USEC / 2
+        seen.append(sock.recv(4096).decode())  # and again: it keeps coming
+        assert sum("WATCHDOG=1" in m for m in seen[before:]) >= 2
+        proc.send_signal(signal.SIGTERM)
+        _until(sock, "STOPPING=1", seen)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+        broker.kill()
+    ready = next(m for m in seen if "READY=1" in m)
+    assert "STATUS=running" in ready
+    assert not (tmp_path / "run" / "status.json").exists()  # removed at stop
+
+
+def test_no_notify_socket_means_no_notifications() -> None:
+    n = Notifier(environ={})
+    assert not n.enabled and n.watchdog_s is None and not n.ready("x")
+
+
+def test_watchdog_for_another_pid_is_not_ours(tmp_path: Path) -> None:
+    sock = _notify_socket(tmp_path)
+    try:
+        env_ = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+        assert Notifier(environ=env_).watchdog_s == 1.0
+        assert Notifier(environ={**env_, "WATCHDOG_PID": "1"}).watchdog_s is None
+        assert Notifier(environ=env_).stopping("draining")
+        assert sock.recv(100) == b"STOPPING=1\nSTATUS=draining"
+    finally:
+        sock.close()
+
+
+def test_a_clock_from_1970_is_refused_loudly(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    cfg = load(write_config(tmp_path / "store.toml", port=1,
+                            storage=tmp_path / "data" / "outbox.db"), environ={})
+    gateway = Gateway(cfg, wall_clock=lambda: 12.5)  # a Pi booted without its clock
+    with pytest.raises(ClockError, match="1970-01-01 00:00:12 UTC") as err:
+        gateway.start()
+    assert err.value.exit_code == 4  # not 2: systemd restarts it until the clock is set
+    assert "timedatectl" in caplog.text
+    assert not cfg.storage.path.exists()  # nothing opened, nothing stamped 1970
+    assert clock_problem(1_800_000_000.0) is None
+
+
+def test_the_unit_covers_the_drain_and_restarts() -> None:
+    unit = (REPO / "deploy" / "systemd" / "storegate.service").read_text()
+    settings = dict(ln.split("=", 1) for ln in unit.splitlines()
+                    if "=" in ln and not ln.startswith("#"))
+    example = (REPO / "deploy" / "storegate.example.toml").read_text()
+    assert "shutdown_drain_s = 10 " in example
+    drain = 10
+    assert int(settings["TimeoutStopSec"]) >= 2 * drain + 20
+    assert settings["Type"] == "notify" and int(settings["WatchdogSec"]) > 0
+    assert settings["Restart"] == "always" and settings["RestartPreventExitStatus"] == "2"
+    assert settings["RuntimeDirectory"] == "storegate"
+    assert "/opt/storegate/venv/bin/storegate" in settings["ExecStart"]
+    assert "SupplementaryGroups" not in settings  # install.sh adds the groups that exist
