@@ -30,7 +30,10 @@ Measured:
    asyncio loop, httptools, no access log) in the same run: the ratio.
 4. RSS of the whole gateway process: idle, then with all of that connected.
 
-The load generator is a separate process (a keep-alive HTTP/1.1 client on raw asyncio
+Arrivals are stamped as each WebSocket message or SSE chunk is read, and parsed only
+when looked at: 50 screens get each till frame at once, and parsing every frame on
+receipt stamped the later screens (and a phone behind them) late by the others'
+parsing. The load generator is a separate process (a keep-alive HTTP/1.1 client on raw asyncio
 streams, on uvloop when installed: httpx costs ~10x the CPU per request and would
 measure itself); its CPU use and the server's are reported, so it is visible which
 side was saturated. The WebSocket and SSE clients live in this process, idle during
@@ -251,24 +254,35 @@ def gc_pauses(path: Path) -> dict[str, Any]:
 
 
 class Watched:
-    """Frames stamped on arrival; ``first(pred, start)`` waits for the first from index
-    ``start`` that matches, and returns its arrival time."""
+    """Frames stamped on arrival, parsed later: ``first(pred, start)`` waits for the
+    first from index ``start`` that matches, and returns its arrival time. The text is
+    kept as it came and parsed only when asked: 50 screens get each frame at once,
+    and parsing each on receipt would stamp the later ones late by the others'
+    parsing (the bench measuring itself)."""
 
     def __init__(self) -> None:
-        self.frames: list[tuple[float, float, dict[str, Any]]] = []  # perf, wall, frame
+        self.frames: list[tuple[float, float, str]] = []  # perf, wall, JSON text
+        self._parsed: dict[int, dict[str, Any]] = {}
         self._wake: asyncio.Future[None] | None = None
 
-    def push(self, frame: dict[str, Any]) -> None:
-        self.frames.append((time.perf_counter(), time.time(), frame))
+    def push(self, text: str, perf: float, wall: float) -> None:
+        self.frames.append((perf, wall, text))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+
+    def frame(self, i: int) -> tuple[float, float, dict[str, Any]]:
+        perf, wall, text = self.frames[i]
+        parsed = self._parsed.get(i)
+        if parsed is None:
+            parsed = self._parsed[i] = json.loads(text)
+        return perf, wall, parsed
 
     async def first(self, pred: Callable[[dict[str, Any]], bool],
                     start: int = 0) -> tuple[float, float, dict[str, Any]]:
         i = start
         while True:
             while i < len(self.frames):
-                hit = self.frames[i]
+                hit = self.frame(i)
                 i += 1
                 if pred(hit[2]):
                     return hit
@@ -277,7 +291,8 @@ class Watched:
 
 
 class Phone(Watched):
-    """A customer's app on the WebSocket; its frames are the offers pushed to it."""
+    """A customer's app on the WebSocket; its frames are the offers pushed to it
+    (stamped as the message is handed over, keep-alives left out unparsed)."""
 
     def __init__(self, customer: str) -> None:
         super().__init__()
@@ -298,14 +313,14 @@ class Phone(Watched):
         with contextlib.suppress(ConnectionClosed):  # reported: still_connected
             async with ws:
                 async for text in ws:
-                    message = json.loads(text)
-                    if message.get("kind") == "offer":
-                        self.push(message)
+                    perf, wall = time.perf_counter(), time.time()
+                    if '"kind":"offer"' in text:
+                        self.push(str(text), perf, wall)
 
 
 class Till(Watched):
     """A till screen on SSE (a raw socket: HTTP/1.1, chunked); its frames are the
-    lane's states."""
+    lane's states, stamped when their chunk is read."""
 
     def __init__(self, cookie: str, lane: str = "lane-1") -> None:
         super().__init__()
@@ -323,12 +338,13 @@ class Till(Watched):
             if int(head[9:12]) != 200:
                 raise RuntimeError(f"till stream: {head[:100]!r}")
             while size := int((await reader.readline()).strip() or b"0", 16):
+                perf, wall = time.perf_counter(), time.time()  # the chunk is here
                 buffer += (await reader.readexactly(size + 2))[:-2].decode()
                 while "\n\n" in buffer:
                     block, buffer = buffer.split("\n\n", 1)
                     for line in block.split("\n"):
                         if line.startswith("data: "):
-                            self.push(json.loads(line[6:]))
+                            self.push(line[6:], perf, wall)
         except (ConnectionError, asyncio.IncompleteReadError):
             return  # reported: still_connected
         finally:
@@ -418,6 +434,34 @@ def poster(config: Path, zone: str, out: Path) -> str:
     return str(found.text)
 
 
+def sched(pid: int) -> tuple[float, float]:
+    """Seconds a process's main thread (the gateway's: its event loop) has spent on a
+    CPU, and runnable but waiting for one (/proc/PID/schedstat): on a shared machine the
+    second is time the loop could not run through no fault of its own."""
+    on, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(on) / 1e9, int(waiting) / 1e9
+
+
+class Sched:
+    """The share of a phase's wall time the gateway's and this process's main threads
+    ran, and waited for a CPU."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self.at = time.perf_counter()
+        self.start = [sched(p) for p in pids]
+
+    def shares(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.at
+        out: dict[str, float] = {}
+        for name, pid, (on0, wait0) in zip(("gateway", "bench"), self.pids, self.start,
+                                           strict=True):
+            on, waiting = sched(pid)
+            out[f"{name}_loop_cpu_share"] = round((on - on0) / wall, 2)
+            out[f"{name}_loop_waiting_for_cpu_share"] = round((waiting - wait0) / wall, 2)
+        return out
+
+
 def rss_mib(pid: int) -> float:
     return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
 
@@ -470,10 +514,11 @@ async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: i
             return sent
 
         def push_ms(phone: Phone) -> float:
-            _, wall, message = phone.frames[0]
+            _, wall, message = phone.frame(0)
             return (wall - float(message["data"]["issued_at"])) * 1000
 
         # 1-2. paced: one customer at a time into the checkout zone and out again
+        paced_sched = Sched(gw_pid, os.getpid())
         pushed: list[float] = []
         till_ms: list[float] = []
         for n, customer in enumerate(customers[:args.samples]):
@@ -490,7 +535,7 @@ async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: i
             hits = await asyncio.gather(*(t.first(cleared, m) for t, m in zip(
                 watched, marks, strict=True)))
             till_ms += [(perf - sent) * 1000 for perf, _, _ in hits]
-        result["push_paced"] = summary(pushed)
+        result["push_paced"] = summary(pushed) | paced_sched.shares()
         result["till_update"] = summary(till_ms)
         # other lanes' screens: their snapshot, and nothing since (not their lane)
         result["other_lanes_frames"] = sum(len(t.frames) for t in tills if t not in watched)
@@ -504,10 +549,12 @@ async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: i
                 await checkin(customer, "entrance")
 
         t_burst = time.perf_counter()
+        burst_sched = Sched(gw_pid, os.getpid())
         await asyncio.gather(*(burst_one(c) for c in rest))
         await asyncio.gather(*(phones[c].first(lambda m: True) for c in rest))
         if rest:
-            result["push_burst"] = summary([push_ms(phones[c]) for c in rest])
+            result["push_burst"] = summary([push_ms(phones[c]) for c in rest]) | \
+                burst_sched.shares()
             result["push_burst"]["checkins_per_s"] = round(
                 len(rest) / (time.perf_counter() - t_burst))
 
@@ -646,10 +693,19 @@ def report(r: dict[str, Any]) -> None:
         print(f"  {label:42s} n={x['n']:6d}  p50 {x['p50_ms']:7.2f} ms  "
               f"p99 {x['p99_ms']:7.2f} ms  max {x['max_ms']:7.2f} ms{flag}")
 
+    def cpu(x: dict[str, Any]) -> None:
+        if "gateway_loop_cpu_share" in x:
+            print(f"  {'':42s} gateway loop: on a CPU {x['gateway_loop_cpu_share']:.2f}, "
+                  f"waiting for one {x['gateway_loop_waiting_for_cpu_share']:.2f}; "
+                  f"bench: {x['bench_loop_cpu_share']:.2f}, "
+                  f"{x['bench_loop_waiting_for_cpu_share']:.2f} (shares of the phase)")
+
     row("offer decision -> app (paced)", r["push_paced"], TARGETS["push_p99_ms"])
+    cpu(r["push_paced"])
     if "push_burst" in r:
         row(f"offer decision -> app (burst, {r['push_burst']['checkins_per_s']} check-ins/s)",
             r["push_burst"], TARGETS["push_p99_ms"])
+        cpu(r["push_burst"])
     row("check-in sent -> till frame (x lane-1's screens)", r["till_update"],
         TARGETS["till_p99_ms"])
     for label, x in r["api"].items():

@@ -8,20 +8,27 @@ thawed. No timings here: the figures are the bench's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import json
 import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import HTTPException
+from fastapi.testclient import TestClient
 
+from storegate.adapters.app_inbox import RedemptionEntry
 from storegate.app import collector
 from storegate.app.http.hub import Message
 from storegate.app.http.security import Authenticator
+from storegate.app.http.server import build_app
 from storegate.app.http.token_cache import VerifiedTokens
 from storegate.core.webauth import CLOCK_LEEWAY_S
 from tests.support.http import (
     APP_KID,
+    CASHIER_PIN,
     METRICS_TOKEN,
     NOW,
     Clock,
@@ -30,7 +37,7 @@ from tests.support.http import (
     http_settings,
     make_client,
 )
-from tests.test_app_channel import ALICE, World, offer
+from tests.test_app_channel import ALICE, BOB, World, offer
 from tests.test_screens import CARD_ANNA, entered, loyalty, record, registry, service
 
 # --- screens: one render per change and role ------------------------------------------
@@ -182,6 +189,137 @@ def test_healthz_fast_path_answers_exactly_as_the_route(tmp_path: Path) -> None:
     line = next(x for x in metrics.splitlines() if x.startswith(
         "storegate_http_request_duration_seconds_count") and '"/healthz"' in x)
     assert line.endswith(" 2.0")
+
+
+# --- GET /app/offers before routing ---------------------------------------------------
+
+
+def _answers(client: TestClient, headers: list[tuple[str, str]], query: str = "",
+             ) -> tuple[int, bytes, list[tuple[str, str]]]:
+    r = client.get(f"/app/offers{query}", headers=headers)
+    return r.status_code, r.content, sorted(r.headers.multi_items())
+
+
+def test_the_offers_fast_path_answers_exactly_as_the_route(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    routed_app = build_app(w.gateway, http_settings(), w.clock, fast_paths=False)
+    fast, routed = w.client(), TestClient(routed_app, base_url="https://testserver")
+    first = offer(ALICE, 1)
+    odd = dataclasses.replace(offer(ALICE, 2, issued_at=NOW + 5), title="Fröhlich \u2028 \"x\"",
+                              text="<b>\n\t</b> ü €", image="https://cdn.example/ä.png",
+                              discount={"kind": "amount_minor", "value": 250})
+    w.inbox.append([first, odd, offer(BOB, 3),
+                    RedemptionEntry(first.offer_id, "reserved", NOW + 1)], NOW)
+    good = customer_token(ALICE)
+    wrong_key = Ed25519PrivateKey.generate()
+    head, body, sig = good.split(".")
+    cookie = w.client().post("/staff/signin", json={"lane": "lane-1", "pin": CASHIER_PIN}
+                             ).cookies["sg_session"]
+    cases: dict[str, tuple[list[tuple[str, str]], str]] = {
+        "valid": ([("Authorization", f"Bearer {good}")], ""),
+        "valid again (cached)": ([("Authorization", f"Bearer {good}")], ""),
+        "valid, scheme in lower case": ([("Authorization", f"bearer   {good} ")], ""),
+        "valid, a query the route ignores": ([("Authorization", f"Bearer {good}")],
+                                             "?since=abc&x=1&x=2"),
+        "valid, no offers": ([("Authorization", f"Bearer {customer_token('cust-nobody')}")],
+                             ""),
+        "valid, with an Origin": ([("Authorization", f"Bearer {good}"),
+                                   ("Origin", "https://elsewhere.example")], ""),
+        "expired": ([("Authorization", "Bearer " + customer_token(
+            ALICE, issued_at=NOW - 7200, lifetime_s=600))], ""),
+        "foreign key": ([("Authorization", "Bearer " + customer_token(
+            ALICE, key=wrong_key))], ""),
+        "unknown kid": ([("Authorization", "Bearer " + customer_token(
+            ALICE, key=wrong_key, kid="elsewhere"))], ""),
+        "wrong audience": ([("Authorization", "Bearer " + customer_token(
+            ALICE, audience="another-app"))], ""),
+        "bad signature": ([("Authorization", f"Bearer {head}.{body}.{sig[::-1]}")], ""),
+        "not a JWS": ([("Authorization", "Bearer abc.def")], ""),
+        "empty bearer": ([("Authorization", "Bearer ")], ""),
+        "basic": ([("Authorization", "Basic dXNlcjpwYXNz")], ""),
+        "two tokens": ([("Authorization", f"Bearer {good}"),
+                        ("Authorization", f"Bearer {customer_token(BOB)}")], ""),
+        "missing": ([], ""),
+        "missing, with a query": ([], "?since=-1"),
+        "admin token": ([("Authorization", f"Bearer {METRICS_TOKEN}")], ""),
+    }
+    for name, (headers, query) in cases.items():
+        before = fast.app.state.fast.answered_total  # type: ignore[attr-defined]
+        a, b = _answers(fast, headers, query), _answers(routed, headers, query)
+        assert a == b, name
+        took = fast.app.state.fast.answered_total - before  # type: ignore[attr-defined]
+        assert took == (name.startswith("valid") and "Origin" not in name), name
+    # refusals are counted once each, by the route, on both apps alike
+    assert fast.app.state.auth.rejected == routed_app.state.auth.rejected  # type: ignore[attr-defined]
+    assert fast.app.state.auth.rejected["token_expired"] == 1  # type: ignore[attr-defined]
+    # a staff session (the fast app's own): 403 from the route
+    status, content, _ = _answers(fast, [("Cookie", f"sg_session={cookie}")])
+    assert (status, json.loads(content)) == (403, {"detail": "forbidden_staff"})
+    listed = json.loads(_answers(fast, cases["valid"][0])[1])["offers"]
+    assert [(o["offer_id"], o["state"]) for o in listed] == [
+        (odd.offer_id, "issued"), (first.offer_id, "reserved")]
+    # one latency series for both ways of answering
+    metrics = fast.get("/metrics", headers=bearer(METRICS_TOKEN)).text
+    ok = next(x for x in metrics.splitlines() if x.startswith(
+        "storegate_http_request_duration_seconds_count") and '"/app/offers"' in x
+        and 'status="200"' in x)
+    # 6 answered fast, 2 by the route (an Origin; two tokens: it takes the first)
+    assert ok.endswith(" 8.0")
+    w.inbox.close()
+
+
+def test_a_kept_offers_body_follows_every_change_of_the_inbox(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    routed_app = build_app(w.gateway, http_settings(), w.clock, fast_paths=False)
+    fast, routed = w.client(), TestClient(routed_app, base_url="https://testserver")
+    bodies = w.app.state.fast.bodies
+    alice, bob = [[("Authorization", f"Bearer {customer_token(c, lifetime_s=86400)}")]
+                  for c in (ALICE, BOB)]
+    first, short = offer(ALICE, 1, ttl=7200), offer(ALICE, 2, issued_at=NOW + 1, ttl=600)
+
+    def same(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        a, b = _answers(fast, headers), _answers(routed, headers)
+        assert a == b
+        return [(o["offer_id"], o["state"]) for o in json.loads(a[1])["offers"]]
+
+    async def flushed() -> None:
+        await w.channel.flush()
+
+    assert same(alice) == [] and same(alice) == [] and bodies.hits_total == 1
+    for step in ([first, short], [RedemptionEntry(first.offer_id, "reserved", NOW + 2)]):
+        for e in step:
+            w.channel._put(e)
+        asyncio.run(flushed())  # the app channel's own writer: staged, committed
+        hits = bodies.hits_total
+        listed = same(alice)
+        assert bodies.hits_total == hits  # changed: read again, not the kept body
+        assert same(alice) == listed and bodies.hits_total == hits + 1
+    assert same(alice) == [(short.offer_id, "issued"), (first.offer_id, "reserved")]
+    w.inbox.append([offer(BOB, 3)], NOW)  # another customer: hers is still good
+    hits = bodies.hits_total
+    assert same(alice) == [(short.offer_id, "issued"), (first.offer_id, "reserved")]
+    assert bodies.hits_total == hits + 1 and same(bob) == [(offer(BOB, 3).offer_id, "issued")]
+    w.clock.now = NOW + 601  # the short one expires: the list changes with time alone
+    assert same(alice) == [(first.offer_id, "reserved")]
+    w.clock.now = NOW + 100  # the clock set back: read again
+    hits = bodies.hits_total
+    assert same(alice) == [(short.offer_id, "issued"), (first.offer_id, "reserved")]
+    assert bodies.hits_total == hits
+    w.inbox.prune(NOW + 601)  # a prune: every kept body dropped
+    w.clock.now = NOW + 601
+    assert same(alice) == [(first.offer_id, "reserved")]
+    asyncio.run(w.channel.erase([ALICE]))  # erasure: nothing of hers answered, or kept
+    assert same(alice) == [] and bodies._entries[ALICE].body == b'{"offers":[]}'
+    assert all(first.token.encode() not in b.body for b in bodies._entries.values())
+    w.inbox.close()
+
+
+def test_the_offers_fast_path_steps_aside_without_an_app_channel(tmp_path: Path) -> None:
+    client, app, _ = make_client(tmp_path)
+    r = client.get("/app/offers", headers=bearer(customer_token(ALICE)))
+    assert (r.status_code, r.json()) == (404, {
+        "detail": "the app channel is not available on this gateway"})
+    assert app.state.fast.answered_total == 0
 
 
 # --- the collector ----------------------------------------------------------------------

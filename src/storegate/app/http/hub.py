@@ -59,11 +59,18 @@ class Subscription:
             yield message
 
     async def next(self, timeout_s: float) -> Message | None:
-        """The next message, or None after ``timeout_s`` (time for a keep-alive)."""
+        """The next message, or None after ``timeout_s`` (time for a keep-alive).
+        Awaited in the caller's own task (``asyncio.timeout``, not ``wait_for``, which
+        wraps the get in a new task: one more loop turn and a task per message on the
+        way to 1,000 phones and 50 screens); one already queued is taken at once."""
         try:
-            message = await asyncio.wait_for(self._queue.get(), timeout_s)
-        except TimeoutError:
-            return None
+            message = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    message = await self._queue.get()
+            except TimeoutError:
+                return None
         if message is None:
             self.cut_off = True
         return message

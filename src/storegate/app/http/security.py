@@ -49,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from storegate.app.http.token_cache import VerifiedTokens
 from storegate.config import HttpConfig, StaffCredentialConfig
 from storegate.core.webauth import (
+    AppTokenClaims,
     RateLimiter,
     RateRule,
     TokenRejected,
@@ -267,17 +268,10 @@ class Authenticator:
         if len(token) > 8192:
             raise self.reject("malformed_token")
         if token.count(".") == 2:  # a JWS: customer
-            now, audience = self.clock(), self.settings.app_audience
-            claims = self.verified.get(token, keys=self.app_keys, audience=audience,
-                                       now=now)
-            if claims is None:
-                try:
-                    claims = verify_app_token(token, keys=self.app_keys, audience=audience,
-                                              now=now)
-                except TokenRejected as exc:
-                    raise self.reject(f"token_{exc.reason}") from None
-                self.verified.put(token, claims, keys=self.app_keys, audience=audience,
-                                  now=now)
+            try:
+                claims = self.customer_claims(token)
+            except TokenRejected as exc:
+                raise self.reject(f"token_{exc.reason}") from None
             return Principal(Role.CUSTOMER, claims.subject, claims.expires_at)
         digest = token_digest(token)
         # set membership hashes the digest, not the secret: no timing leak of the token
@@ -287,6 +281,17 @@ class Authenticator:
                                                                       self.metrics_digest):
             return Principal(Role.METRICS, "metrics")
         raise self.reject("unknown_token")
+
+    def customer_claims(self, token: str) -> AppTokenClaims:
+        """A customer token's claims if it is valid now: from the cache of tokens that
+        verified (token_cache.py), else verified and remembered. TokenRejected
+        otherwise (not counted here: the caller refuses the request)."""
+        now, audience = self.clock(), self.settings.app_audience
+        claims = self.verified.get(token, keys=self.app_keys, audience=audience, now=now)
+        if claims is None:
+            claims = verify_app_token(token, keys=self.app_keys, audience=audience, now=now)
+            self.verified.put(token, claims, keys=self.app_keys, audience=audience, now=now)
+        return claims
 
     async def sign_in(self, lane: str, *, pin: str | None,
                       device_token: str | None) -> StaffCredentialConfig | None:

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from storegate import __version__
 from storegate.adapters.plumbing import describe_error, sleep_until_stopped
 from storegate.app.http import app_channel, customer, ops, screens, staff
+from storegate.app.http.fast import OFFERS_TEMPLATE, FastReads
 from storegate.app.http.models import Health
 from storegate.app.http.ops import GatewayLike, Metrics
 from storegate.app.http.security import (
@@ -82,11 +83,13 @@ def _plain_healthz(scope: Scope) -> bool:
 
 class _Latency:
     """Observes each request's latency by route template (``/lanes/{lane}``, never the
-    raw path: bounded label cardinality)."""
+    raw path: bounded label cardinality). The fast paths are answered here, before the
+    app: the plain ``/healthz`` and the plain ``GET /app/offers`` (fast.py)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, fast: FastReads) -> None:
         self.app = app
         self.metrics = metrics
+        self.fast = fast
         # labels() validates and takes a lock on every call: each child once (bounded:
         # methods x route templates x statuses, as the labels themselves)
         self._children: dict[tuple[str, str, int], Any] = {}
@@ -110,6 +113,9 @@ class _Latency:
             await send({"type": "http.response.body", "body": _HEALTHZ_BODY})
             self._observe("GET", "/healthz", 200, time.perf_counter() - start)
             return
+        if self.fast.wants(scope) and await self.fast.offers(scope, send):
+            self._observe("GET", OFFERS_TEMPLATE, 200, time.perf_counter() - start)
+            return
         status = 500
 
         async def send_status(message: Message) -> None:
@@ -127,8 +133,10 @@ class _Latency:
 
 
 def build_app(gateway_like: GatewayLike, settings: HttpConfig, clock: Clock = time.time, *,
-              extra_routers: Iterable[APIRouter] = ()) -> FastAPI:
-    """The ASGI app over a gateway (or anything with ``config`` and ``status()``)."""
+              extra_routers: Iterable[APIRouter] = (), fast_paths: bool = True) -> FastAPI:
+    """The ASGI app over a gateway (or anything with ``config`` and ``status()``).
+    ``fast_paths=False``: every customer read through its route (the reference the
+    fast path is tested against)."""
     app = FastAPI(
         title="storegate", version=__version__,
         description="The store gateway's HTTP surface: operations, staff screens, the "
@@ -153,7 +161,8 @@ def build_app(gateway_like: GatewayLike, settings: HttpConfig, clock: Clock = ti
                            allow_credentials=True, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type",
                                           "Last-Event-ID"], max_age=600)
-    app.add_middleware(_Latency, metrics=metrics)
+    app.state.fast = fast = FastReads(app.state, enabled=fast_paths)
+    app.add_middleware(_Latency, metrics=metrics, fast=fast)
     app.add_middleware(BoundedBody, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecureHeaders, tls=settings.tls)  # outermost: every response
     return app
