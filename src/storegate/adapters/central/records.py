@@ -1,0 +1,229 @@
+"""The statements central's storage runs, by what they record; each takes the open
+transaction (``Database.tx()``), so a caller groups them into one commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from storegate.adapters.central.storage import Conn, dumps
+from storegate.core.central.envelope import Event, Rejection, Status
+from storegate.core.central.gaps import GapState, Range
+
+# --- ingest ---------------------------------------------------------------------------
+
+
+def insert_event(db: Conn, e: Event, received_at: float) -> bool:
+    """True: stored now; False: this id was stored before (a duplicate delivery)."""
+    cur = db.execute(
+        "INSERT INTO events (id, store, gateway, sequence, type, time, subject, customer, "
+        "received_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO NOTHING",
+        (e.id, e.store, e.gateway, e.sequence, e.type, e.time, e.subject, e.customer,
+         received_at, dumps(e.data)))
+    return bool(cur.rowcount == 1)
+
+
+EVENT_COLUMNS = ("id, store, gateway, sequence, type, time, subject, customer, "
+                 "received_at, data")
+ROWS_PER_STATEMENT = 250  # 10 values a row: well inside SQLite's 32,766 variables
+
+
+def insert_events(db: Conn, events: Sequence[Event], received_at: float) -> set[str]:
+    """Many events, one statement per ``ROWS_PER_STATEMENT`` (one round trip to the
+    server, not one a row): the ids stored now; the others were there before."""
+    stored: set[str] = set()
+    for k in range(0, len(events), ROWS_PER_STATEMENT):
+        chunk = events[k:k + ROWS_PER_STATEMENT]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params: list[Any] = []
+        for e in chunk:
+            params += [e.id, e.store, e.gateway, e.sequence, e.type, e.time, e.subject,
+                       e.customer, received_at, dumps(e.data)]
+        stored.update(r[0] for r in db.execute(
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES {values} "  # noqa: S608 - placeholders only
+            "ON CONFLICT (id) DO NOTHING RETURNING id", params).fetchall())
+    return stored
+
+
+def insert_reject(db: Conn, topic: str, r: Rejection, payload: bytes,
+                  received_at: float) -> None:
+    db.execute(
+        "INSERT INTO rejects (received_at, topic, reason, detail, store, gateway, event_id, "
+        "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (received_at, topic[:300], r.reason, r.detail, r.store, r.gateway, r.event_id,
+         payload[:4096]))
+
+
+def upsert_status(db: Conn, s: Status, received_at: float) -> None:
+    db.execute(
+        "INSERT INTO gateways (store, gateway, state, session, seal_key, status_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (store, gateway) DO UPDATE SET "
+        "state = excluded.state, session = excluded.session, "
+        "seal_key = COALESCE(excluded.seal_key, gateways.seal_key), "
+        "status_at = excluded.status_at",
+        (s.store, s.gateway, s.state, s.session, s.seal_key, received_at))
+
+
+def announce(db: Conn, store: str, gateway: str, last_sequence: int) -> None:
+    """What the gateway said it had accepted (its status certificates' and telemetry's
+    ``last_sequence``): sequences up to it exist, stored here or not (the tail)."""
+    if last_sequence < 1:
+        return
+    db.execute("INSERT INTO heads (store, gateway, announced) VALUES (?, ?, ?) "
+               "ON CONFLICT (store, gateway) DO UPDATE SET announced = excluded.announced "
+               "WHERE heads.announced < excluded.announced",
+               (store, gateway, last_sequence))
+
+
+def announced(db: Conn, store: str, gateway: str) -> int:
+    row = db.execute("SELECT announced FROM heads WHERE store = ? AND gateway = ?",
+                     (store, gateway)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def ensure_gateway(db: Conn, store: str, gateway: str) -> None:
+    db.execute("INSERT INTO gateways (store, gateway) VALUES (?, ?) "
+               "ON CONFLICT (store, gateway) DO NOTHING", (store, gateway))
+
+
+def record_answer(db: Conn, e: Event, received_at: float) -> None:
+    """A gateway's answer to a command (its ``command_id``), and for a replay the
+    ranges it no longer holds (lost: the watermark passes over them)."""
+    command_id = e.data.get("command_id")
+    if not isinstance(command_id, str):
+        return
+    applied = e.data.get("applied", True) is True
+    db.execute(
+        "INSERT INTO answers (command_id, store, gateway, type, applied, event_id, data, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id, gateway, type) "
+        "DO UPDATE SET applied = excluded.applied, event_id = excluded.event_id, "
+        "data = excluded.data, at = excluded.at",
+        (command_id, e.store, e.gateway, e.type, int(applied), e.id, dumps(e.data),
+         received_at))
+    for pair in e.data.get("unavailable") or ():
+        first, last = int(pair[0]), int(pair[1])
+        db.execute(
+            "INSERT INTO lost (store, gateway, first, last, at, command_id) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (store, gateway, first, last) DO NOTHING",
+            (e.store, e.gateway, first, last, received_at, command_id))
+
+
+# --- sequences and gaps ---------------------------------------------------------------
+
+
+def gateways(db: Conn) -> list[tuple[str, str, int]]:
+    return [(r[0], r[1], int(r[2])) for r in db.execute(
+        "SELECT store, gateway, watermark FROM gateways ORDER BY store, gateway").fetchall()]
+
+
+def gateways_with_events(db: Conn) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in db.execute(
+        "SELECT DISTINCT store, gateway FROM events").fetchall()]
+
+
+def sequences_above(db: Conn, store: str, gateway: str, watermark: int,
+                    limit: int) -> list[int]:
+    return [int(r[0]) for r in db.execute(
+        "SELECT sequence FROM events WHERE store = ? AND gateway = ? AND sequence > ? "
+        "ORDER BY sequence LIMIT ?", (store, gateway, watermark, limit)).fetchall()]
+
+
+def lost_ranges(db: Conn, store: str, gateway: str) -> list[Range]:
+    return [Range(int(r[0]), int(r[1])) for r in db.execute(
+        "SELECT first, last FROM lost WHERE store = ? AND gateway = ? ORDER BY first",
+        (store, gateway)).fetchall()]
+
+
+def set_watermark(db: Conn, store: str, gateway: str, watermark: int) -> None:
+    db.execute("UPDATE gateways SET watermark = ? WHERE store = ? AND gateway = ? "
+               "AND watermark < ?", (watermark, store, gateway, watermark))
+
+
+def open_gaps(db: Conn, store: str | None = None,
+              gateway: str | None = None) -> list[GapState]:
+    sql = ("SELECT store, gateway, first, last, found_at, requested_at, attempts "
+           "FROM gaps WHERE state = 'open'")
+    params: list[Any] = []
+    if store is not None:
+        sql += " AND store = ? AND gateway = ?"
+        params += [store, gateway]
+    return [GapState(r[0], r[1], Range(int(r[2]), int(r[3])), float(r[4]),
+                     None if r[5] is None else float(r[5]), int(r[6]))
+            for r in db.execute(sql + " ORDER BY store, gateway, first", params).fetchall()]
+
+
+def open_gap(db: Conn, g: GapState) -> None:
+    db.execute(
+        "INSERT INTO gaps (store, gateway, first, last, found_at, requested_at, attempts, "
+        "state) VALUES (?, ?, ?, ?, ?, ?, ?, 'open') ON CONFLICT DO NOTHING",
+        (g.store, g.gateway, g.range.first, g.range.last, g.found_at, g.requested_at,
+         g.attempts))
+
+
+def close_gap(db: Conn, g: GapState, state: str, at: float) -> None:
+    db.execute(
+        "UPDATE gaps SET state = ?, closed_at = ? WHERE store = ? AND gateway = ? AND "
+        "first = ? AND last = ? AND found_at = ? AND state = 'open'",
+        (state, at, g.store, g.gateway, g.range.first, g.range.last, g.found_at))
+
+
+def gap_requested(db: Conn, g: GapState, at: float, command_id: str) -> None:
+    db.execute(
+        "UPDATE gaps SET requested_at = ?, attempts = attempts + 1, command_id = ? "
+        "WHERE store = ? AND gateway = ? AND first = ? AND last = ? AND found_at = ?",
+        (at, command_id, g.store, g.gateway, g.range.first, g.range.last, g.found_at))
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def insert_command(db: Conn, *, command_id: str, store: str, name: str,
+                   request_id: str | None, purpose: str | None, issued_at: float,
+                   wire: bytes) -> None:
+    db.execute(
+        "INSERT INTO commands (id, store, name, request_id, purpose, issued_at, wire) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (command_id, store, name, request_id, purpose, issued_at, wire))
+
+
+def command_sent(db: Conn, command_id: str, at: float) -> None:
+    db.execute("UPDATE commands SET sent_at = ? WHERE id = ?", (at, command_id))
+
+
+def answers_to(db: Conn, command_id: str) -> list[dict[str, Any]]:
+    return [{"gateway": r[0], "type": r[1], "applied": bool(r[2]), "data": json.loads(r[3]),
+             "at": r[4]} for r in db.execute(
+        "SELECT gateway, type, applied, data, at FROM answers WHERE command_id = ? "
+        "ORDER BY gateway", (command_id,)).fetchall()]
+
+
+def seal_keys(db: Conn, store: str) -> dict[str, str]:
+    """The store's gateways that announced a seal key (birth certificate), id -> key."""
+    return {r[0]: r[1] for r in db.execute(
+        "SELECT gateway, seal_key FROM gateways WHERE store = ? AND seal_key IS NOT NULL",
+        (store,)).fetchall()}
+
+
+def stores_to_sync(db: Conn) -> list[str]:
+    """Stores with a gateway whose seal key central has not synced the registry to
+    (a new gateway, or a new key after the box was replaced)."""
+    return [r[0] for r in db.execute(
+        "SELECT DISTINCT store FROM gateways WHERE seal_key IS NOT NULL AND "
+        "(synced_key IS NULL OR synced_key <> seal_key) ORDER BY store").fetchall()]
+
+
+def mark_synced(db: Conn, store: str, keys: dict[str, str]) -> None:
+    for gateway, key in keys.items():
+        db.execute("UPDATE gateways SET synced_key = ? WHERE store = ? AND gateway = ?",
+                   (key, store, gateway))
+
+
+def stores(db: Conn) -> list[str]:
+    return [r[0] for r in db.execute(
+        "SELECT DISTINCT store FROM gateways ORDER BY store").fetchall()]
+
+
+def rows(db: Conn, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in db.execute(sql, params).fetchall()]

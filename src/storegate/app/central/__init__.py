@@ -1,0 +1,1 @@
+"""``storegate central``: the reference central service (docs/central.md)."""

@@ -1,0 +1,531 @@
+"""Central's operations: what the retailer's API asks, recorded and sent to the stores.
+
+* Customers: a record per pseudonym with a version (central's counter; the box applies
+  only newer versions), consents with their proof (every change kept, newest wins),
+  loyalty pseudonyms, the CRM's profile fields and the app's presence identity. A
+  change is pushed to every known store as a ``customers`` upsert: the record, the
+  identity sealed to that store's gateways, the profile snapshot computed from the
+  events (favourite categories, lifetime spend, visits) and the customer's pickup
+  orders for that store. ``sync_store`` sends a store the whole registry (replace).
+* Campaigns: upsert with a new version, sent to every store on the central topic.
+* Pickups (click-and-collect): created -> ready -> collected; each change re-sends the
+  customer's record to the order's store (the box shows it on the floor screen and
+  the customer's app).
+* Erasures: central forgets the customer (record, consents, loyalty, pickups; stored
+  events redacted with the box's own rule), then sends ``erase`` to every known store
+  and tracks each store until every gateway there answers ``applied: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from storegate.adapters.central import records
+from storegate.adapters.central.storage import Database, dumps
+from storegate.app.central import models as m
+from storegate.app.central.commands import Commands
+from storegate.core.central import outbound
+from storegate.core.central.profile import (
+    CategoryMap,
+    Profile,
+    StoredEvent,
+    Uplift,
+    epoch,
+    profile,
+    uplift,
+)
+from storegate.core.identity_records import IdentityRecord
+from storegate.core.personal.campaigns import Campaign
+from storegate.core.personal.erasure import redact_event
+from storegate.core.personal.registry import MAX_FAVOURITES, PURPOSES
+
+PROFILE_EVENT_TYPES = (
+    "storegate.visit.entered.v1", "storegate.visit.exited.v1",
+    "storegate.purchase.completed.v1", "storegate.offer.issued.v1",
+    "storegate.offer.redeemed.v1", "storegate.offer.suppressed.v1",
+)
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+class ConflictError(ValueError):
+    pass
+
+
+class CentralService:
+    def __init__(self, db: Database, commands: Commands | None, *,
+                 categories: CategoryMap | None = None,
+                 clock: Callable[[], float] = time.time,
+                 rand: Callable[[int], bytes] = os.urandom) -> None:
+        self.db = db
+        self.commands = commands
+        self.categories = categories or CategoryMap()
+        self._clock = clock
+        self._rand = rand
+
+    # --- customers ----------------------------------------------------------------
+
+    def put_customer(self, customer: str, body: m.CustomerIn) -> m.CustomerOut:
+        now = self._clock()
+        with self.db.tx() as db:
+            row = db.execute("SELECT version, record, created_at FROM customers "
+                             "WHERE customer = ?", (customer,)).fetchone()
+            record = {"loyalty_ids": body.loyalty_ids, "profile": body.profile.model_dump(),
+                      "identity": None if body.identity is None
+                      else body.identity.model_dump()}
+            if body.identity is not None and body.identity.customer != customer:
+                raise ConflictError("identity.customer is not this customer")
+            if row is not None and body.identity is None:
+                record["identity"] = json.loads(row[1]).get("identity")
+            # the version from the row itself (an atomic increment under the row's
+            # lock), never from this process: instances sharing the database, and a
+            # restarted central, go on from what is stored
+            db.execute("INSERT INTO customers (customer, version, record, created_at, "
+                       "updated_at) VALUES (?, 1, ?, ?, ?) ON CONFLICT (customer) DO "
+                       "UPDATE SET version = customers.version + 1, record = "
+                       "excluded.record, updated_at = excluded.updated_at",
+                       (customer, dumps(record), now, now))
+            for purpose, c in body.consents.items():
+                db.execute("INSERT INTO consents (customer, purpose, granted, at, source, "
+                           "store, proof, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (customer, purpose, int(c.granted), c.at, c.source, c.store,
+                            dumps(c.proof.model_dump()), now))
+            db.execute("DELETE FROM loyalty WHERE customer = ?", (customer,))
+            for lid in body.loyalty_ids:
+                taken = db.execute("SELECT customer FROM loyalty WHERE loyalty_id = ?",
+                                   (lid,)).fetchone()
+                if taken is not None:
+                    raise ConflictError(f"loyalty id {lid} belongs to another customer")
+                db.execute("INSERT INTO loyalty (loyalty_id, customer) VALUES (?, ?)",
+                           (lid, customer))
+        self.push_customer(customer)
+        return self.get_customer(customer)
+
+    def get_customer(self, customer: str) -> m.CustomerOut:
+        with self.db.tx() as db:
+            row = db.execute("SELECT version, record, created_at, updated_at FROM customers "
+                             "WHERE customer = ?", (customer,)).fetchone()
+            if row is None:
+                raise NotFoundError(customer)
+            consents = self._consents(db, customer)
+        rec = json.loads(row[1])
+        return m.CustomerOut(customer=customer, version=int(row[0]), consents=consents,
+                             loyalty_ids=rec["loyalty_ids"],
+                             profile=m.CustomerProfileIn(**rec["profile"]),
+                             has_identity=rec.get("identity") is not None,
+                             created_at=float(row[2]), updated_at=float(row[3]))
+
+    def consent_history(self, customer: str) -> list[m.ConsentOut]:
+        with self.db.tx() as db:
+            rows = records.rows(db, "SELECT purpose, granted, at, source, store, proof, "
+                                "recorded_at FROM consents WHERE customer = ? ORDER BY n",
+                                (customer,))
+        if not rows:
+            self.get_customer(customer)
+        return [self._consent(r) for r in rows]
+
+    @staticmethod
+    def _consent(r: tuple[Any, ...]) -> m.ConsentOut:
+        return m.ConsentOut(purpose=r[0], granted=bool(r[1]), at=float(r[2]), source=r[3],
+                            store=r[4], proof=m.Proof(**json.loads(r[5])),
+                            recorded_at=float(r[6]))
+
+    def _consents(self, db: Any, customer: str) -> dict[str, m.ConsentOut]:
+        out: dict[str, m.ConsentOut] = {}
+        for r in records.rows(db, "SELECT purpose, granted, at, source, store, proof, "
+                              "recorded_at FROM consents WHERE customer = ? ORDER BY at, n",
+                              (customer,)):
+            out[r[0]] = self._consent(r)
+        return out
+
+    def list_customers(self, limit: int, offset: int) -> list[str]:
+        with self.db.tx() as db:
+            return [r[0] for r in records.rows(
+                db, "SELECT customer FROM customers ORDER BY customer LIMIT ? OFFSET ?",
+                (limit, offset))]
+
+    def by_loyalty(self, loyalty_id: str) -> str:
+        with self.db.tx() as db:
+            row = db.execute("SELECT customer FROM loyalty WHERE loyalty_id = ?",
+                             (loyalty_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(loyalty_id)
+        return str(row[0])
+
+    # --- the profile --------------------------------------------------------------
+
+    def events_of(self, customer: str) -> list[StoredEvent]:
+        marks = ", ".join("?" * len(PROFILE_EVENT_TYPES))
+        with self.db.tx() as db:
+            rows = records.rows(db, f"SELECT type, store, time, data FROM events WHERE "  # noqa: S608 - placeholders only
+                                f"customer = ? AND type IN ({marks})",
+                                (customer, *PROFILE_EVENT_TYPES))
+        return [StoredEvent(r[0], r[1], epoch(r[2]), json.loads(r[3])) for r in rows]
+
+    def profile(self, customer: str) -> Profile:
+        return profile(customer, self.events_of(customer), now=self._clock(),
+                       categories=self.categories)
+
+    def uplift(self) -> list[Uplift]:
+        types = ("storegate.offer.issued.v1", "storegate.offer.suppressed.v1",
+                 "storegate.offer.redeemed.v1", "storegate.visit.exited.v1")
+        with self.db.tx() as db:
+            rows = records.rows(db, "SELECT type, store, time, data FROM events WHERE "
+                                "type IN (?, ?, ?, ?)", types)
+        return uplift(StoredEvent(r[0], r[1], 0.0, json.loads(r[3])) for r in rows)
+
+    # --- what each store is sent ----------------------------------------------------
+
+    def _record_for(self, db: Any, customer: str, store: str) -> tuple[dict[str, Any],
+                                                                       IdentityRecord | None]:
+        # the customer's row locked first (a no-op write): what is read below and the
+        # version given to it are one consistent pair across instances
+        if db.execute("UPDATE customers SET updated_at = updated_at WHERE customer = ?",
+                      (customer,)).rowcount == 0:
+            raise NotFoundError(customer)
+        row = db.execute("SELECT version, record FROM customers WHERE customer = ?",
+                         (customer,)).fetchone()
+        rec = json.loads(row[1])
+        consents = {p: {"granted": c.granted, "at": c.at, "source": c.source}
+                    for p, c in self._consents(db, customer).items()}
+        prof = {k: v for k, v in rec["profile"].items() if v not in (None, [])}
+        computed = profile(customer, self.events_of_locked(db, customer), now=self._clock(),
+                           categories=self.categories)
+        prof["favourite_categories"] = computed.favourite_categories[:MAX_FAVOURITES]
+        prof["lifetime_spend_minor"] = computed.lifetime_spend_minor
+        prof["store_visits"] = min(int(prof.get("store_visits") or 0)
+                                   + computed.store_visits, 1_000_000)
+        if computed.segment != "unknown":
+            segs = list(prof.get("segments", []))
+            if f"rfm-{computed.segment}" not in segs and len(segs) < 16:
+                segs.append(f"rfm-{computed.segment}")
+            prof["segments"] = segs
+        pickups = [{"order_id": r[0], "state": r[1], "counter": r[2], "items": int(r[3]),
+                    "ready_at": r[4]}
+                   for r in records.rows(db, "SELECT order_id, state, counter, items, "
+                                         "ready_at FROM pickups WHERE customer = ? AND "
+                                         "store = ? AND state IN ('preparing', 'ready') "
+                                         "ORDER BY created_at LIMIT 6", (customer, store))]
+        out: dict[str, Any] = {
+            "customer": customer,
+            "consents": {p: c for p, c in consents.items() if p in PURPOSES},
+            "loyalty_ids": rec["loyalty_ids"], "profile": prof,
+            "pickup_orders": [{k: v for k, v in p.items() if v is not None}
+                              for p in pickups]}
+        identity = rec.get("identity")
+        out["version"] = self._version_for(db, customer, store, int(row[0]),
+                                           {**out, "identity": identity})
+        return out, None if identity is None else IdentityRecord.model_validate(identity)
+
+    @staticmethod
+    def _version_for(db: Any, customer: str, store: str, current: int,
+                     content: dict[str, Any]) -> int:
+        """The version this store gets for ``content``: the box applies a record only
+        if its version is newer than what it holds, so any change of what the store is
+        sent (consent, CRM profile, computed profile, pickup order, loyalty id,
+        identity) must raise it. The store's last content digest is kept with the
+        version it went with; a different digest that the customer's version has not
+        already passed (a ``put_customer`` since) raises the customer's version by one,
+        in the database, under the row lock ``_record_for`` took."""
+        digest = hashlib.sha256(dumps(content).encode()).hexdigest()
+        sent = db.execute("SELECT digest, version FROM customer_sent WHERE customer = ? "
+                          "AND store = ?", (customer, store)).fetchone()
+        if sent is not None and sent[0] != digest and current <= int(sent[1]):
+            current = int(db.execute(
+                "UPDATE customers SET version = version + 1 WHERE customer = ? "
+                "RETURNING version", (customer,)).fetchone()[0])
+        db.execute("INSERT INTO customer_sent (customer, store, digest, version) VALUES "
+                   "(?, ?, ?, ?) ON CONFLICT (customer, store) DO UPDATE SET digest = "
+                   "excluded.digest, version = excluded.version",
+                   (customer, store, digest, current))
+        return current
+
+    @staticmethod
+    def events_of_locked(db: Any, customer: str) -> list[StoredEvent]:
+        marks = ", ".join("?" * len(PROFILE_EVENT_TYPES))
+        rows = records.rows(db, f"SELECT type, store, time, data FROM events WHERE "  # noqa: S608 - placeholders only
+                            f"customer = ? AND type IN ({marks})",
+                            (customer, *PROFILE_EVENT_TYPES))
+        return [StoredEvent(r[0], r[1], epoch(r[2]), json.loads(r[3])) for r in rows]
+
+    def _send_customers(self, store: str, op: str, customers: list[str]) -> str | None:
+        if self.commands is None:
+            return None
+        with self.db.tx() as db:
+            keys = records.seal_keys(db, store)
+            built = [self._record_for(db, c, store) for c in customers]
+        body = outbound.customers_payload(
+            op, [r for r, _ in built], {r["customer"]: i for r, i in built if i is not None},
+            keys, store=store, request_id=f"customers-{uuid.uuid4().hex[:12]}",
+            rand=self._rand)
+        return self.commands.send(store, "customers", body, purpose=f"customers:{op}")
+
+    def push_customer(self, customer: str) -> dict[str, str]:
+        """The customer's record to every known store (upsert): store -> command id."""
+        with self.db.tx() as db:
+            stores = records.stores(db)
+        out = {}
+        for store in stores:
+            cid = self._send_customers(store, "upsert", [customer])
+            if cid is not None:
+                out[store] = cid
+        return out
+
+    def sync_store(self, store: str) -> str | None:
+        """The whole registry to one store (replace), sealed to the keys its gateways
+        announced; they are then marked synced."""
+        with self.db.tx() as db:
+            customers = [r[0] for r in records.rows(
+                db, "SELECT customer FROM customers ORDER BY customer")]
+            keys = records.seal_keys(db, store)
+        command_id = self._send_customers(store, "replace", customers)
+        if command_id is not None:
+            with self.db.tx() as db:
+                records.mark_synced(db, store, keys)
+        return command_id
+
+    def sync_new_gateways(self) -> dict[str, str]:
+        """A store with a gateway central has not synced to (new, or a new seal key:
+        identities sealed to the old key cannot open there) gets the whole registry.
+        Called by the scanner's pass: store -> command id."""
+        if self.commands is None:
+            return {}
+        with self.db.tx() as db:
+            stores = records.stores_to_sync(db)
+        out = {}
+        for store in stores:
+            cid = self.sync_store(store)
+            if cid is not None:
+                out[store] = cid
+        return out
+
+    # --- campaigns ----------------------------------------------------------------
+
+    def put_campaign(self, campaign: Campaign) -> m.CampaignOut:
+        now = self._clock()
+        with self.db.tx() as db:
+            row = db.execute("SELECT version FROM campaigns WHERE id = ?",
+                             (campaign.id,)).fetchone()
+            version = max(campaign.version, 1 if row is None else int(row[0]) + 1)
+            c = campaign.model_copy(update={"version": version})
+            body = c.model_dump(mode="json", exclude_none=True)
+            db.execute("INSERT INTO campaigns (id, version, body, removed, updated_at) "
+                       "VALUES (?, ?, ?, 0, ?) ON CONFLICT (id) DO UPDATE SET "
+                       "version = excluded.version, body = excluded.body, removed = 0, "
+                       "updated_at = excluded.updated_at",
+                       (c.id, version, dumps(body), now))
+        cid = None
+        if self.commands is not None:
+            cid = self.commands.send("*", "campaigns", {
+                "op": "upsert", "campaigns": [body],
+                "request_id": f"campaign-{c.id}-{version}"}, purpose="campaigns")
+        return m.CampaignOut(id=c.id, version=version, campaign=body, removed=False,
+                             command_id=cid)
+
+    def remove_campaign(self, campaign_id: str) -> m.CampaignOut:
+        now = self._clock()
+        with self.db.tx() as db:
+            row = db.execute("SELECT version, body FROM campaigns WHERE id = ?",
+                             (campaign_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(campaign_id)
+            version = int(row[0]) + 1
+            db.execute("UPDATE campaigns SET version = ?, removed = 1, updated_at = ? "
+                       "WHERE id = ?", (version, now, campaign_id))
+        cid = None
+        if self.commands is not None:
+            cid = self.commands.send("*", "campaigns", {
+                "op": "remove", "remove": [{"id": campaign_id, "version": version}],
+                "request_id": f"campaign-{campaign_id}-{version}"}, purpose="campaigns")
+        return m.CampaignOut(id=campaign_id, version=version, campaign=json.loads(row[1]),
+                             removed=True, command_id=cid)
+
+    def campaigns(self) -> list[m.CampaignOut]:
+        with self.db.tx() as db:
+            rows = records.rows(db, "SELECT id, version, body, removed FROM campaigns "
+                                "ORDER BY id")
+        return [m.CampaignOut(id=r[0], version=int(r[1]), campaign=json.loads(r[2]),
+                              removed=bool(r[3])) for r in rows]
+
+    # --- click and collect ----------------------------------------------------------
+
+    def create_pickup(self, body: m.PickupIn) -> m.PickupOut:
+        now = self._clock()
+        with self.db.tx() as db:
+            if db.execute("SELECT 1 FROM customers WHERE customer = ?",
+                          (body.customer,)).fetchone() is None:
+                raise NotFoundError(body.customer)
+            if db.execute("SELECT 1 FROM pickups WHERE order_id = ?",
+                          (body.order_id,)).fetchone() is not None:
+                raise ConflictError(f"order {body.order_id} exists")
+            db.execute("INSERT INTO pickups (order_id, customer, store, state, counter, "
+                       "items, created_at, updated_at) VALUES (?, ?, ?, 'preparing', ?, ?, "
+                       "?, ?)", (body.order_id, body.customer, body.store, body.counter,
+                                 body.items, now, now))
+        return self._pickup_changed(body.order_id)
+
+    def pickup_state(self, order_id: str, state: str) -> m.PickupOut:
+        now = self._clock()
+        allowed = {"ready": ("preparing",), "collected": ("ready",),
+                   "cancelled": ("preparing", "ready")}[state]
+        with self.db.tx() as db:
+            row = db.execute("SELECT state FROM pickups WHERE order_id = ?",
+                             (order_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(order_id)
+            if row[0] not in allowed:
+                raise ConflictError(f"order {order_id} is {row[0]}: cannot become {state}")
+            column = {"ready": "ready_at", "collected": "collected_at"}.get(state)
+            sets = f", {column} = ?" if column else ""
+            db.execute(f"UPDATE pickups SET state = ?, updated_at = ?{sets} "  # noqa: S608 - fixed column names
+                       "WHERE order_id = ?",
+                       (state, now, *((now,) if column else ()), order_id))
+        return self._pickup_changed(order_id)
+
+    def _pickup_changed(self, order_id: str) -> m.PickupOut:
+        p = self.get_pickup(order_id)
+        cid = self._send_customers(p.store, "upsert", [p.customer])
+        return p.model_copy(update={"command_id": cid})
+
+    def get_pickup(self, order_id: str) -> m.PickupOut:
+        with self.db.tx() as db:
+            row = db.execute("SELECT order_id, customer, store, state, counter, items, "
+                             "created_at, ready_at, collected_at FROM pickups WHERE "
+                             "order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(order_id)
+        return m.PickupOut(order_id=row[0], customer=row[1], store=row[2], state=row[3],
+                           counter=row[4], items=int(row[5]), created_at=float(row[6]),
+                           ready_at=row[7], collected_at=row[8])
+
+    # --- erasure --------------------------------------------------------------------
+
+    def erase(self, customers: list[str]) -> m.ErasureOut:
+        now = self._clock()
+        erasure_id = f"erase-{uuid.uuid4().hex[:16]}"
+        with self.db.tx() as db:
+            marks = ", ".join("?" * len(customers))
+            loyalty = [r[0] for r in records.rows(
+                db, f"SELECT loyalty_id FROM loyalty WHERE customer IN ({marks})",  # noqa: S608 - placeholders only
+                customers)]
+            for table in ("customers", "consents", "loyalty", "pickups", "customer_sent"):
+                db.execute(f"DELETE FROM {table} WHERE customer IN ({marks})",  # noqa: S608 - fixed table names
+                           customers)
+            self._redact_events(db, customers, loyalty)
+            db.execute("INSERT INTO erasures (id, customers, loyalty_ids, requested_at) "
+                       "VALUES (?, ?, ?, ?)",
+                       (erasure_id, dumps(customers), dumps(loyalty), now))
+            stores = records.stores(db)
+        for store in stores:
+            cid = None
+            if self.commands is not None:
+                cid = self.commands.send(store, "erase", outbound.erase_payload(
+                    customers, loyalty, erasure_id), purpose="erasure")
+            with self.db.tx() as db:
+                db.execute("INSERT INTO erasure_stores (erasure_id, store, command_id) "
+                           "VALUES (?, ?, ?)", (erasure_id, store, cid or ""))
+        return self.erasure(erasure_id)
+
+    @staticmethod
+    def _redact_events(db: Any, customers: list[str], loyalty: list[str]) -> None:
+        marks = ", ".join("?" * len(customers))
+        # their cards appear without them too (a purchase nobody was attributed to, a
+        # loyalty scan): pseudonyms are 'ps1:' + hex, so LIKE has no wildcard to fear
+        cards = "".join(" OR data LIKE ?" for _ in loyalty)
+        rows = records.rows(db, f"SELECT id, subject, data FROM events WHERE "  # noqa: S608 - placeholders only
+                            f"customer IN ({marks}){cards}",
+                            [*customers, *(f"%{lid}%" for lid in loyalty)])
+        for event_id, subject, data in rows:
+            wrapped = json.dumps({"subject": subject, "data": json.loads(data)}).encode()
+            redacted = redact_event(wrapped, customers, loyalty)
+            new = (json.loads(redacted) if redacted is not None
+                   else {"subject": subject, "data": json.loads(data)})
+            db.execute("UPDATE events SET customer = NULL, subject = ?, data = ? "
+                       "WHERE id = ?", (new["subject"], dumps(new["data"]), event_id))
+
+    def erasure(self, erasure_id: str) -> m.ErasureOut:
+        now = self._clock()
+        with self.db.tx() as db:
+            row = db.execute("SELECT customers, requested_at, done_at FROM erasures "
+                             "WHERE id = ?", (erasure_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(erasure_id)
+            asked = {r[0]: r[1] for r in records.rows(
+                db, "SELECT store, command_id FROM erasure_stores WHERE erasure_id = ?",
+                (erasure_id,))}
+            gws: dict[str, list[str]] = defaultdict(list)
+            for store, gateway, _ in records.gateways(db):
+                gws[store].append(gateway)
+            answers: dict[str, dict[str, bool]] = {}
+            for cid in asked.values():
+                answers[cid] = {a["gateway"]: a["applied"]
+                                for a in records.answers_to(db, cid)
+                                if a["type"] == "storegate.gateway.erased.v1"}
+            state = outbound.erasure_state(asked, gws, answers)
+            done = bool(state) and all(s.done for s in state)
+            done_at = row[2]
+            if done and done_at is None:
+                done_at = now
+                db.execute("UPDATE erasures SET done_at = ? WHERE id = ?", (now, erasure_id))
+        return m.ErasureOut(
+            id=erasure_id, customers=json.loads(row[0]), requested_at=float(row[1]),
+            done=done, done_at=done_at,
+            stores=[m.StoreConfirmationOut(**{**asdict(s), "gateways": list(s.gateways),
+                                              "confirmed": list(s.confirmed),
+                                              "failed": list(s.failed)}, done=s.done)
+                    for s in state])
+
+    def resend_erasure(self, erasure_id: str) -> m.ErasureOut:
+        """Send the erase command again to every store not yet confirmed."""
+        e = self.erasure(erasure_id)
+        with self.db.tx() as db:
+            loyalty = json.loads(db.execute("SELECT loyalty_ids FROM erasures WHERE id = ?",
+                                            (erasure_id,)).fetchone()[0])
+        for s in e.stores:
+            if s.done or self.commands is None:
+                continue
+            cid = self.commands.send(s.store, "erase", outbound.erase_payload(
+                e.customers, loyalty, erasure_id), purpose="erasure")
+            with self.db.tx() as db:
+                db.execute("UPDATE erasure_stores SET command_id = ? WHERE erasure_id = ? "
+                           "AND store = ?", (cid, erasure_id, s.store))
+        return self.erasure(erasure_id)
+
+    # --- operations -----------------------------------------------------------------
+
+    def gateways(self) -> list[m.GatewayOut]:
+        out = []
+        with self.db.tx() as db:
+            for store, gateway, watermark in records.gateways(db):
+                row = db.execute("SELECT state, session FROM gateways WHERE store = ? AND "
+                                 "gateway = ?", (store, gateway)).fetchone()
+                agg = db.execute("SELECT MAX(sequence), COUNT(*) FROM events WHERE "
+                                 "store = ? AND gateway = ?", (store, gateway)).fetchone()
+                gaps = [[x.range.first, x.range.last]
+                        for x in records.open_gaps(db, store, gateway)]
+                lost = [[r.first, r.last] for r in records.lost_ranges(db, store, gateway)]
+                out.append(m.GatewayOut(store=store, gateway=gateway, state=row[0],
+                                        session=row[1], watermark=watermark,
+                                        highest=agg[0], events=int(agg[1]),
+                                        open_gaps=gaps, lost=lost))
+        return out
+
+    def command(self, command_id: str) -> m.CommandOut:
+        with self.db.tx() as db:
+            row = db.execute("SELECT id, store, name, purpose, issued_at, sent_at FROM "
+                             "commands WHERE id = ?", (command_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(command_id)
+            answers = records.answers_to(db, command_id)
+        return m.CommandOut(id=row[0], store=row[1], name=row[2], purpose=row[3],
+                            issued_at=float(row[4]), sent_at=row[5], answers=answers)
