@@ -37,8 +37,13 @@ def test_demo_store_publishes_visits_aggregates_and_purchases(
                 "storegate.offer.issued.v1", "storegate.offer.suppressed.v1"}
         wait_for(lambda: want <= {e["type"] for e in subscriber.decoded()}, 90,
                  f"the demo publishing {want}")
-        purchase = subscriber.of_type("storegate.purchase.completed.v1")[0]["data"]
-        assert purchase["lane"] == "lane-1" and not purchase["totals_mismatch"]
+        # both lanes: lane-1 from its printer's receipts, lane-2 from its fiscal register
+        wait_for(lambda: {e["data"]["lane"] for e in subscriber.of_type(
+            "storegate.purchase.completed.v1")} == {"lane-1", "lane-2"}, 60,
+            "a purchase at each lane")
+        purchases = [e["data"] for e in subscriber.of_type("storegate.purchase.completed.v1")]
+        assert not any(p["totals_mismatch"] for p in purchases)
+        assert {p["source"] for p in purchases if p["lane"] == "lane-2"} == {"fiscal"}
         visit = subscriber.of_type("storegate.visit.entered.v1")[0]
         assert visit["source"] == "storegate://demo-store/gw-1"
         assert visit["data"]["customer"].startswith("cust-")  # a pseudonym, not an address

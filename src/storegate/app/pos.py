@@ -31,7 +31,7 @@ from storegate.core.pos.atol import AtolV3
 from storegate.core.pos.display import PoleDisplay
 from storegate.core.pos.escpos import EscPos
 from storegate.core.pos.frames import Dialect
-from storegate.core.pos.lane import LaneAssembler, LaneSettings
+from storegate.core.pos.lane import REFUSED_ON_RECEIPTS, LaneAssembler, LaneSettings
 from storegate.core.pos.scanner import BarcodeScanner
 from storegate.core.pos.shtrih_m import ShtrihM
 from storegate.core.pos.stx_etx import StxEtx, StxEtxSettings
@@ -169,16 +169,17 @@ class PosService:
                     raise ConfigError("<config>", str(exc),
                                       f"pos.lanes[{i}].devices[{j}]") from exc
                 self.devices.append(dev)
-        self.simulator: SimulatedLane | None = None
+        self.simulators: list[SimulatedLane] = []
         sim = config.sources.lane_simulator
         if sim.enabled:
-            lane_cfg = next((ln for ln in config.pos.lanes if ln.id == sim.lane), None)
-            if lane_cfg is None:
+            simulated = [ln for ln in config.pos.lanes if sim.lane in ("*", ln.id)]
+            if not simulated:
                 raise ConfigError("<config>", f"no lane {sim.lane!r} to simulate",
                                   "sources.lane_simulator.lane")
-            self.simulator = SimulatedLane(
+            self.simulators = [SimulatedLane(
                 ports={d.role: d.port for d in lane_cfg.devices}, every_s=sim.every_s,
-                seed=sim.seed, encoding=lane_cfg.devices[0].encoding)
+                seed=sim.seed + n, encoding=lane_cfg.devices[0].encoding)
+                for n, lane_cfg in enumerate(simulated)]
 
     def _receiver(self, dev: _Device) -> Callable[[bytes, float], None]:
         return lambda data, ts: self._bytes(dev, data, ts)
@@ -198,13 +199,33 @@ class PosService:
         dev.frames_total += len(frames)
         lane = self.lanes[dev.lane]
         drafts: list[ev.EventDraft] = []
+        alert = lane.layout_alert
+        refused = [lane.counters.get(k, 0) for k in REFUSED_ON_RECEIPTS]
         for f in frames:
             try:
                 drafts += lane.feed(f)
             except Exception as exc:
                 self._failed(dev, exc)
+        for (reason, why), before in zip(REFUSED_ON_RECEIPTS.items(), refused, strict=True):
+            if lane.counters.get(reason, 0) > before:
+                self._warn(f"{dev.lane}:{reason}", "lane %s: %s (counted as %s)", dev.lane,
+                           why, reason, lane=dev.lane)
+        if lane.layout_alert != alert:
+            self._layout_changed(dev.lane, lane)
         if drafts:
             self._submit(drafts)
+
+    def _layout_changed(self, lane_id: str, lane: LaneAssembler) -> None:
+        """Said once each time the alert rises or clears (status and telemetry carry it)."""
+        share = lane.adds_up_share or 0.0
+        if lane.layout_alert:
+            log.warning("lane %s: only %.0f%% of the last receipts add up to their total: "
+                        "the receipt layout may have changed (printer firmware, till); check "
+                        "the template with `storegate pos template check` on a capture",
+                        lane_id, share * 100, extra={"lane": lane_id})
+        else:
+            log.info("lane %s: receipts add up again (%.0f%%)", lane_id, share * 100,
+                     extra={"lane": lane_id})
 
     def _failed(self, dev: _Device, exc: Exception) -> None:
         self.errors_total += 1
@@ -222,8 +243,8 @@ class PosService:
                     if dev.tap is not None:
                         tg.create_task(dev.tap.run(taps_stop), name=f"tap {dev.cfg.port}")
                 tg.create_task(self._flush(stop))
-                if self.simulator is not None:
-                    tg.create_task(self.simulator.run(stop), name="lane simulator")
+                for simulator in self.simulators:
+                    tg.create_task(simulator.run(stop), name="lane simulator")
                 await stop.wait()
                 await self._quiet(time.monotonic() + SHUTDOWN_QUIET_S)
                 taps_stop.set()
@@ -262,6 +283,7 @@ class PosService:
                 totals_mismatch_total=lane.counters.get("totals-mismatch", 0),
                 devices_down=[d.cfg.role for d in devs
                               if d.tap is not None and d.tap.state != "open"],
+                adds_up_share=lane.adds_up_share, layout_alert=lane.layout_alert,
             ))
         return out
 
@@ -275,6 +297,8 @@ class PosService:
                 tap=dev.tap.status() if dev.tap is not None else None,
             ))
         lanes = {lane_id: LaneStatus(counters=dict(lane.counters),
-                                     devices=tuple(devices[lane_id]))
+                                     devices=tuple(devices[lane_id]),
+                                     adds_up_share=lane.adds_up_share,
+                                     layout_alert=lane.layout_alert)
                  for lane_id, lane in self.lanes.items()}
         return PosStatus(lanes=lanes, errors_total=self.errors_total)

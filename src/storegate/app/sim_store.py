@@ -115,22 +115,26 @@ def demo_records(identities: list[Identity], now: float) -> list[CustomerRecord]
     pickup, so the demo's campaigns (firmware-configs/campaigns/demo.toml) have
     something to decide. Stable per customer (a hash of the pseudonym), never
     persisted, like the simulator's identities."""
+    return [demo_record(ident.customer, now) for ident in identities]
+
+
+def demo_record(customer: str, now: float, version: int = 1) -> CustomerRecord:
+    """One simulated app user's record (see :func:`demo_records`); ``storegate demo``
+    enrols the same user in central from it (consents with proof, the CRM's fields,
+    the pickup order), and central sends the store its own versions."""
     month = time.gmtime(now).tm_mon
     consent = Consent(granted=True, at=now, source="app")
-    out = []
-    for ident in identities:
-        h = hashlib.sha256(b"storegate demo customer\x00" + ident.customer.encode()).digest()
-        out.append(CustomerRecord(
-            customer=ident.customer, version=1,
-            consents=Consents(presence=consent, marketing=consent, staff_view=consent),
-            profile=Profile(
-                greeting_name=f"Shopper {h[0]:03d}", tier=_DEMO_TIERS[h[1] % 3],
-                segments=sorted({_DEMO_SEGMENTS[h[2] % 5], _DEMO_SEGMENTS[h[3] % 5]}),
-                preferences=sorted({_DEMO_PREFERENCES[h[4] % 6],
-                                    _DEMO_PREFERENCES[h[5] % 6]}),
-                favourite_categories=[_DEMO_PREFERENCES[h[6] % 6]],
-                birthday_month=month if h[7] % 6 == 0 else (h[7] % 12) + 1,
-                store_visits=h[8] % 20),
-            pickup_orders=[PickupOrder(order_id=f"WEB-{h[9:13].hex()}", state="ready",
-                                       items=1 + h[13] % 5)] if h[14] % 5 == 0 else []))
-    return out
+    h = hashlib.sha256(b"storegate demo customer\x00" + customer.encode()).digest()
+    return CustomerRecord(
+        customer=customer, version=version,
+        consents=Consents(presence=consent, marketing=consent, staff_view=consent),
+        profile=Profile(
+            greeting_name=f"Shopper {h[0]:03d}", tier=_DEMO_TIERS[h[1] % 3],
+            segments=sorted({_DEMO_SEGMENTS[h[2] % 5], _DEMO_SEGMENTS[h[3] % 5]}),
+            preferences=sorted({_DEMO_PREFERENCES[h[4] % 6],
+                                _DEMO_PREFERENCES[h[5] % 6]}),
+            favourite_categories=[_DEMO_PREFERENCES[h[6] % 6]],
+            birthday_month=month if h[7] % 6 == 0 else (h[7] % 12) + 1,
+            store_visits=h[8] % 20),
+        pickup_orders=[PickupOrder(order_id=f"WEB-{h[9:13].hex()}", state="ready",
+                                   items=1 + h[13] % 5)] if h[14] % 5 == 0 else [])
