@@ -3,8 +3,9 @@
 Generated receipt streams (``sim/receipts.py``: every layout of a family, reprints and
 cancelled receipts among them, reproducible by seed) are read by
 
-  before   the parser and shipped templates as they were before issue 16, kept verbatim in
-           ``bench/baseline/receipts_v0/`` (``ru-generic``, ``en-generic``)
+  before   the parser and shipped templates as they were before issue 16, read from git
+           history at commit 3d437df (``git show``; a shallow clone needs
+           ``git fetch --unshallow``) into a module of their own, ``template_v0``
   after    today's parser and shipped templates
 
 and for each: the share of receipts (reprints and voids excluded) whose items add up to
@@ -20,9 +21,9 @@ rounds, before and after timed in turn in each round).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -38,17 +39,34 @@ from storegate.core.pos.fiscal_qr import parse_fiscal_qr  # noqa: E402
 from storegate.core.pos.template import Template, arithmetic  # noqa: E402
 from storegate.sim.receipts import FAMILIES, GenReceipt, generate  # noqa: E402
 
-BASELINE = REPO / "bench" / "baseline" / "receipts_v0"
+BASELINE_REV = "3d437df"  # the last commit before issue 16
+BASELINE_PARSER = "src/storegate/core/pos/template.py"
+BASELINE_TEMPLATES = "src/storegate/defaults/pos/templates"
 TEMPLATE_OF = {"ru": "ru-generic.toml", "en": "en-generic.toml"}
 
 
+def _at_baseline(path: str) -> str:
+    """A file as it was at ``BASELINE_REV``."""
+    spec = f"{BASELINE_REV}:{path}"
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "show", spec], capture_output=True,
+                              check=False, text=True, encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"bench_receipts: the baseline is read with git, which failed to "
+                         f"start: {exc}") from exc
+    if done.returncode != 0:
+        raise SystemExit(f"bench_receipts: cannot read the baseline {spec} from git history "
+                         f"({done.stderr.strip()}); in a shallow clone run "
+                         "`git fetch --unshallow`")
+    return done.stdout
+
+
 def _baseline_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("template_v0", BASELINE / "template_v0.py")
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
+    """The parser of before issue 16 as a module of its own, ``template_v0``."""
+    mod = ModuleType("template_v0")
     sys.modules["template_v0"] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
+    code = compile(_at_baseline(BASELINE_PARSER), f"{BASELINE_REV}:{BASELINE_PARSER}", "exec")
+    exec(code, mod.__dict__)  # our own source, from our own git history
     return mod
 
 
@@ -132,7 +150,7 @@ def main() -> int:
     for family in FAMILIES:
         receipts = generate(family, args.receipts, args.seed)
         name = TEMPLATE_OF[family]
-        before_t = v0.Template.from_toml((BASELINE / name).read_text("utf-8"))
+        before_t = v0.Template.from_toml(_at_baseline(f"{BASELINE_TEMPLATES}/{name}"))
         after_t = Template.from_toml((shipped / name).read_text("utf-8"))
         before = measure(receipts, before_t.parse, new=False)
         after = measure(receipts, after_t.parse, new=True)

@@ -33,6 +33,7 @@ from storegate.core.pos.template import (
     TemplateError,
     parse_money,
 )
+from tests.support.pos_service import printer_lane_service
 
 CORPUS = Path(__file__).parent / "data" / "receipts" / "independent"
 TEMPLATES = defaults_dir() / "pos" / "templates"
@@ -266,25 +267,7 @@ def test_check_echoes_card_numbers_masked_and_long_lines_cut(
 
 def test_the_service_logs_refused_receipt_lines_once_and_counts_them(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from storegate.app.pos import PosService
-    from storegate.config import load
-
-    cfg = tmp_path / "store.toml"
-    cfg.write_text(f"""store_id = "s1"
-gateway_id = "g1"
-[storage]
-path = "{tmp_path / 'outbox.db'}"
-[[pos.lanes]]
-id = "lane-1"
-currency = "RUB"
-template = "{TEMPLATES / 'ru-generic.toml'}"
-[[pos.lanes.devices]]
-role = "printer"
-dialect = "escpos"
-port = "{tmp_path / 'no-such-port'}"
-""")
-    submitted: list[Any] = []
-    svc = PosService(load(cfg), submit=submitted.extend)
+    svc, submitted = printer_lane_service(tmp_path, TEMPLATES / "ru-generic.toml")
     [dev] = svc.devices
     caplog.set_level("WARNING")
     job = "\n".join((*RECEIPT[:2], "Z" * 600, "КАРТА 4111 1111 1111 1111", RECEIPT[2]))

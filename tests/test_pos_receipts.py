@@ -22,6 +22,7 @@ from storegate.core.pos.frames import ReceiptText
 from storegate.core.pos.lane import LaneAssembler, LaneSettings
 from storegate.core.pos.template import Template, TemplateError, arithmetic, parse_money
 from storegate.sim.receipts import FAMILIES, LAYOUTS, escpos, generate
+from tests.support.pos_service import printer_lane_service
 
 TEMPLATES = defaults_dir() / "pos" / "templates"
 GOLDEN = Path(__file__).parent / "data" / "receipts"
@@ -225,8 +226,16 @@ def test_cli_template_check_a_capture_line_by_line(tmp_path: Path,
     assert "capture:" in out and "add up, 0 do not" in out
     for category in ("item", "tax", "tender", "field", "ignored"):
         assert f" {category} " in out
-    # the old template on today's layouts: receipts that do not add up, exit 1
-    old = Path(__file__).parents[1] / "bench" / "baseline" / "receipts_v0" / "ru-generic.toml"
+    # a template that reads only two-line items and the total (as before issue 16) on
+    # today's layouts: receipts that do not add up, exit 1
+    old = tmp_path / "ru-items-only.toml"
+    old.write_text(r"""name = "ru-items-only"
+currency = "RUB"
+[fields]
+total = '^\s*ИТОГО?\s*=?\s*(?P<value>[\d ]+[.,]\d{2})\s*$'
+[[items]]
+pattern = '^(?P<name>\S.*?)\s*\n\s*(?P<qty>\d+(?:[.,]\d{1,3})?)\s*[xX*]\s*(?P<price>[\d ]+[.,]\d{2})\s*=\s*(?P<amount>[\d ]+[.,]\d{2})\s*$'
+""", "utf-8")  # noqa: E501 - a pattern on one line, as in a template file
     code = cli.main(["pos", "template", "check", "-q", str(old), str(cap)])
     out = capsys.readouterr().out
     assert code == 1 and "DOES NOT ADD UP" in out and "unmatched" in out
@@ -277,25 +286,7 @@ def test_lane_from_registers_as_current_drivers_drive_them() -> None:
 
 def test_pos_service_reports_the_share_in_health_and_status_and_warns_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from storegate.app.pos import PosService
-    from storegate.config import load
-
-    cfg = tmp_path / "store.toml"
-    cfg.write_text(f"""store_id = "s1"
-gateway_id = "g1"
-[storage]
-path = "{tmp_path / 'outbox.db'}"
-[[pos.lanes]]
-id = "lane-1"
-currency = "RUB"
-template = "{TEMPLATES / 'ru-generic.toml'}"
-[[pos.lanes.devices]]
-role = "printer"
-dialect = "escpos"
-port = "{tmp_path / 'no-such-port'}"
-""")
-    submitted: list[object] = []
-    svc = PosService(load(cfg), submit=submitted.extend)
+    svc, _ = printer_lane_service(tmp_path, TEMPLATES / "ru-generic.toml")
     [dev] = svc.devices
     good = [r for r in generate("ru", 120, 21) if not r.copy and not r.void]
     t = T0

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO, get_args
@@ -112,32 +113,44 @@ def replay(config: Config, capture: str, events_out: str, identities: list[Ident
 # --- pos decode --------------------------------------------------------------------
 
 
-def read_pos_input(path: str, dialect: str | None,
-                   lane: str) -> tuple[list[Chunk], list[BadLine]]:
-    """A capture's chunks (and its bad lines), or a raw byte file as one chunk."""
+def read_whole(path: str, advice: str) -> bytes:
+    """FILE's bytes, read whole (``pos decode``, ``pos template``): past
+    ``MAX_DECODE_BYTES`` a clear error ending in ``advice``."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_DECODE_BYTES + 1)
     except OSError as exc:
         raise DataFileError(path, f"cannot read: {exc.strerror}") from exc
     if len(raw) > MAX_DECODE_BYTES:
-        raise DataFileError(path, f"larger than {MAX_DECODE_BYTES // 2**20} MiB: "
-                            "decode a part of it")
-    if not looks_like_capture(raw[:4096]):
-        if not dialect:
-            raise UsageError(f"{path} is raw bytes (not a capture): give --dialect")
-        return [Chunk(time.time(), lane, "", dialect, raw)], []
+        raise DataFileError(path, f"larger than {MAX_DECODE_BYTES // 2**20} MiB: {advice}")
+    return raw
+
+
+def capture_chunks(raw: bytes,
+                   dialects: Collection[str] = ()) -> tuple[list[Chunk], list[BadLine]]:
+    """A POS capture's chunks and its bad lines (with ``dialects``, a chunk must name one
+    of them)."""
     chunks: list[Chunk] = []
     bad: list[BadLine] = []
     lines = (line[:MAX_POS_LINE_CHARS + 1]  # an over-long line is reported, not parsed
              for line in raw.decode("utf-8", "replace").splitlines())
-    known = () if dialect else get_args(PosDialect)
-    for item in read_pos_capture(lines, known):
+    for item in read_pos_capture(lines, dialects):
         if isinstance(item, Chunk):
             chunks.append(item)
         else:
             bad.append(item)
     return chunks, bad
+
+
+def read_pos_input(path: str, dialect: str | None,
+                   lane: str) -> tuple[list[Chunk], list[BadLine]]:
+    """A capture's chunks (and its bad lines), or a raw byte file as one chunk."""
+    raw = read_whole(path, "decode a part of it")
+    if not looks_like_capture(raw[:4096]):
+        if not dialect:
+            raise UsageError(f"{path} is raw bytes (not a capture): give --dialect")
+        return [Chunk(time.time(), lane, "", dialect, raw)], []
+    return capture_chunks(raw, () if dialect else get_args(PosDialect))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,16 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from storegate.app.offline import MAX_DECODE_BYTES
+from storegate.app.offline import capture_chunks, read_whole
 from storegate.app.pos import load_template, make_dialect
 from storegate.config import defaults_dir
-from storegate.core.pos.capture import MAX_LINE_CHARS, Chunk, looks_like_capture, read_pos_capture
+from storegate.core.pos.capture import Chunk, looks_like_capture
 from storegate.core.pos.fiscal_qr import parse_fiscal_qr
 from storegate.core.pos.frames import ReceiptText
 from storegate.core.pos.pan import mask_card_numbers
 from storegate.core.pos.template import MAX_LINE_CHARS as TEMPLATE_MAX_LINE_CHARS
 from storegate.core.pos.template import Arithmetic, ParsedReceipt, Template, arithmetic
-from storegate.errors import DataFileError, UsageError
+from storegate.errors import UsageError
 
 PRINTER_DIALECTS: Final = ("escpos", "stx-etx")
 _SPLIT: Final = re.compile(r"\f|\n[ \t]*\n(?:[ \t]*\n)+")
@@ -60,27 +60,13 @@ class Verdict:
 
 def read_jobs(path: str, encoding: str) -> tuple[str, list[Job]]:
     """What FILE is (said to the operator) and its printed jobs."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_DECODE_BYTES + 1)
-    except OSError as exc:
-        raise DataFileError(path, f"cannot read: {exc.strerror}") from exc
-    if len(raw) > MAX_DECODE_BYTES:
-        raise DataFileError(path, f"larger than {MAX_DECODE_BYTES // 2**20} MiB: check a "
-                            "part of it")
+    raw = read_whole(path, "check a part of it")
     if looks_like_capture(raw[:4096]):
-        chunks: list[Chunk] = []
-        bad = 0
-        lines = (ln[:MAX_LINE_CHARS + 1] for ln in raw.decode("utf-8", "replace").splitlines())
-        for item in read_pos_capture(lines, ()):
-            if isinstance(item, Chunk):
-                if item.dialect in PRINTER_DIALECTS:
-                    chunks.append(item)
-            else:
-                bad += 1
+        chunks, bad = capture_chunks(raw)
+        chunks = [c for c in chunks if c.dialect in PRINTER_DIALECTS]
         jobs = _decode(chunks, encoding)
         return (f"capture: {len(chunks)} printer chunk(s)"
-                + (f", {bad} bad line(s) skipped" if bad else "")), jobs
+                + (f", {len(bad)} bad line(s) skipped" if bad else "")), jobs
     if b"\x1b" not in raw and b"\x1d" not in raw:
         try:
             text = raw.decode("utf-8")

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from re import _parser as _sre  # type: ignore[attr-defined]  # the pattern's own parse tree
 from typing import Any, Final, Literal
@@ -398,61 +398,32 @@ class Template:
             return "field", f"fields.{key}"
         return None
 
-    def _tender(self, line: str, out: ParsedReceipt) -> tuple[Category, str] | None:
-        for rule in self.tenders:
+    def _amount(self, category: Category, rules: tuple[_Rule, ...], line: str,
+                out: ParsedReceipt, apply: _Apply) -> tuple[Category, str] | None:
+        """The first of ``rules`` that matches ``line``, its amount applied to ``out`` (an
+        amount that does not parse is counted, not applied)."""
+        for rule in rules:
             m = rule.regex.search(line)
             if m is not None:
                 amount = self._money(m.group("amount"), out)
                 if amount is not None:
-                    out.tenders.append((_tender_kind(rule.kind), amount))
-                return "tender", rule.key
+                    apply(out, rule, amount)
+                return category, rule.key
         return None
 
+    def _tender(self, line: str, out: ParsedReceipt) -> tuple[Category, str] | None:
+        return self._amount("tender", self.tenders, line, out, _add_tender)
+
     def _tax(self, line: str, out: ParsedReceipt) -> tuple[Category, str] | None:
-        for rule in self.taxes:
-            m = rule.regex.search(line)
-            if m is None:
-                continue
-            amount = self._money(m.group("amount"), out)
-            if amount is not None:
-                if rule.kind == "True":
-                    out.tax_added_minor += abs(amount)
-                else:
-                    out.tax_included_minor += abs(amount)
-            return "tax", rule.key
-        return None
+        return self._amount("tax", self.taxes, line, out, _add_tax)
 
     def _markup(self, line: str, out: ParsedReceipt) -> tuple[Category, str] | None:
         if not out.items:  # a markup before any item is not one this template reads
             return None
-        for rule in self.markups:
-            m = rule.regex.search(line)
-            if m is None:
-                continue
-            amount = self._money(m.group("amount"), out)
-            if amount is not None:
-                out.items[-1] = replace(out.items[-1],
-                                        amount_minor=out.items[-1].amount_minor + abs(amount))
-            return "markup", rule.key
-        return None
+        return self._amount("markup", self.markups, line, out, _add_markup)
 
     def _discount(self, line: str, out: ParsedReceipt) -> tuple[Category, str] | None:
-        for rule in self.discounts:
-            m = rule.regex.search(line)
-            if m is None:
-                continue
-            amount = self._money(m.group("amount"), out)
-            if amount is not None:
-                amount = abs(amount)
-                if rule.kind == "item" and out.items:
-                    last = out.items[-1]
-                    out.items[-1] = ParsedItem(last.name, last.quantity_milli,
-                                               last.unit_price_minor, last.amount_minor,
-                                               last.discount_minor + amount)
-                else:
-                    out.discount_minor += amount
-            return "discount", rule.key
-        return None
+        return self._amount("discount", self.discounts, line, out, _add_discount)
 
     def _claims(self, line: str) -> bool:
         """Some other rule (a field, tender, discount, tax, ignore) or a card number
@@ -547,6 +518,33 @@ def _joined(patterns: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
                                    for p in patterns))
     except re.error:
         return None
+
+
+_Apply = Callable[[ParsedReceipt, _Rule, int], None]
+
+
+def _add_tender(out: ParsedReceipt, rule: _Rule, amount: int) -> None:
+    out.tenders.append((_tender_kind(rule.kind), amount))
+
+
+def _add_tax(out: ParsedReceipt, rule: _Rule, amount: int) -> None:
+    if rule.kind == "True":
+        out.tax_added_minor += abs(amount)
+    else:
+        out.tax_included_minor += abs(amount)
+
+
+def _add_markup(out: ParsedReceipt, rule: _Rule, amount: int) -> None:
+    out.items[-1] = replace(out.items[-1], amount_minor=out.items[-1].amount_minor + abs(amount))
+
+
+def _add_discount(out: ParsedReceipt, rule: _Rule, amount: int) -> None:
+    if rule.kind == "item" and out.items:
+        last = out.items[-1]
+        out.items[-1] = ParsedItem(last.name, last.quantity_milli, last.unit_price_minor,
+                                   last.amount_minor, last.discount_minor + abs(amount))
+    else:
+        out.discount_minor += abs(amount)
 
 
 def _tender_kind(kind: str) -> TenderKind:
