@@ -48,6 +48,8 @@ def main() -> int:
                     help="first seed (overrides --set; the report names the set it fell in)")
     ap.add_argument("--small", action="store_true", help="small stores (10 minutes, few people)")
     ap.add_argument("--out", default=None, help="markdown report (json beside it)")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="no self-calibration from the zone beacons (the engine without it)")
     args = ap.parse_args()
     if not 1 <= args.stores <= 100:
         ap.error("--stores: 1..100")
@@ -67,14 +69,17 @@ def main() -> int:
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     print(f"{len(seeds)} stores, {which} seeds {seeds[0]}-{seeds[-1]}")
-    results = run(seeds, size, progress)
+    results = run(seeds, size, progress, calibrated=not args.uncalibrated)
     secs = time.perf_counter() - started
-    report = table(results, f"## Presence accuracy across {len(results)} stores ({which})")
+    cal = "uncalibrated" if args.uncalibrated else "self-calibrated"
+    report = table(results, f"## Presence accuracy across {len(results)} stores ({which}, "
+                            f"{cal})")
     report += f"\n({secs:.0f} s, {'small' if args.small else 'full-size'} stores)\n\n"
     report += per_store(results)
     print()
     print(report)
     default = f"presence_family{'' if which == 'held-out' else '-' + which.replace(' ', '-')}"
+    default += "-uncalibrated" if args.uncalibrated else ""
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{default}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)

@@ -8,11 +8,13 @@ data (what the model lets a fit recover), not thresholds tuned for a store.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
 import math
 import random
+import threading
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -31,7 +33,9 @@ from storegate.core.presence.calibration import (
     OFFSET_MAX_DB,
     CalibrationFit,
     Calibrator,
+    Prepared,
     fit_pairs,
+    fit_prepared,
 )
 from storegate.core.presence.infrastructure import Beacon, Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
@@ -403,11 +407,17 @@ def test_cli_calibrate_prints_the_model_and_thresholds(tmp_path: Path) -> None:
     rows = {r["scanner"]: r for r in out["scanners"]}
     assert rows["s0"]["at_m"]["1"] == pytest.approx(-59 + out["offsets_db"]["s0"], abs=0.06)
     assert rows["sc-unplaced"]["zone_radius_m"] is None
+    engine = out["engine"]  # what the presence engine decides with: the same fit
+    assert engine["used"] and engine["offsets_db"].keys() <= out["offsets_db"].keys()
+    assert "sc-unplaced" not in engine["offsets_db"]  # no position: offset 0
+    assert engine["zone_floor_dbm"] and all(-92 <= v <= -60
+                                            for v in engine["zone_floor_dbm"].values())
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert main(["calibrate", str(tmp_path / "cap.jsonl"), "-c", cfg]) == 0
     text = buf.getvalue()
     assert "path-loss exponent n =" in text and "half-way between" in text
+    assert "the engine decides with" in text and "zone floors" in text
 
 
 def test_cli_calibrate_without_a_plan_says_what_is_missing(
@@ -430,7 +440,8 @@ def test_config_builds_a_calibrator_only_when_enabled(tmp_path: Path) -> None:
 
 
 def test_the_live_service_reports_the_fit_in_status_and_telemetry(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from storegate.adapters.identities_sqlite import IdentityStore
     from storegate.app.cli import _print_presence
     from storegate.app.presence import PresenceService
@@ -451,6 +462,19 @@ def test_the_live_service_reports_the_fit_in_status_and_telemetry(
             svc.feed(Advert(ts, s, "AC:23:3F:00:00:01", r, manufacturer_data={
                 APPLE: encode_ibeacon(UUID, 7, minors[b], -59)}))
         svc.pipeline.tick(wd.obs[-1][0] + 1)
+        assert svc.pipeline.calibrator is not None
+        assert svc.pipeline.calibrator.fit.state == "waiting"  # the loop's tick fits nothing
+        loop_thread = threading.get_ident()
+        fitted_on: list[int] = []
+
+        def spy(prep: Prepared) -> tuple[CalibrationFit, int]:
+            fitted_on.append(threading.get_ident())
+            return fit_prepared(prep)
+
+        monkeypatch.setattr("storegate.app.presence.fit_prepared", spy)
+        asyncio.run(svc.fit_calibration(wd.obs[-1][0] + 1))
+        assert fitted_on and fitted_on[0] != loop_thread  # a worker thread, not the loop
+        assert svc.calibration_fits_off_loop == 1
         health = svc.health().calibration
         assert health is not None and health.state == "fitted"
         assert health.exponent is not None and abs(health.exponent - wd.n) <= 0.2

@@ -7,6 +7,11 @@ number of one store; the levels are scripted, the same for every scanner's gain.
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+from pydantic import ValidationError
+
 from storegate.app.presence_files import presence_settings
 from storegate.config import PresenceConfig
 from storegate.core import events as ev
@@ -19,8 +24,8 @@ STEP = 0.5  # a phone advertising twice a second
 SETTINGS = PresenceSettings(zones=(
     Zone("entrance", ("s-door",), entrance=True),
     Zone("corridor", ("s-corr",), transit=True),
-    Zone("checkout-1", ("s-c1",)), Zone("checkout-2", ("s-c2",)),
-    Zone("checkout-3", ("s-c3",)), Zone("produce", ("s-prod",))))
+    Zone("checkout-1", ("s-c1",), front=True), Zone("checkout-2", ("s-c2",), front=True),
+    Zone("checkout-3", ("s-c3",), front=True), Zone("produce", ("s-prod",))))
 S = SETTINGS
 Script = list[tuple[float, dict[str, int]]]  # (seconds from T0, scanner -> RSSI) per step
 
@@ -90,8 +95,8 @@ def test_a_phone_only_heard_by_the_entrance_never_opens_a_visit() -> None:
 
 
 def test_walking_along_the_shop_front_is_no_visit() -> None:
-    """Each front zone leads in turn, for less than the entry confirmation each."""
-    part = 0.6 * S.entry_confirm_s
+    """Each front zone leads in turn, for less than the front confirmation each."""
+    part = 0.6 * S.front_confirm_s
     script = stretch(0, part, {"s-c1": -65, "s-door": -80})
     script += stretch(part, part, {"s-c2": -65, "s-c1": -78, "s-door": -80})
     script += stretch(2 * part, part, {"s-c3": -65, "s-c2": -78, "s-door": -82})
@@ -161,6 +166,29 @@ def test_config_flags_reach_the_engine_settings() -> None:
     s = presence_settings(cfg)
     assert s.entrances == frozenset({"door"})
     assert s.transits == frozenset({"door", "hall"})
+    assert s.fronts == frozenset()
+    assert {z.id: z.min_rssi_dbm for z in s.zones} == {"door": None, "hall": None,
+                                                       "dairy": None}  # derived
+
+
+def test_door_settings_come_from_the_toml_and_are_validated() -> None:
+    defaults = presence_settings(PresenceConfig())
+    engine_defaults = PresenceSettings(zones=())
+    for key in ("interior_margin_db", "stay_margin_db", "entry_confirm_s", "front_confirm_s",
+                "outside_after_s", "zone_min_presence_s"):
+        assert getattr(defaults, key) == getattr(engine_defaults, key), key  # one default
+    cfg = PresenceConfig.model_validate({
+        "zones": [{"id": "till", "scanners": ["t"], "front": True, "min_rssi_dbm": -70}],
+        "interior_margin_db": 1, "stay_margin_db": 5, "entry_confirm_s": 4,
+        "front_confirm_s": 40, "outside_after_s": 20})
+    s = presence_settings(cfg)
+    assert (s.interior_margin_db, s.stay_margin_db, s.entry_confirm_s, s.front_confirm_s,
+            s.outside_after_s) == (1, 5, 4, 40, 20)
+    assert s.fronts == frozenset({"till"}) and s.zones[0].min_rssi_dbm == -70
+    for bad in ({"stay_margin_db": 1, "interior_margin_db": 2},  # no hysteresis
+                {"entry_confirm_s": -1}, {"outside_after_s": 0}, {"front_confirm_s": 601}):
+        with pytest.raises(ValidationError):
+            PresenceConfig.model_validate(bad)
 
 
 def test_a_generated_store_flags_its_door_zones_as_entrances() -> None:
@@ -171,17 +199,41 @@ def test_a_generated_store_flags_its_door_zones_as_entrances() -> None:
 
 
 def test_a_first_stop_shorter_than_the_confirmation_is_still_a_zone_visit() -> None:
-    """The visit is confirmed in the second zone; the first stay, long enough to be a
-    zone visit, is said once the visit opens, with its own times."""
-    first = (S.zone_min_presence_s + S.entry_confirm_s) / 2
-    assert S.zone_min_presence_s < first < S.entry_confirm_s
-    second = stretch(0, 3 * S.entry_confirm_s, {"s-c2": -60, "s-prod": -78, "s-door": -80})
-    script, _, last_in_produce = shopper(inside_s=first, after=second)
-    out = run(engine(), script, until=600)
-    produce = [d for _, d in out if d.data.zone == "produce"]  # type: ignore[attr-defined]
-    assert [d.type for d in produce] == [ev.VISIT_ENTERED, ev.VISIT_EXITED]
-    exited_at = at(produce[1].data.exited_at) - T0  # type: ignore[attr-defined]
-    assert abs(exited_at - last_in_produce) <= S.switch_hold_s + S.window_s
+    """A first stop at a front zone (a checkout by the window) shorter than the front
+    confirmation; the visit is confirmed in the next zone, beyond the front; the first
+    stay, long enough to be a zone visit, is said once the visit opens, with its own
+    times."""
+    settings = dataclasses.replace(S, front_confirm_s=2 * S.zone_min_presence_s)
+    first = 1.5 * S.zone_min_presence_s  # a zone visit, shorter than the confirmation
+    script = stretch(0, 8, {"s-door": -80, "s-c1": -85})  # walking up on the pavement
+    script += stretch(8, 3, {"s-door": -55, "s-c2": -75, "s-prod": -80})  # the doorway
+    script += stretch(11, first, {"s-c2": -60, "s-door": -75, "s-prod": -78})
+    last_at_checkout = 11 + first - STEP
+    script += stretch(11 + first, 3 * S.entry_confirm_s + S.zone_min_presence_s,
+                      {"s-prod": -60, "s-c2": -78, "s-door": -80})
+    out = run(engine(settings), script, until=600)
+    checkout = [d for _, d in out if d.data.zone == "checkout-2"]  # type: ignore[attr-defined]
+    assert [d.type for d in checkout] == [ev.VISIT_ENTERED, ev.VISIT_EXITED]
+    exited_at = at(checkout[1].data.exited_at) - T0  # type: ignore[attr-defined]
+    assert abs(exited_at - last_at_checkout) <= S.switch_hold_s + S.window_s
     assert {d.data.zone for _, d in out} == {None, "produce", "checkout-2"}  # type: ignore[attr-defined]
-    (_, entered), = store_events(out, ev.VISIT_ENTERED)
+    (emitted, entered), = store_events(out, ev.VISIT_ENTERED)
     assert at(entered.data.entered_at) - T0 < 11  # type: ignore[attr-defined]
+    # confirmed beyond the front within the short confirmation (and the window's lag)
+    assert emitted - T0 <= 11 + first + S.entry_confirm_s + S.window_s + S.switch_hold_s
+
+
+def test_entry_beyond_the_front_is_confirmed_within_seconds_a_front_zone_takes_longer() -> (
+        None):
+    """Through the door and straight beyond the front: the visit is said within the
+    short confirmation of the interior evidence. Straight to a front zone: only after
+    the front confirmation (someone at the window looks the same for a while)."""
+    script, _, _ = shopper(inside_s=4 * S.entry_confirm_s)
+    (emitted, _), = store_events(run(engine(), script, until=300), ev.VISIT_ENTERED)
+    assert emitted - T0 <= 11 + S.entry_confirm_s + S.window_s
+
+    front = stretch(0, 8, {"s-door": -80, "s-c1": -85})
+    front += stretch(8, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})
+    front += stretch(11, 2 * S.front_confirm_s, {"s-c1": -60, "s-door": -75, "s-prod": -78})
+    (emitted, _), = store_events(run(engine(), front, until=300), ev.VISIT_ENTERED)
+    assert emitted - T0 >= 11 + S.front_confirm_s

@@ -27,6 +27,7 @@ from storegate.core.presence.calibration import (
     Calibrator,
     distance,
 )
+from storegate.core.presence.correction import NONE, Correction, derive
 from storegate.errors import DataFileError, UsageError
 
 DISTANCES_M: Final = (1.0, 2.0, 3.0, 5.0)
@@ -60,6 +61,9 @@ class CalibrationReport:
     tx_at_1m_dbm: float
     scanners: tuple[ScannerThresholds, ...]
     neighbours: tuple[NeighbourDifference, ...]
+    # what the engine decides with (core/presence/correction.py): empty when the fit is
+    # not usable (the configured floors, no offsets)
+    engine: Correction = NONE
 
 
 def calibrate(config: Config, capture: str, tx_at_1m: float) -> CalibrationReport:
@@ -109,7 +113,9 @@ def calibrate(config: Config, capture: str, tx_at_1m: float) -> CalibrationRepor
         capture=capture, beacon_adverts=len(seen), bad_lines=bad,
         censored_pairs=built.censored_pairs, fit=fit, tx_at_1m_dbm=tx_at_1m,
         scanners=_thresholds(fit, built.scanners, tx_at_1m),
-        neighbours=_neighbours(fit, built.scanners))
+        neighbours=_neighbours(fit, built.scanners),
+        engine=derive(fit, built.scanners,
+                      {s: z.id for z in config.presence.zones for s in z.scanners}))
 
 
 def _nearest(scanners: dict[str, tuple[float, ...]]) -> dict[str, tuple[str, float]]:
@@ -173,6 +179,13 @@ def _print(r: CalibrationReport) -> None:
         rad = f"{t.zone_radius_m:>5.1f} m {t.at_radius_dbm:>9.1f}" \
             if t.zone_radius_m is not None and t.at_radius_dbm is not None else ""
         print(f"    {t.scanner:<20} {t.offset_db:>+7.1f}  {at}  {rad}")
+    if r.engine is NONE:
+        print("  the engine: this fit is not used (configured floors, no offsets)")
+    else:
+        offsets = ", ".join(f"{s} {o:+.1f}" for s, o in sorted(r.engine.offsets_db.items()))
+        print(f"  the engine decides with: offsets {offsets or 'none'}")
+        print("    zone floors (corrected dBm; a configured min_rssi_dbm wins): " + ", ".join(
+            f"{z} {v:.1f}" for z, v in sorted(r.engine.zone_floor_dbm.items())))
     if r.neighbours:
         print("  neighbours: RSSI difference of any phone half-way between (a - b):")
         for nb in r.neighbours:
@@ -194,7 +207,11 @@ def _json(r: CalibrationReport) -> dict[str, Any]:
                           "at_radius_dbm": t.at_radius_dbm} for t in r.scanners],
             "neighbours": [{"a": n.scanner_a, "b": n.scanner_b, "distance_m": n.distance_m,
                             "midpoint_difference_db": n.midpoint_difference_db}
-                           for n in r.neighbours]}
+                           for n in r.neighbours],
+            "engine": {"used": r.engine is not NONE,
+                       "offsets_db": dict(r.engine.offsets_db),
+                       "zone_floor_dbm": dict(r.engine.zone_floor_dbm),
+                       "inside_floor_dbm": dict(r.engine.inside_floor_dbm)}}
 
 
 def add_parser(sub: Any, add_config: Callable[[argparse.ArgumentParser], None],

@@ -137,6 +137,12 @@ class BeaconRecord(_Strict):
     position: list[float] | None = Field(
         default=None, description="[x, y] or [x, y, z] metres on the floor plan "
         "(calibration.scanners' origin): the beacon then calibrates the scanners.")
+    # What the beacon is set to send (firmware-configs, `storegate firmware validate`):
+    # the fleet's record for re-flashing and battery planning; presence does not use them.
+    tx_power_dbm: int | None = Field(default=None, ge=-40, le=20,
+                                     description="Transmit power setting, dBm.")
+    interval_ms: int | None = Field(default=None, ge=20, le=10240,
+                                    description="Advertising interval, ms (BLE: 20-10240).")
 
     @model_validator(mode="after")
     def _one_match(self) -> BeaconRecord:
@@ -211,7 +217,7 @@ def load_beacons(path: Path) -> list[Beacon]:
 def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
     return PresenceSettings(
         zones=tuple(Zone(z.id, tuple(z.scanners), z.min_rssi_dbm, entrance=z.entrance,
-                         transit=z.transit) for z in cfg.zones),
+                         transit=z.transit, front=z.front) for z in cfg.zones),
         min_presence_s=cfg.min_presence_s,
         zone_min_presence_s=cfg.zone_min_presence_s,
         exit_after_s=cfg.exit_after_s,
@@ -220,6 +226,11 @@ def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
         window_s=cfg.window_s,
         switch_margin_db=cfg.switch_margin_db,
         switch_hold_s=cfg.switch_hold_s,
+        interior_margin_db=cfg.interior_margin_db,
+        stay_margin_db=cfg.stay_margin_db,
+        entry_confirm_s=cfg.entry_confirm_s,
+        front_confirm_s=cfg.front_confirm_s,
+        outside_after_s=cfg.outside_after_s,
     )
 
 
@@ -243,11 +254,14 @@ def calibrator(cfg: CalibrationConfig, presence: PresenceConfig,
 
 def presence_pipeline(cfg: PresenceConfig, beacons: Infrastructure,
                       footfall_secret: bytes | None = None, *,
-                      calibration: CalibrationConfig | None = None) -> PresencePipeline:
-    """The pure pipeline as the config sets it up (for ``run`` and ``replay``)."""
+                      calibration: CalibrationConfig | None = None,
+                      fit_inline: bool = True) -> PresencePipeline:
+    """The pure pipeline as the config sets it up (for ``run`` and ``replay``; ``run``
+    fits the calibration on a worker thread, ``fit_inline=False``)."""
     return PresencePipeline(
         presence_settings(cfg), EidResolver(), os.urandom, footfall_secret,
         infrastructure=beacons, footfall_period_s=cfg.footfall_period_s,
         occupancy_interval_s=cfg.occupancy_interval_s,
         calibrator=calibrator(calibration, cfg, beacons) if calibration else None,
+        fit_inline=fit_inline,
     )

@@ -16,6 +16,7 @@ from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.eid import EidResolver
+from storegate.core.presence.calibration import Calibrator
 from storegate.core.presence.infrastructure import Infrastructure
 from storegate.core.presence.pipeline import PresencePipeline
 from storegate.core.presence.settings import PresenceSettings
@@ -59,7 +60,8 @@ def run_pipeline(sim: Simulation, seed: int = 2) -> tuple[list[tuple[float, ev.E
 
 
 def replay(sim: Simulation, settings: PresenceSettings, stream: Iterable[Advert],
-           infrastructure: Infrastructure | None = None) -> (
+           infrastructure: Infrastructure | None = None,
+           calibrator: Calibrator | None = None) -> (
         tuple[list[tuple[float, ev.EventDraft]], int]):
     """``stream`` through a pipeline with ``settings`` and the simulation's customers
     enrolled, ticked a minute past its end; events with emission times, and how many
@@ -68,7 +70,7 @@ def replay(sim: Simulation, settings: PresenceSettings, stream: Iterable[Advert]
     resolver.enroll_all(sim.identities(), sim.start)
     counter = iter(range(1 << 62))
     pipe = PresencePipeline(settings, resolver, lambda n: next(counter).to_bytes(n, "big"),
-                            infrastructure=infrastructure)
+                            infrastructure=infrastructure, calibrator=calibrator)
     out: list[tuple[float, ev.EventDraft]] = []
     now = sim.start
     for a in stream:

@@ -109,13 +109,15 @@ METRICS: Final = (
 )
 
 
-def run_pipeline(store: FamilyStore, advert_seed: int | None = None) -> (
-    tuple[list[tuple[float, ev.EventDraft]], int]
-):
+def run_pipeline(store: FamilyStore, advert_seed: int | None = None, *,
+                 calibrated: bool = True) -> tuple[list[tuple[float, ev.EventDraft]], int]:
     """The store's adverts through a pipeline built from its plan (zones, scanners,
-    beacons) with every other setting at its default; events with emission times."""
+    beacons, their positions) with every other setting at its default; events with
+    emission times. ``calibrated=False``: no self-calibration (the engine as it was
+    before it used one)."""
     return replay(store.sim, store.plan.settings(), adverts(store, advert_seed),
-                  Infrastructure(store.plan.infrastructure()))
+                  Infrastructure(store.plan.infrastructure()),
+                  store.plan.calibrator() if calibrated else None)
 
 
 def _timestamp_errors(store: FamilyStore, events: list[tuple[float, ev.EventDraft]]) -> (
@@ -138,9 +140,9 @@ def _timestamp_errors(store: FamilyStore, events: list[tuple[float, ev.EventDraf
     return enter, exit_
 
 
-def run_store(seed: int, size: StoreSize = FULL) -> StoreResult:
+def run_store(seed: int, size: StoreSize = FULL, *, calibrated: bool = True) -> StoreResult:
     store = generate(seed, size)
-    events, n = run_pipeline(store)
+    events, n = run_pipeline(store, calibrated=calibrated)
     acc = evaluate(store.sim, events, n)
     enter, exit_ = _timestamp_errors(store, events)
     people = store.sim.people
@@ -163,10 +165,11 @@ def _share(counted: set[str], ids: list[str]) -> float:
 
 
 def run(seeds: Sequence[int], size: StoreSize = FULL,
-        progress: Callable[[StoreResult], None] | None = None) -> list[StoreResult]:
+        progress: Callable[[StoreResult], None] | None = None, *,
+        calibrated: bool = True) -> list[StoreResult]:
     out = []
     for seed in seeds:
-        r = run_store(seed, size)
+        r = run_store(seed, size, calibrated=calibrated)
         if progress is not None:
             progress(r)
         out.append(r)

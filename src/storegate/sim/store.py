@@ -28,6 +28,8 @@ class SimZone:
     x1: float
     y1: float
     min_rssi_dbm: float = -80.0
+    entrance: bool = False  # a door zone: passed through, never a zone visit
+    front: bool = False  # along the shop window (its scanner hears the pavement)
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -39,13 +41,13 @@ class SimZone:
 
 # A 30 x 20 m store: the entrance at the bottom left, the checkout at the bottom right.
 DEMO_ZONES: tuple[SimZone, ...] = (
-    SimZone("entrance", 0, 0, 10, 6),
+    SimZone("entrance", 0, 0, 10, 6, entrance=True),
     SimZone("produce", 0, 6, 10, 20),
     SimZone("bakery", 10, 12, 20, 20),
     SimZone("dairy", 20, 12, 30, 20),
     SimZone("household", 10, 6, 20, 12),
     SimZone("clothing", 20, 6, 30, 12),
-    SimZone("checkout", 10, 0, 30, 6, min_rssi_dbm=-75.0),
+    SimZone("checkout", 10, 0, 30, 6, min_rssi_dbm=-75.0, front=True),
 )
 
 
@@ -121,7 +123,7 @@ class Simulation:
     def settings(self) -> PresenceSettings:
         return PresenceSettings(zones=tuple(
             Zone(z.id, tuple(s for s, zz in self.scanner_zone.items() if zz == z.id),
-                 z.min_rssi_dbm) for z in self.zones))
+                 z.min_rssi_dbm, entrance=z.entrance, front=z.front) for z in self.zones))
 
     def identities(self) -> list[Identity]:
         return [p.identity for p in self.people if p.identity is not None]
@@ -168,7 +170,8 @@ def build(seed: int = 1, *, duration_s: float = 3600.0, app_users: int = 30,
             if store_start is None:
                 store_start = t - math.hypot(tx, ty - 3.0)  # crossed the door at x = 0
             dwell = rng.uniform(40, 240) if z.id != "entrance" else rng.uniform(5, 15)
-            truth.append(Interval(z.id, t, t + dwell))
+            if not z.entrance:  # a door zone is passed through (a basket), not visited
+                truth.append(Interval(z.id, t, t + dwell))
             t += dwell
             path.append((t, tx, ty))
             x, y = tx, ty

@@ -30,6 +30,7 @@ from typing import Final
 from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import APPLE, EDDYSTONE_UUID
 from storegate.core.ble.eid import Identity, compute_eid
+from storegate.core.presence.calibration import Calibrator
 from storegate.core.presence.infrastructure import Beacon
 from storegate.core.presence.settings import PresenceSettings, Zone
 from storegate.sim.store import Interval, Person, Radio, Simulation, SimZone, fade_depth
@@ -115,18 +116,29 @@ class FloorPlan:
 
     def settings(self) -> PresenceSettings:
         """The gateway's presence settings: the zones and their scanners, every timing
-        and threshold at its default; the door zones flagged as entrances, as a store's
-        config says which of its zones is the entrance."""
+        and threshold at its default; the door zones flagged as entrances and the other
+        zones along the shop front as front zones, as a store's config says which of its
+        zones is the entrance and which face the street."""
         return PresenceSettings(zones=tuple(
             Zone(z.id, tuple(s.name for s in self.scanners if s.zone == z.id),
-                 entrance=z.id in self.entrances)
+                 entrance=z.id in self.entrances,
+                 front=z.y0 == 0.0 and z.id not in self.entrances)
             for z in self.zones))
 
     def infrastructure(self) -> tuple[Beacon, ...]:
-        """The store's beacons.toml: each zone beacon, and one rule for every badge."""
-        return (*(Beacon(b.label, "zone", b.zone, INFRA_UUID, b.major, b.minor)
+        """The store's beacons.toml: each zone beacon (with its place on the plan), and
+        one rule for every badge."""
+        return (*(Beacon(b.label, "zone", b.zone, INFRA_UUID, b.major, b.minor,
+                         position=(b.x_m, b.y_m))
                   for b in self.beacons),
                 Beacon("staff-badges", "staff", None, INFRA_UUID, STAFF_MAJOR))
+
+    def calibrator(self, interval_s: float = 30.0) -> Calibrator:
+        """Self-calibration as the store's config would set it up: every scanner and
+        zone beacon at its place on the plan, the defaults of ``[calibration]``."""
+        return Calibrator({s.name: (s.x_m, s.y_m) for s in self.scanners},
+                          {b.label: (b.x_m, b.y_m) for b in self.beacons},
+                          all_scanners=[s.name for s in self.scanners], interval_s=interval_s)
 
     def distance_m(self, scanner: str, beacon: str) -> float:
         """Scanner-to-beacon distance on the plan (what calibration fits against)."""

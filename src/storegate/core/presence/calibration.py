@@ -273,11 +273,19 @@ class Calibrator:
         pair.open_idx, pair.open_samples, pair.open_count = None, [], 0
 
     def tick(self, now: float) -> CalibrationFit | None:
-        """Fit if one is due (every ``interval_s``); the new fit, or None."""
-        if now < self._next_fit or not self:
+        """Fit if one is due (every ``interval_s``); the new fit, or None. Inline: the
+        gateway fits off its event loop instead (:meth:`due`, :meth:`prepare`,
+        :func:`fit_prepared`, :meth:`adopt`)."""
+        if not self.due(now):
             return None
-        self._next_fit = now + self.interval_s
         return self.refit(now)
+
+    def due(self, now: float) -> bool:
+        """A fit is due (and is counted as started: the next one is ``interval_s`` on)."""
+        if now < self._next_fit or not self:
+            return False
+        self._next_fit = now + self.interval_s
+        return True
 
     # --- the fit ---------------------------------------------------------------------
 
@@ -315,34 +323,67 @@ class Calibrator:
         kept.sort(key=lambda p: (p.scanner, p.beacon))  # deterministic order
         return kept
 
-    def refit(self, now: float) -> CalibrationFit:
-        if not self:
-            return self.fit  # no plan: nothing to fit, ever
+    def prepare(self, now: float) -> Prepared:
+        """What a fit at ``now`` needs, copied out of the windows (O(pairs), cheap): the
+        fit itself (:func:`fit_prepared`) then touches nothing of this calibrator and may
+        run on another thread."""
         pairs = self.summaries(now)
+        return Prepared(now, tuple(pairs), {s: self.floor_dbm(s) for s in self.scanners},
+                        self.uncalibrated, self.censored_pairs)
+
+    def adopt(self, fit: CalibrationFit, censored: int = 0) -> CalibrationFit:
+        """Take a fit made from :meth:`prepare`: compared with the recent ones (flagged
+        if it disagrees), kept as the current fit."""
         self.counters.fits += 1
-        floors = {s: self.floor_dbm(s) for s in self.scanners}
-        fit = fit_pairs(pairs, now=now, uncalibrated=self.uncalibrated)
-        used = pairs
-        for _ in range(CENSOR_PASSES):
-            if fit.state != "fitted":
-                break
-            # Keep the pairs the model puts well above their scanner's floor. Chosen by
-            # prediction, not by their own level, so a far pair that happens to be
-            # shadowed strong is not kept for that (selection bias); repeated, since a
-            # fit biased by censoring predicts far pairs too strong.
-            clear = [p for p in pairs if p.beacon in fit.powers_dbm and fit.expected_rssi(
-                p.scanner, p.distance_m, fit.powers_dbm[p.beacon])
-                >= floors[p.scanner] + CENSOR_MARGIN_DB]
-            if not clear or clear == used:
-                break
-            used = clear
-            fit = fit_pairs(clear, now=now, uncalibrated=self.uncalibrated)
-        self.censored_pairs += len(pairs) - len(used)
+        self.censored_pairs = censored
         if fit.state == "fitted":
             fit = _compare(fit, list(self._history))
             self._history.append(fit)
         self.fit = fit
         return fit
+
+    def refit(self, now: float) -> CalibrationFit:
+        """Fit now, inline."""
+        if not self:
+            return self.fit  # no plan: nothing to fit, ever
+        fit, censored = fit_prepared(self.prepare(now))
+        return self.adopt(fit, censored)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A calibrator's data for one fit, detached from it."""
+
+    now: float
+    pairs: tuple[PairSummary, ...]
+    floors: Mapping[str, float]  # per positioned scanner, its estimated sensitivity
+    uncalibrated: tuple[str, ...]
+    censored: int  # pairs the summaries left out
+
+
+def fit_prepared(prep: Prepared) -> tuple[CalibrationFit, int]:
+    """The fit over prepared data (pure, touches no calibrator): the fit, and how many
+    pairs were censored in all."""
+    pairs = list(prep.pairs)
+    floors = prep.floors
+    now = prep.now
+    fit = fit_pairs(pairs, now=now, uncalibrated=prep.uncalibrated)
+    used = pairs
+    for _ in range(CENSOR_PASSES):
+        if fit.state != "fitted":
+            break
+        # Keep the pairs the model puts well above their scanner's floor. Chosen by
+        # prediction, not by their own level, so a far pair that happens to be
+        # shadowed strong is not kept for that (selection bias); repeated, since a
+        # fit biased by censoring predicts far pairs too strong.
+        clear = [p for p in pairs if p.beacon in fit.powers_dbm and fit.expected_rssi(
+            p.scanner, p.distance_m, fit.powers_dbm[p.beacon])
+            >= floors[p.scanner] + CENSOR_MARGIN_DB]
+        if not clear or clear == used:
+            break
+        used = clear
+        fit = fit_pairs(clear, now=now, uncalibrated=prep.uncalibrated)
+    return fit, prep.censored + len(pairs) - len(used)
 
 
 # --- the estimator (batch, over pair summaries) ----------------------------------------

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.ids import Uuid7Generator
+from storegate.core.presence.correction import NONE, Correction
 from storegate.core.presence.settings import PresenceSettings
 
 
@@ -59,6 +60,7 @@ class VisitState:
 # the entry: walking in and a first short stop, not an earlier walk past the window.
 DOOR_LOOKBACK_S = 120.0
 PENDING_ZONES = 4  # zone stays kept while a visit is being confirmed
+DEFAULT_ZONE_FLOOR_DBM = -80.0  # a zone's floor with no calibration and none configured
 
 
 class _Samples:
@@ -105,6 +107,10 @@ class _Track:
     # zone stays that ended while the visit was still being confirmed (a short first
     # stop): said once the visit opens, with their own times (bounded)
     pending_zones: list[_Visit] = field(default_factory=list)
+    # the entered zone visit a challenger just took over from: it ends (at the switch)
+    # once the challenger's visit is entered, and goes on if the switch reverses first
+    # (a flap between two zones is no visit, and must not split the one before it)
+    prev: _Visit | None = None
     last_inside: float = float("-inf")
     door_peak: float = float("-inf")
     door_peak_ts: float = float("-inf")
@@ -116,7 +122,26 @@ class PresenceEngine:
         self._rand = rand
         self._ids = Uuid7Generator()
         self._tracks: dict[str, _Track] = {}
-        self._floors = {z.id: z.min_rssi_dbm for z in settings.zones}
+        self._configured = {z.id: z.min_rssi_dbm for z in settings.zones}
+        self._correction = NONE
+        self._floors: dict[str, float] = {}
+        self._inside: dict[str, float] = {}
+        self.use(NONE)
+
+    def use(self, correction: Correction) -> None:
+        """Decide with a calibration from now on (``correction.py``): each scanner's
+        offset taken out before comparisons, floors derived from the fitted model where
+        the zone configures none. ``NONE``: the configured values, uncorrected."""
+        self._correction = correction
+        default = DEFAULT_ZONE_FLOOR_DBM
+        self._floors = {z: (v if v is not None else correction.zone_floor_dbm.get(z, default))
+                        for z, v in self._configured.items()}
+        self._inside = {z: correction.inside_floor_dbm.get(z, self.settings.inside_min_rssi_dbm)
+                        for z in self._configured}
+
+    @property
+    def correction(self) -> Correction:
+        return self._correction
 
     @property
     def tracked(self) -> int:
@@ -152,7 +177,7 @@ class PresenceEngine:
         if door:
             self._door(customer, track, medians, ts, out)
             return out
-        if not medians or max(medians.values()) < self.settings.inside_min_rssi_dbm:
+        if not any(v >= self._inside[z] for z, v in medians.items()):
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
             # being inside; an idle track is dropped by tick().
             return out
@@ -171,9 +196,11 @@ class PresenceEngine:
         """The store visit as a person at the door would judge it. The entrance scanner
         hears the pavement as well as the doorway, so it never places a phone inside on
         its own: inside means an interior zone heard about as strongly as the entrance
-        (both heard by the same phone: its unknown transmit power cancels). A visit opens
-        after ``entry_confirm_s`` of that, dated back to the phone's pass under the
-        entrance scanner (its strongest moment there); it ends ``outside_after_s`` after
+        (both heard by the same phone: its unknown transmit power cancels; both corrected
+        by their scanners' calibrated offsets). A visit opens after ``entry_confirm_s``
+        of that beyond the shop front following a pass under the entrance scanner (else
+        ``front_confirm_s`` in one zone), is said at once, dated back to that pass (the
+        phone's strongest moment there); it ends ``outside_after_s`` after
         the last interior evidence, dated to the pass under the entrance scanner on the
         way out if there was one, else to that last evidence."""
         st = self.settings
@@ -183,27 +210,37 @@ class PresenceEngine:
         interior = inner[interior_zone] if interior_zone is not None else None
         store = track.store
         margin = st.interior_margin_db if store is None else st.stay_margin_db
-        inside = (interior is not None and interior >= st.inside_min_rssi_dbm
+        inside = (interior is not None and interior_zone is not None
+                  and interior >= self._inside[interior_zone]
                   and (at_door is None or interior >= at_door - margin))
         lag = st.window_s / 2  # a window's median describes its middle, not its end
         if inside and interior is not None and store is None \
                 and interior_zone != track.interior_zone:
-            # Pending a visit, the evidence must be one place: someone walking along the
-            # shop front is heard strongest by one front zone after another, a shopper
-            # stays in one. A challenger within the switch margin does not restart it.
+            # Pending a visit, evidence in front zones must be one place: someone walking
+            # along the shop front is heard strongest by one front zone after another, a
+            # shopper stays in one. Walking on from one zone beyond the front to another
+            # is still inside, and keeps the run. A challenger within the switch margin
+            # changes nothing.
             held = track.interior_zone
             if held is None or held not in inner or inner[held] + st.switch_margin_db <= interior:
+                if held is None or held in st.fronts or interior_zone in st.fronts:
+                    track.interior_since = None
                 track.interior_zone = interior_zone
-                track.interior_since = None
         if inside:
             if track.interior_since is None:
                 track.interior_since = ts
             track.last_inside = ts
-            if store is None and ts - track.interior_since >= st.entry_confirm_s:
+            # Came in past the entrance scanner, and placed beyond the shop front: a few
+            # seconds confirm it. Evidence in a front zone (someone walking along the
+            # window is placed there too), or without a pass under the entrance scanner
+            # (lost in a fade, or someone at the store's side): the longer confirmation.
+            passed = track.door_peak_ts >= track.interior_since - DOOR_LOOKBACK_S
+            quick = passed and track.interior_zone not in st.fronts \
+                and interior_zone not in st.fronts
+            confirm = st.entry_confirm_s if quick else st.front_confirm_s
+            if store is None and ts - track.interior_since >= confirm:
                 first = track.interior_since - lag
-                # Came in past the entrance scanner (maybe via a short first stop): dated
-                # to that pass. Not required: a pass lost in a fade must not lose the visit.
-                if track.door_peak_ts >= track.interior_since - DOOR_LOOKBACK_S:
+                if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
                 store = track.store = self._new_visit(None, first)
             if store is not None:
@@ -212,13 +249,16 @@ class PresenceEngine:
         else:
             track.interior_since = None
             # at the door: the entrance scanner strongest of all (no interior one as strong)
-            passing = at_door is not None and at_door >= st.inside_min_rssi_dbm \
+            door_floor = min((self._inside[z] for z in medians if z in st.entrances),
+                             default=st.inside_min_rssi_dbm)
+            passing = at_door is not None and at_door >= door_floor \
                 and (interior is None or at_door > interior)
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
         if store is not None:
-            self._progress(customer, store, st.min_presence_s, out)
+            # the confirmation was the minimum presence: entered as soon as it is made
+            self._progress(customer, store, 0.0, out)
             if store.entered and track.pending_zones:
                 self._flush_pending(customer, track, out)
         elif not inside:
@@ -263,12 +303,13 @@ class PresenceEngine:
         """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
         horizon = now - self.settings.window_s
         best: dict[str, float] = {}
+        offsets = self._correction.offsets_db
         for scanner, q in track.samples.items():
             q.expire(horizon)
             zone = self.settings.scanner_zone.get(scanner)
             if len(q.ts) < self.settings.min_samples or zone is None:
                 continue  # a lone reflection is not a position
-            level = q.median()
+            level = q.median() - offsets.get(scanner, 0.0)  # as a mean scanner hears it
             if level > best.get(zone, -999.0):
                 best[zone] = level
         return best
@@ -289,15 +330,35 @@ class PresenceEngine:
                 return
             if ts - track.challenger_since < self.settings.switch_hold_s:
                 return
-        # Switch (or first zone). The new zone's visit starts when it began to lead;
-        # the old one ends there too (or at its last evidence, if earlier): no overlap.
-        start = track.challenger_since if track.challenger == leader else ts
-        if track.zone is not None:
-            track.zone.last = max(track.zone.first, min(track.zone.last, start))
+        # Switch (or first zone). The new zone's visit starts when it began to lead, less
+        # the window's lag (a median describes the window's middle: the phone was there
+        # half a window earlier); the old one ends there too (or at its last evidence,
+        # if earlier): no overlap.
+        start = ts
+        if track.challenger == leader:
+            start = track.challenger_since - self.settings.window_s / 2
+            if track.zone is not None:
+                start = max(start, track.zone.first)
+        old = track.zone
+        if old is not None:
+            old.last = max(old.first, min(old.last, start))
+        prev = track.prev
+        if prev is not None and prev.zone == leader and (old is None or not old.entered):
+            # back before the other zone's visit was entered: a flap, the visit goes on
+            track.prev = None
+            track.zone = prev
+            prev.last = max(prev.last, ts)
+            track.challenger = None
+            self._progress(customer, prev, self.settings.zone_min_presence_s, out)
+            return
+        if old is not None:
             if track.store is None and self.settings.entrances:
-                self._stash(track, track.zone)
-            else:
-                self._close(customer, track.zone, out)
+                self._stash(track, old)
+            elif old.entered:
+                if prev is not None:
+                    track.prev = None
+                    self._close(customer, prev, out)
+                track.prev = old  # ends once the new zone's visit is entered
         track.zone = self._new_visit(leader, start)
         track.challenger = None
         self._progress(customer, track.zone, self.settings.zone_min_presence_s, out)
@@ -324,6 +385,8 @@ class PresenceEngine:
             if store is None or not store.entered:
                 return
         if not v.entered and v.last - v.first >= min_presence:
+            if v.zone is not None:  # the zone before this one ends first (said in order)
+                self._end_prev(customer, v, out)
             v.entered = True
             out.append(self._draft(ev.VISIT_ENTERED, customer, v, v.last))
         while (v.entered and v.dwell_index < len(self.settings.dwell_thresholds_s)
@@ -332,7 +395,14 @@ class PresenceEngine:
                                    dwell=self.settings.dwell_thresholds_s[v.dwell_index]))
             v.dwell_index += 1
 
+    def _end_prev(self, customer: str, v: _Visit, out: list[ev.EventDraft]) -> None:
+        track = self._tracks.get(customer)
+        if track is not None and track.prev is not None and track.prev is not v:
+            prev, track.prev = track.prev, None
+            self._close(customer, prev, out)
+
     def _close(self, customer: str, v: _Visit, out: list[ev.EventDraft]) -> None:
+        self._end_prev(customer, v, out)  # ended at the switch, before anything after it
         if v.entered:  # a candidate that never reached the minimum was a passer-by
             out.append(self._draft(ev.VISIT_EXITED, customer, v, v.last))
 

@@ -16,7 +16,8 @@ from storegate.core.ble.capture import Advert
 from storegate.core.ble.decoders import EDDYSTONE_UUID, EddystoneEid, decode_eddystone
 from storegate.core.ble.eid import EidResolver, Identity
 from storegate.core.payloads import VisitEntered, VisitExited
-from storegate.core.presence.calibration import Calibrator
+from storegate.core.presence.calibration import CalibrationFit, Calibrator
+from storegate.core.presence.correction import derive
 from storegate.core.presence.engine import PresenceEngine
 from storegate.core.presence.footfall import OCCUPANCY_S, PERIOD_S, Footfall
 from storegate.core.presence.infrastructure import Infrastructure
@@ -60,7 +61,8 @@ class PresencePipeline:
                  infrastructure: Infrastructure | None = None,
                  footfall_period_s: float = PERIOD_S,
                  occupancy_interval_s: float = OCCUPANCY_S,
-                 calibrator: Calibrator | None = None) -> None:
+                 calibrator: Calibrator | None = None, fit_inline: bool = True,
+                 use_calibration: bool = True) -> None:
         self.settings = settings
         self.resolver = resolver
         self.engine = PresenceEngine(settings, rand)
@@ -68,8 +70,12 @@ class PresencePipeline:
                                  occupancy_s=occupancy_interval_s)
         self.infrastructure = infrastructure or Infrastructure(())
         self.beacons_last_heard: dict[str, float] = {}  # infrastructure label -> ts
-        # fed the positioned beacons' adverts; the engine does not read its fit yet
+        # fed the positioned beacons' adverts; its fits correct the engine's decisions
+        # (use_calibration; off: measured, reported, not used). Inline, tick() fits;
+        # else the caller fits off its loop and hands the fit to adopt_fit().
         self.calibrator = calibrator
+        self.fit_inline = fit_inline
+        self.use_calibration = use_calibration
         self.counters = PipelineCounters()
         self._next_tick = float("-inf")
 
@@ -118,9 +124,24 @@ class PresencePipeline:
         self.counters.count_visits(out)
         out += self.footfall.flush(now)
         out += self.footfall.occupancy(now, self.engine.present())
-        if self.calibrator is not None:
-            self.calibrator.tick(now)  # re-fits every interval_s, O(pairs)
+        if self.calibrator is not None and self.fit_inline:
+            fit = self.calibrator.tick(now)  # re-fits every interval_s, O(pairs)
+            if fit is not None:
+                self._correct(fit)
         return out
+
+    def adopt_fit(self, fit: CalibrationFit, censored: int = 0) -> None:
+        """A fit made off the loop from ``calibrator.prepare``: kept and used."""
+        if self.calibrator is not None:
+            self._correct(self.calibrator.adopt(fit, censored))
+
+    def _correct(self, fit: CalibrationFit) -> None:
+        """The engine decides with the newest usable fit. One that disagrees with the
+        recent ones (a beacon moved, a scanner knocked) is reported, not used: the
+        previous correction stays until the fits agree again."""
+        if not self.use_calibration or self.calibrator is None or fit.disagrees:
+            return
+        self.engine.use(derive(fit, self.calibrator.scanners, self.settings.scanner_zone))
 
     def close(self, now: float) -> list[ev.EventDraft]:
         """Shutting down: every open visit ends at its last evidence, and the current

@@ -9,11 +9,17 @@ from dataclasses import dataclass, field
 class Zone:
     id: str
     scanners: tuple[str, ...]
-    min_rssi_dbm: float = -80.0  # closer than this to count (a checkout lane wants more)
+    # closer than this to count (a checkout lane wants more); None: derived from the
+    # calibration fit, -80 dBm while there is none
+    min_rssi_dbm: float | None = None
     # A door zone: its scanners also hear the pavement, so they alone never place a phone
     # inside the store; and it is passed through, never visited.
     entrance: bool = False
     transit: bool = False  # passed through (a corridor): never a zone visit of its own
+    # On the shop front (a checkout by the window): its scanners hear the pavement too,
+    # so someone walking along the window is placed here for a while; entry confirmed
+    # by evidence here takes the longer front_confirm_s.
+    front: bool = False
 
     @property
     def passed_through(self) -> bool:
@@ -26,29 +32,33 @@ class PresenceSettings:
     store_min_rssi_dbm: float = -90.0  # single samples weaker than this are ignored
     inside_min_rssi_dbm: float = -82.0  # a scanner's median at least this: inside
     min_presence_s: float = 20.0  # store visit: passers-by stay shorter
-    zone_min_presence_s: float = 15.0  # walking through a zone is not visiting it
+    zone_min_presence_s: float = 25.0  # longer than walking through the largest zone
     exit_after_s: float = 10.0  # absence that ends a visit; exit time = last evidence
     dwell_thresholds_s: tuple[float, ...] = (60.0, 300.0, 900.0)
     window_s: float = 6.0  # RSSI samples kept per scanner for the robust estimate
     evaluate_every_s: float = 0.25  # re-assess a customer at most this often
     max_samples: int = 16  # per scanner, newest kept (bounds memory per phone)
     min_samples: int = 3  # fewer samples in the window: that scanner does not count
-    switch_margin_db: float = 4.0  # a challenger zone must be this much stronger...
-    switch_hold_s: float = 3.0  # ...for this long, to take over (no flapping)
+    switch_margin_db: float = 3.0  # a challenger zone must be this much stronger...
+    switch_hold_s: float = 1.5  # ...for this long, to take over (no flapping)
     # With an entrance zone configured, the store visit follows interior evidence: an
     # interior zone heard at least about as strongly as the entrance (within this margin;
     # a comparison between scanners cancels the phone's unknown transmit power)...
     interior_margin_db: float = 0.0
-    stay_margin_db: float = 6.0  # once inside, the margin widens (no door flapping)
-    # ...in one zone for this long opens a visit (dated back to the door): longer than
-    # walking past a front zone or glancing in; it delays the event, not its time
-    entry_confirm_s: float = 30.0
+    stay_margin_db: float = 3.0  # once inside, the margin widens (no door flapping)
+    # ...beyond the shop front, after a pass under the entrance scanner, for this long
+    # opens a visit (dated back to the door pass, emitted at once)...
+    entry_confirm_s: float = 10.0
+    # ...or, in a front zone or without a door pass, in one zone for this long: longer
+    # than walking past a front zone or glancing in; it delays the event, not its time
+    front_confirm_s: float = 30.0
     # no interior evidence for this long: outside (the exit is dated back to the last
     # evidence); long enough to ride out a deep fade without splitting the visit
     outside_after_s: float = 12.0
     scanner_zone: dict[str, str] = field(init=False, default_factory=dict)
     entrances: frozenset[str] = field(init=False, default=frozenset())
     transits: frozenset[str] = field(init=False, default=frozenset())
+    fronts: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         for z in self.zones:
@@ -58,3 +68,4 @@ class PresenceSettings:
         object.__setattr__(self, "entrances", frozenset(z.id for z in self.zones if z.entrance))
         object.__setattr__(self, "transits",
                            frozenset(z.id for z in self.zones if z.passed_through))
+        object.__setattr__(self, "fronts", frozenset(z.id for z in self.zones if z.front))
