@@ -60,6 +60,24 @@ done
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 
+# valid_id, san_for, cert_fits, bridge_per_gateway, stop_timeout_s, render_listeners
+# shellcheck source=/dev/null
+. "$SRC/deploy/install-lib.sh"
+# The store id names paths (/etc/storegate/firmware-configs/<store>, certificates) and is
+# put into sed expressions: storegate's id rule before anything uses it.
+if [ -n "$STORE" ] && ! valid_id "$STORE"; then
+    printf 'install.sh: --store %q: a store id is 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit\n' \
+        "$STORE" >&2
+    exit 2
+fi
+
+# One install at a time: two runs would make the CA and the secrets at once, and move
+# each other's firmware-configs copies into place.
+LOCK=${STOREGATE_INSTALL_LOCK:-/run/lock/storegate-install.lock}
+mkdir -p "$(dirname "$LOCK")" 2>/dev/null || true
+exec 9>>"$LOCK" || die "cannot open the lock file $LOCK"
+flock -n 9 || die "another install.sh is running (it holds $LOCK): wait for it to finish"
+
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0 ...)"
 # systemd runs this box (not a chroot, not a container build): units can be started
 systemd_running() { [ -d /run/systemd/system ]; }
@@ -72,17 +90,32 @@ if [ "$MODE" = uninstall ]; then
         systemctl disable storegate.service storegate-backup.timer 2>/dev/null || true
     fi
     rm -f "$UNIT_DIR/storegate.service" "$UNIT_DIR/storegate-backup.service" \
+        "$UNIT_DIR/storegate.service.d/stop-timeout.conf" \
         "$UNIT_DIR/storegate-backup.timer" /etc/systemd/journald.conf.d/storegate.conf \
         "$MOSQ/conf.d/storegate.conf" "$MOSQ/storegate.acl" "$MOSQ/scanners.acl" \
         "$MOSQ/storegate.passwd" "$MOSQ/scanners.passwd" \
         "$MOSQ/certs/store-broker.pem" "$MOSQ/certs/store-broker.key" \
         /usr/local/bin/storegate
+    rmdir "$UNIT_DIR/storegate.service.d" 2>/dev/null || true
     rm -rf "$PREFIX"
     if systemd_running; then
         systemctl daemon-reload
         systemctl try-restart mosquitto.service || true  # without the drop-in
     fi
     if [ "$PURGE" -eq 1 ]; then
+        # what central handed over for the bridge, and the broker's store (it holds the
+        # bridge's queue and retained statuses of this store)
+        if [ -z "$STORE" ] && [ -f "$ETC/store.toml" ]; then
+            STORE=$(sed -n 's/^store_id *= *"\([^"]*\)".*/\1/p' "$ETC/store.toml" | head -n1)
+            valid_id "$STORE" || STORE=""
+        fi
+        rm -f "$MOSQ/certs/central-ca.pem"
+        if systemd_running; then systemctl stop mosquitto.service || true; fi
+        rm -f /var/lib/mosquitto/mosquitto.db  # saved again at a stop: removed stopped
+        if systemd_running; then systemctl start mosquitto.service || true; fi
+        if [ -n "$STORE" ]; then
+            rm -f "$MOSQ/certs/$STORE.pem" "$MOSQ/certs/$STORE.key"
+        fi
         rm -rf "$ETC" "$STATE" "$BACKUPS" /run/storegate
         if id storegate >/dev/null 2>&1; then userdel storegate; fi
         say "removed storegate, its configuration, secrets and data (--purge)"
@@ -143,6 +176,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 installed=$("$VENV/bin/pip" show storegate 2>/dev/null | sed -n 's/^Version: //p' || true)
 if [ "$MODE" = upgrade ] || [ -z "$installed" ]; then
+    if [ -n "$installed" ] && systemd_running \
+            && systemctl is-active --quiet storegate.service; then
+        # not under a running gateway: it drains and stops (TimeoutStopSec), the new
+        # release goes in, step 8 starts it again
+        say "stopping storegate.service for the upgrade (the outbox drains first)"
+        systemctl stop storegate.service
+    fi
     say "installing $(basename "$WHEEL") into $VENV"
     "$VENV/bin/pip" install -q "$WHEEL"                                   # dependencies
     "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEEL"       # this release
@@ -158,16 +198,22 @@ if [ -z "$STORE" ]; then
     if [ -f "$ETC/store.toml" ]; then
         STORE=$("$VENV/bin/python" -c 'import sys, tomllib
 print(tomllib.load(open(sys.argv[1], "rb"))["store_id"])' "$ETC/store.toml")
+        valid_id "$STORE" || die "$ETC/store.toml: store_id is not a valid id"
     else
         die "--store ID: which folder of firmware-configs/ is this store?"
     fi
 fi
 [ -d "$SRC/firmware-configs/$STORE" ] || die "no firmware-configs/$STORE in $SRC"
+folder_id=$("$VENV/bin/python" -c 'import sys, tomllib
+print(tomllib.load(open(sys.argv[1], "rb")).get("store", {}).get("id", ""))' \
+    "$SRC/firmware-configs/$STORE/store.toml") || die "firmware-configs/$STORE/store.toml unreadable"
+[ "$folder_id" = "$STORE" ] \
+    || die "firmware-configs/$STORE/store.toml says [store] id = \"$folder_id\", not $STORE"
 for d in "$STORE" pos; do
     rm -rf "$ETC/firmware-configs/$d.new"
     cp -rL "$SRC/firmware-configs/$d" "$ETC/firmware-configs/$d.new"   # -L: templates are links
     rm -rf "$ETC/firmware-configs/$d"
-    mv "$ETC/firmware-configs/$d.new" "$ETC/firmware-configs/$d"
+    mv -T "$ETC/firmware-configs/$d.new" "$ETC/firmware-configs/$d"
 done
 chmod -R u=rwX,g=rX,o= "$ETC/firmware-configs"
 chgrp -R storegate "$ETC/firmware-configs"
@@ -206,9 +252,6 @@ if [ ! -f "$TLS/store-ca.pem" ]; then
     chmod 0600 "$TLS/store-ca.key"
     chmod 0644 "$TLS/store-ca.pem"
 fi
-san_for() {  # an IP address or a DNS name
-    if [[ "$1" =~ ^[0-9.]+$ || "$1" == *:* ]]; then echo "IP:$1"; else echo "DNS:$1"; fi
-}
 issue() {  # issue NAME SAN USAGE: a key and a certificate signed by the store CA
     local name=$1 san=$2 usage=$3
     [ -f "$TLS/store-ca.key" ] || die "the store CA key is not in $TLS (moved off the box?):" \
@@ -221,15 +264,14 @@ issue() {  # issue NAME SAN USAGE: a key and a certificate signed by the store C
     chmod 0600 "$TLS/$name.key"
 }
 broker_san=$(san_for "$BROKER_HOST")
-if [ ! -f "$TLS/store-broker.pem" ] || ! openssl x509 -in "$TLS/store-broker.pem" -noout \
-        -ext subjectAltName 2>/dev/null | grep -q "${broker_san/IP:/IP Address:}"; then
+if ! cert_fits "$TLS/store-broker.pem" "$BROKER_HOST"; then
     say "issuing the broker's certificate for $BROKER_HOST"
     issue store-broker "$broker_san" serverAuth
 fi
 install -d -m 0755 "$MOSQ/certs"
 install -m 0644 "$TLS/store-broker.pem" "$MOSQ/certs/store-broker.pem"
 install -m 0640 -o root -g mosquitto "$TLS/store-broker.key" "$MOSQ/certs/store-broker.key"
-if [ ! -f "$TLS/http.pem" ]; then
+if ! cert_fits "$TLS/http.pem" "$(hostname)" localhost "$BROKER_HOST" 127.0.0.1; then
     say "issuing the HTTP certificate for $(hostname) and $BROKER_HOST"
     issue http "DNS:$(hostname),DNS:localhost,$broker_san,IP:127.0.0.1" serverAuth
 fi
@@ -252,8 +294,17 @@ for f in storegate scanners; do
     install -m 0644 "$tmp/$f.acl" "$MOSQ/$f.acl"
 done
 CENTRAL=$(fleet_value central bridge_address)
-sed -e "s/store-0042/$STORE/g" -e "s/^listener 8883\$/listener $(fleet_value broker tls_port)/" \
-    "$SRC/deploy/mosquitto/store-broker.conf" > "$tmp/storegate.conf"
+PLAIN_PORT=$(fleet_value broker plain_port)
+BIND=$(fleet_value broker bind)
+if [ -n "$PLAIN_PORT" ] && [ -z "$BIND" ]; then
+    BIND=$BROKER_HOST  # never a plain listener on every interface
+fi
+{
+    echo "# Rendered by deploy/install.sh from firmware-configs/$STORE/store.toml: edits"
+    echo "# here are overwritten at the next run; change store.toml's [broker] instead."
+    sed -e "s/store-0042/$STORE/g" "$SRC/deploy/mosquitto/store-broker.conf"
+} | render_listeners "$(fleet_value broker tls_port)" "$BIND" "$PLAIN_PORT" \
+    > "$tmp/storegate.conf" || die "the drop-in's listener lines were not rendered"
 if [ -n "$CENTRAL" ] && [ -f "$MOSQ/certs/central-ca.pem" ] && [ -f "$MOSQ/certs/$STORE.pem" ] \
         && [ -f "$MOSQ/certs/$STORE.key" ]; then
     sed -i "s/^address central-mqtt.example.net:8883\$/address $CENTRAL/" "$tmp/storegate.conf"
@@ -264,7 +315,17 @@ else
     say "bridge to central OFF: install central-ca.pem, $STORE.pem and $STORE.key in" \
         "$MOSQ/certs/ (from central) and run install.sh again"
 fi
-install -m 0644 "$tmp/storegate.conf" "$MOSQ/conf.d/storegate.conf"
+# The events and status lines per gateway of this store, not `+`: a level the gateways
+# do not own (a scanner node's name, say) is never bridged to central.
+GATEWAYS=$("$VENV/bin/python" -c 'import sys, tomllib
+print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["store"]["gateways"]))' "$FLEET/store.toml")
+if grep -q '^topic ' "$tmp/storegate.conf"; then
+    bridge_per_gateway "$STORE" "$GATEWAYS" < "$tmp/storegate.conf" > "$tmp/storegate.conf.gw" \
+        || die "the bridge's per-gateway topic lines were not rendered"
+else  # no bridge (cut above)
+    cp "$tmp/storegate.conf" "$tmp/storegate.conf.gw"
+fi
+install -m 0644 "$tmp/storegate.conf.gw" "$MOSQ/conf.d/storegate.conf"
 if grep -qs '^persistence_location' "$MOSQ/conf.d/"*.conf; then
     die "a drop-in in $MOSQ/conf.d sets persistence_location: Debian's mosquitto.conf does" \
         "already and mosquitto stops at a second one"
@@ -274,6 +335,16 @@ fi
 for unit in storegate.service storegate-backup.service storegate-backup.timer; do
     install -m 0644 "$SRC/deploy/systemd/$unit" "$UNIT_DIR/$unit"
 done
+# The stop budget follows storage.shutdown_drain_s (deploy/systemd/storegate.service:
+# 2 x drain + 20 s, never below the unit's 60 s): systemd must not kill a drain.
+drain=$("$VENV/bin/python" -c 'import sys, tomllib
+print(tomllib.load(open(sys.argv[1], "rb")).get("storage", {}).get("shutdown_drain_s", 10))' \
+    "$ETC/store.toml")
+stop_s=$(stop_timeout_s "$drain") || die "$ETC/store.toml: shutdown_drain_s $drain is not a number"
+install -d -m 0755 "$UNIT_DIR/storegate.service.d"
+printf '# install.sh: 2 x storage.shutdown_drain_s (%s s) + 20 s\n[Service]\nTimeoutStopSec=%s\n' \
+    "$drain" "$stop_s" > "$tmp/stop-timeout.conf"
+install -m 0644 "$tmp/stop-timeout.conf" "$UNIT_DIR/storegate.service.d/stop-timeout.conf"
 install -d -m 0755 /etc/systemd/journald.conf.d
 install -m 0644 "$SRC/deploy/journald/storegate.conf" /etc/systemd/journald.conf.d/storegate.conf
 systemctl enable mosquitto.service storegate.service storegate-backup.timer >/dev/null 2>&1

@@ -49,6 +49,9 @@ pytestmark = pytest.mark.e2e
 S = f"storegate/v1/{STORE}"
 GATEWAYS = ("gw-1", "gw-2")
 NODES = ("sc-entrance", "sc-dairy")
+# A node login no reader holds: the broker makes a node's client id its login, so a
+# second connection as a reader's node would close the reader's.
+SPARE = "sc-spare"
 # Logins that must never exist (docs): created here to show the ACL refuses them anyway.
 RESERVED_GATEWAYS = ("commands", "scanners", "central", "events", "status")
 RESERVED_NODES = ("*",)
@@ -85,7 +88,7 @@ def login(broker: StoreBroker, name: str) -> Probe:
 def roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roles]:
     broker = start_store_broker(tmp_path_factory.mktemp("store-broker"),
                                 gateways=(*GATEWAYS, *RESERVED_GATEWAYS),
-                                nodes=(*NODES, *RESERVED_NODES))
+                                nodes=(*NODES, SPARE, *RESERVED_NODES))
     clients: dict[str, Probe] = {}
     try:
         for name in READERS:
@@ -219,11 +222,24 @@ TABLE = [
 def test_role_topic_table(roles: Roles, case: Row) -> None:
     c = roles.clients
     payload = token()
+    # One connection per node login (use_username_as_clientid): a node writer takes the
+    # reader's place, reading what it is let read before it publishes.
+    node = case.writer in NODES
+    if node:
+        c[case.writer].close()
     writer = login(roles.broker, case.writer)
+    if node:
+        assert writer.subscribe("#") == [1]
     try:
         rc = writer.publish(case.topic, payload, retain=case.retain)
     finally:
-        writer.close()
+        if node and rc != NOT_AUTHORIZED:
+            c[case.writer] = writer
+        else:
+            writer.close()  # (a refused node's connection is closed by the broker)
+            if node:
+                c[case.writer] = login(roles.broker, case.writer)
+                assert c[case.writer].subscribe("#") == [1]
     if case.readers is None:
         assert rc == NOT_AUTHORIZED, f"{case}: PUBACK {rc:#x}, expected 0x87"
     else:
@@ -256,14 +272,14 @@ LOGINS = [
           NOT_AUTHORIZED),
     Login("node login on the gateways' listener", "gateways", "sc-entrance", PASSWORD,
           False, NOT_AUTHORIZED),
-    Login("node over TLS", "nodes", "sc-entrance", PASSWORD, True, SUCCESS),
-    Login("node over TLS, wrong password", "nodes", "sc-entrance", "guess", True,
+    Login("node over TLS", "nodes", SPARE, PASSWORD, True, SUCCESS),
+    Login("node over TLS, wrong password", "nodes", SPARE, "guess", True,
           NOT_AUTHORIZED),
-    Login("node over TLS, no password", "nodes", "sc-entrance", None, True, NOT_AUTHORIZED),
+    Login("node over TLS, no password", "nodes", SPARE, None, True, NOT_AUTHORIZED),
     Login("anonymous over TLS", "nodes", None, None, True, NOT_AUTHORIZED),
     Login("gateway login on the nodes' listener", "nodes", "gw-1", PASSWORD, True,
           NOT_AUTHORIZED),
-    Login("node without TLS", "nodes", "sc-entrance", PASSWORD, False, None),
+    Login("node without TLS", "nodes", SPARE, PASSWORD, False, None),
 ]
 
 
@@ -278,6 +294,49 @@ def test_who_may_connect(roles: Roles, attempt: Login) -> None:
         assert probe.connect() == attempt.connack
     finally:
         probe.close()
+
+
+def test_a_node_login_cannot_take_over_the_gateways_client_id(roles: Roles) -> None:
+    """Client ids are broker-wide: a node login presenting the gateway's (predictable)
+    client id would make mosquitto close the gateway. The node listener makes a node's
+    client id its login (use_username_as_clientid), so both stay connected."""
+    b = roles.broker
+    gw = Probe("gw-1", b.gateway_port, username="gw-1", password=PASSWORD,
+               client_id=f"storegate-{STORE}-gw-1")
+    node = Probe(SPARE, b.node_port, username=SPARE, password=PASSWORD, ca=b.ca,
+                 client_id=f"storegate-{STORE}-gw-1")
+    try:
+        assert gw.connect() == SUCCESS
+        assert node.connect() == SUCCESS
+        # mosquitto closes a taken-over client before it answers the newcomer's CONNECT
+        assert gw.publish(f"{S}/gw-1/events/still-here", token()) in (
+            SUCCESS, NO_MATCHING_SUBSCRIBERS)
+        assert not gw.closed
+        log = b.store.log.read_text()
+        assert f"storegate-{STORE}-gw-1 already connected" not in log, log[-2000:]
+    finally:
+        node.close()
+        gw.close()
+
+
+def test_a_node_cannot_push_an_oversized_message(roles: Roles) -> None:
+    """A node login (extractable from its ESP32) sending 2 MB: the broker disconnects it
+    (max_packet_size) and no reader gets any of it; a gateway-sized event still passes."""
+    c, b = roles.clients, roles.broker
+    node = Probe(SPARE, b.node_port, username=SPARE, password=PASSWORD, ca=b.ca)
+    big = token() + bytes(2_000_000)
+    try:
+        assert node.connect() == SUCCESS
+        node.client.publish(f"{S}/scanners/{SPARE}/adverts", big, qos=1)
+        wait_for(lambda: node.closed, 15, "the broker closing the oversized sender")
+    finally:
+        node.close()
+    settle(c, "gw-1")
+    assert not any(c[r].saw(big) for r in READERS)
+    event = token() + bytes(1_000_000)  # an event of central's largest size
+    assert c["gw-1"].publish(f"{S}/gw-1/events/big", event) in (SUCCESS,
+                                                                 NO_MATCHING_SUBSCRIBERS)
+    c["central"].wait_for_payload(event, "a 1 MB event over the bridge")
 
 
 def test_a_last_will_speaks_only_for_its_own_gateway(roles: Roles) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from storegate.app.cli import main
 from storegate.app.demo.broker import DemoError
 from storegate.app.demo.central import CentralFigures
 from storegate.app.demo.run import Demo, DemoOptions, DemoResult, GatewayFigures, Snapshot
@@ -105,3 +106,30 @@ def test_a_state_dir_the_demo_did_not_make_is_never_emptied(tmp_path: Path) -> N
     with pytest.raises(DemoError, match="not a storegate demo directory"):
         Demo(DemoOptions(state_dir=precious)).prepare()
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("what", ["a file", "a symbolic link", "a port out of range",
+                                  "a port that is no number", "every 0 s"])
+def test_a_wrong_argument_is_one_clear_line(tmp_path: Path, what: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / ".storegate-demo").write_text("")
+    (real / "kept").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "link").symlink_to(real)
+    argv, says = {
+        "a file": (["--state-dir", str(tmp_path / "afile")], "is a file, not a folder"),
+        "a symbolic link": (["--state-dir", str(tmp_path / "link")], "is a symbolic link"),
+        "a port out of range": (["--http-port", "99999"], "99999 is not a port (1-65535)"),
+        "a port that is no number": (["--mqtt-port", "x"], "'x' is not a port number"),
+        "every 0 s": (["--every", "0"], "must be a positive number of seconds"),
+    }[what]
+    try:
+        code = main(["demo", "--headless", "--duration", "1", *argv])
+    except SystemExit as exc:  # argparse's own exit, after its one line
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+    assert (real / "kept").exists() and (tmp_path / "afile").read_text() == "x"

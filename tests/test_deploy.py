@@ -218,3 +218,17 @@ def test_the_unit_covers_the_drain_and_restarts() -> None:
     assert settings["RuntimeDirectory"] == "storegate"
     assert "/opt/storegate/venv/bin/storegate" in settings["ExecStart"]
     assert "SupplementaryGroups" not in settings  # install.sh adds the groups that exist
+
+
+def test_every_unit_that_owns_the_state_dir_keeps_it_owner_only() -> None:
+    """StateDirectory= without StateDirectoryMode= resets /var/lib/storegate to 0755 at
+    every start of that unit (systemd's default): the daily backup would reopen the
+    outbox and identity keys to every local user."""
+    units = sorted((REPO / "deploy" / "systemd").glob("*.service"))
+    owning = 0
+    for path in units:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        if "StateDirectory=storegate" in lines:
+            owning += 1
+            assert "StateDirectoryMode=0700" in lines, path.name
+    assert owning == 2

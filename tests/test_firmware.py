@@ -132,6 +132,19 @@ def test_problems_between_files_are_all_reported(tmp_path: Path,
     ("scanners.toml", 'name = "sc-entrance"', 'name = "Sc-Entrance"\nfirmware = "espresense"',
      "room slug"),
     ("scanners.toml", "position = [4.0, 1.5, 2.6]", "position = [4.0, 1.5e9]", "within"),
+    # a node named after a level the bridge forwards (storegate/v1/<store>/+/events/#):
+    # its raw adverts would have been bridged to central
+    ("scanners.toml", 'name = "sc-entrance"', 'name = "events"', "reserved"),
+    ("scanners.toml", 'name = "sc-entrance"', 'name = "status"', "reserved"),
+    # names ESPHome refuses as a host name
+    ("scanners.toml", 'name = "sc-entrance"', 'name = "sc.entrance"', "host name"),
+    ("scanners.toml", 'name = "sc-entrance"', 'name = "sc_entrance"', "host name"),
+    ("scanners.toml", 'name = "sc-entrance"', 'name = "Sc-Entrance"', "host name"),
+    ("scanners.toml", 'name = "sc-entrance"', f'name = "{"s" * 32}"', "at most 31"),
+    # a zone is written into the rendered YAML: no line breaks, quotes or spaces
+    ("scanners.toml", 'zone = "entrance"', r'zone = "entrance\nmqtt:\n  broker: evil"',
+     "1-64 characters"),
+    ("scanners.toml", 'zone = "entrance"', 'zone = "front door"', "1-64 characters"),
     ("beacons.toml", "tx_power_dbm = -8", "tx_power_dbm = 30", "less than or equal to 20"),
     ("beacons.toml", "interval_ms = 500", "interval_ms = 5", "greater than or equal to 20"),
     ("lanes.toml", "baudrate = 38400", "baudrate = 1", "greater than or equal to 50"),
@@ -145,6 +158,21 @@ def test_each_file_is_checked_with_the_gateways_rules(
     with pytest.raises(DataFileError) as err:
         load_fleet(d)
     assert says in str(err.value), str(err.value)
+
+
+def test_node_names_that_would_share_a_secret_key_are_refused(tmp_path: Path) -> None:
+    """secrets.yaml keys are mqtt_<name> with . _ - as _: sc_produce and sc-produce
+    would both read mqtt_sc_produce (the last line wins: one node gets the other's
+    password). ESPresense allows _ in its room slugs, so the check is across nodes."""
+    d = copy_store(tmp_path)
+    _edit(d / "store.toml", "tls_port = 8883", "tls_port = 8883\nplain_port = 1884")
+    _edit(d / "scanners.toml", 'name = "sc-produce"', 'name = "sc_produce"\n'
+          'firmware = "espresense"')
+    _edit(d / "scanners.toml", 'name = "sc-bakery"', 'name = "sc-produce"\n'
+          'firmware = "espresense"')
+    with pytest.raises(FleetError) as err:
+        load_fleet(d)
+    assert "'sc-produce' is too close to 'sc_produce'" in str(err.value), str(err.value)
 
 
 def test_validate_against_a_config_names_the_disagreement(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -141,13 +142,15 @@ class Root:
             f"ip addr add {LAN}/32 dev lo",
             "exec env -i container=storegate-ci PATH=/usr/sbin:/usr/bin:/sbin:/bin "
             f"chroot {r} /lib/systemd/systemd"])
+        # --kill-child: should this process die before the finally below, the box's init
+        # (unshare's child, sh exec'd into systemd) gets SIGKILL from the kernel
         proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--pid",
-                                 "--fork", "--net", "sh", "-c", script],
+                                 "--fork", "--kill-child", "--net", "sh", "-c", script],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        init = ""
         try:
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
             deadline = time.monotonic() + 30
-            init = ""
             while time.monotonic() < deadline:
                 init = children.read_text().split()[0] if children.exists() and \
                     children.read_text().split() else ""
@@ -167,8 +170,30 @@ class Root:
                     print(box.run(*argv, check=False, timeout=30))
                 raise
         finally:
-            proc.kill()  # PID 1 of the namespace goes, and everything in it
+            # Killing unshare alone leaves the box running (systemd is its child, not
+            # it): SIGKILL the box's init, PID 1 of its namespace, and everything in
+            # the namespace goes with it; then unshare, which waits for it.
+            if init:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(init), signal.SIGKILL)
+            proc.kill()
             proc.wait()
+            if init:
+                gone = time.monotonic() + 30
+                while _is_box_init(init) and time.monotonic() < gone:
+                    time.sleep(0.1)
+                assert not _is_box_init(init), f"the box's systemd ({init}) outlived the test"
+
+
+def _is_box_init(pid: str) -> bool:
+    """``pid`` is still the box's systemd (not gone, not a zombie, not reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and cmdline.startswith(
+        "/lib/systemd/systemd")
 
 
 @dataclass
@@ -284,6 +309,14 @@ def test_install_boot_upgrade_uninstall_in_a_clean_root(root: Root) -> None:
     bridged = root.run("/root/storegate/deploy/install.sh", "--store", "store-0042")
     took["again, with the bridge"] = time.monotonic() - t0
     assert "bridge to central: 127.0.0.1:8884" in bridged
+    drop_in = (root.path / "etc/mosquitto/conf.d/storegate.conf").read_text()
+    assert drop_in.startswith("# Rendered by deploy/install.sh")
+    # the bridge forwards the store's gateways by name, never `+` (a node's name)
+    assert "topic storegate/v1/store-0042/gw-1/events/# out 1" in drop_in
+    assert "topic storegate/v1/store-0042/gw-1/status out 1" in drop_in
+    assert "/+/" not in "".join(ln for ln in drop_in.splitlines() if ln.startswith("topic"))
+    stop = (root.path / "etc/systemd/system/storegate.service.d/stop-timeout.conf").read_text()
+    assert "TimeoutStopSec=60" in stop  # the example's 10 s drain: the unit's own 60 s
 
     # boot it the way systemd would, in a network of its own
     t0 = time.monotonic()
@@ -322,6 +355,8 @@ def test_install_boot_upgrade_uninstall_in_a_clean_root(root: Root) -> None:
         assert box.show("storegate.service", "ExecMainStatus") == "0"
         journal = box.run("journalctl", "-u", "storegate.service", "--no-pager", "-o", "cat")
         assert "gateway stopped (drained" in journal, journal[-3000:]
+    # the booted box is gone with everything it ran (booted() asserts its init is)
+    assert not _is_box_init(str(box.init))
     print("TIMING " + ", ".join(f"{k}: {v:.0f} s" for k, v in took.items()))
     print("SECURITY", *exposure)
 
@@ -343,6 +378,10 @@ def test_install_boot_upgrade_uninstall_in_a_clean_root(root: Root) -> None:
     root.run("/root/storegate/deploy/install.sh", "--uninstall", "--purge")
     assert not (root.path / "var" / "lib" / "storegate").exists()
     assert not (root.path / "etc" / "storegate").exists()
+    certs = root.path / "etc" / "mosquitto" / "certs"
+    left = sorted(p.name for p in certs.iterdir() if p.name != "README")  # Debian's
+    assert left == [], left  # central's CA, the bridge's certificate and key: gone too
+    assert not (root.path / "var" / "lib" / "mosquitto" / "mosquitto.db").exists()
 
 
 def test_the_container_definition_is_consistent() -> None:

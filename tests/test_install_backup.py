@@ -4,6 +4,7 @@ the gateway runs or when the archive is damaged."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 from storegate.adapters import status_file
 from storegate.adapters.identities_sqlite import IdentityStore
 from storegate.adapters.outbox import OutboxReader
+from storegate.app import backup as backup_mod
 from storegate.app.backup import MANIFEST, BackupError, backup, restore, state_files
 from storegate.app.cli import main
 from storegate.config import Config, load
@@ -130,3 +132,98 @@ def test_backup_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["backup", "-c", str(tmp_path / "empty" / "store.toml"),
                  "--out", str(tmp_path / "b3.tar")]) == 2
     assert "nothing to back up" in capsys.readouterr().err
+
+
+BASE = {"format": 1, "store_id": "store-0042", "gateway_id": "gw-1", "outbox": "outbox.db"}
+
+
+def _archive(path: Path, manifest: object, members: dict[str, bytes] | None = None,
+             sizes: dict[str, int] | None = None) -> Path:
+    """A hand-made archive: ``manifest`` as given, ``members`` by name (``sizes`` makes
+    one that large, zeros, without holding it in memory)."""
+    with tarfile.open(path, "w") as tar:
+        data = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, body in (members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for name, size in (sizes or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            with open("/dev/zero", "rb") as zeros:
+                tar.addfile(info, zeros)
+    return path
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+HOSTILE = {
+    "manifest a list": (b"[]", None, "not an object"),
+    "no files": (BASE, None, "lists no files"),
+    "files empty": ({**BASE, "files": []}, None, "lists no files"),
+    "an entry not an object": ({**BASE, "files": ["outbox.db"]}, None, "files[0] is not"),
+    "an entry without sha256": ({**BASE, "files": [{"name": "outbox.db"}]}, None,
+                                "files[0] is not"),
+    "an empty name": ({**BASE, "files": [{"name": "", "sha256": "0"}]}, None, "unsafe"),
+    "a path": ({**BASE, "files": [{"name": "../x.db", "sha256": "0"}]}, None, "unsafe"),
+    "listed, not in the archive": ({**BASE, "files": [{"name": "outbox.db", "sha256": "0"}]},
+                                   None, "not in the archive"),
+    "a file that is not the outbox's": (
+        {**BASE, "files": [{"name": "evil.conf", "sha256": _sha(b"x")}]},
+        {"evil.conf": b"x"}, "not one of the outbox's files"),
+    "a WAL": ({**BASE, "files": [{"name": "outbox.db-wal", "sha256": _sha(b"x")}]},
+              {"outbox.db-wal": b"x"}, "not one of the outbox's files"),
+    "listed twice": ({**BASE, "files": [{"name": "outbox.db", "sha256": _sha(b"x")}] * 2},
+                     {"outbox.db": b"x"}, "listed twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=str)
+def test_a_malformed_or_hostile_archive_is_refused_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    config(tmp_path)
+    manifest, members, says = HOSTILE[case]
+    bad = _archive(tmp_path / "bad.tar", manifest, members)
+    assert main(["restore", str(bad), "-c", str(tmp_path / "store.toml")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+    data = tmp_path / "data"
+    assert not data.exists() or sorted(p.name for p in data.iterdir()) == []  # nothing put
+
+
+def test_a_damaged_member_is_found_before_anything_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash of each file is checked reading the archive, before the state dir gets
+    a byte: a 50 MB member with a wrong hash leaves no 50 MB file behind, even briefly
+    (a spy on the only writer, the second pass)."""
+    c = config(tmp_path)
+    bad = _archive(tmp_path / "big.tar", {**BASE, "files": [{"name": "outbox.db",
+                                                              "sha256": "0" * 64}]},
+                   sizes={"outbox.db": 50_000_000})
+    written: list[Path | None] = []
+    real = backup_mod._stream_sha256
+
+    def spy(tar: tarfile.TarFile, member: tarfile.TarInfo, into: Path | None = None) -> str:
+        written.append(into)
+        return real(tar, member, into)
+
+    monkeypatch.setattr(backup_mod, "_stream_sha256", spy)
+    with pytest.raises(BackupError, match="does not match its SHA-256"):
+        restore(c, bad)
+    assert written == [None]
+
+
+def test_a_member_above_the_cap_is_refused_unread(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    c = config(tmp_path)
+    monkeypatch.setattr(backup_mod, "MAX_FILE_BYTES", 1000)
+    bad = _archive(tmp_path / "big.tar", {**BASE, "files": [{"name": "outbox.db",
+                                                              "sha256": _sha(bytes(2000))}]},
+                   {"outbox.db": bytes(2000)})
+    with pytest.raises(BackupError, match="2000 bytes"):
+        restore(c, bad)

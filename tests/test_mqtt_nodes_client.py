@@ -300,3 +300,35 @@ def test_stop_ends_it_while_no_broker_answers(broker: Mosquitto) -> None:
 
     asyncio.run(main())
     assert not src.connected and src._handoff.loop is None
+
+
+@pytest.mark.e2e
+def test_a_retained_advert_replayed_at_subscribe_is_no_sighting(
+        broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """A node that publishes retained leaves a sighting on the broker, replayed to the
+    gateway at every (re)subscribe: a phone "seen" now that left long ago. Replays
+    (retain flag set on delivery) are dropped and counted; the live messages pass."""
+    heard = Heard()
+    node = Probe("retaining-node", broker.port)
+    assert node.connect() == 0
+    ghost = "storegate/v1/s1/scanners/esp-ghost/adverts"
+    try:
+        node.publish(ghost, json.dumps(raw_advert("5A:00:00:00:00:66")).encode(),
+                     retain=True)
+        src = source(broker.port, heard, client_suffix="nodes-e2e-retained")
+
+        async def main() -> None:
+            async with Running(src):
+                await subscribed(node, heard)  # the replay came before the warm-up
+                assert src.rejected_total == 1
+                await publish(node, "storegate/v1/s1/scanners/esp-live/adverts",
+                              raw_advert("5A:00:00:00:00:01"))
+                await until(lambda: len(heard.adverts) == 1, "the live advert")
+
+        with caplog.at_level(logging.WARNING, logger=mqtt_nodes.__name__):
+            asyncio.run(main())
+    finally:
+        node.publish(ghost, b"", retain=True)  # cleared
+        node.close()
+    assert [a.address for a in heard.adverts] == ["5A:00:00:00:00:01"]
+    assert sum("retained message replayed" in r.getMessage() for r in caplog.records) == 1

@@ -33,7 +33,8 @@ class Probe:
 
     def __init__(self, name: str, port: int, *, username: str | None = None,
                  password: str | None = None, ca: Path | None = None,
-                 will: tuple[str, bytes] | None = None) -> None:
+                 will: tuple[str, bytes] | None = None,
+                 client_id: str | None = None) -> None:
         self.name = name
         self.port = port
         self._cond = threading.Condition()
@@ -43,7 +44,7 @@ class Probe:
         self._pubacks: dict[int, int] = {}
         self._subacks: dict[int, list[int]] = {}
         self._payloads: set[bytes] = set()
-        self.client_id = f"probe-{name}-{uuid.uuid4().hex[:8]}"
+        self.client_id = client_id or f"probe-{name}-{uuid.uuid4().hex[:8]}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=self.client_id)
         # A refused probe must not hammer the broker with retries while the test runs.

@@ -150,6 +150,21 @@ class ScannerNodesSource:
     def _message(self, msg: mqtt.MQTTMessage) -> None:
         now = self._wall()
         topic = msg.topic
+        if msg.retain:
+            # A node published it retained: the broker replays it at every subscribe
+            # (after each reconnect), a sighting from the past as if heard now. A live
+            # retained publish reaches a connected subscriber without the flag, so only
+            # replays are refused (counted as the node's rejects, logged once per node).
+            node = _node_of(topic)
+            with self._lock:
+                stats = self.nodes.get(node)
+                if stats is not None:
+                    stats["rejected"] += 1
+            self.rejected_total += 1
+            self._warn(f"{node}:retained", "scanner node %s: a retained message replayed by "
+                       "the broker is not a sighting; dropped (turn retain off in the "
+                       "node, and clear it: mosquitto_pub -r -n -t TOPIC)", node)
+            return
         payload = bytes(msg.payload)
         if self._espresense_topic and mqtt.topic_matches_sub(self._espresense_topic, topic):
             one = parse_espresense(topic, payload, now)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sqlite3
 import tarfile
 import tempfile
@@ -36,6 +37,10 @@ FORMAT: Final = 1
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 SKIP_SUFFIXES: Final = ("-wal", "-shm", "-journal", ".lock", ".tmp", ".before-restore")
 FILE_MODE: Final = 0o600
+# One file of a backup: far above a store's outbox (a week offline at a busy store is
+# well under 1 GiB), low enough that a hostile archive cannot fill the SD card.
+MAX_FILE_BYTES: Final = 4 << 30
+MAX_FILES: Final = 64
 
 
 class BackupError(StoregateError):
@@ -58,6 +63,76 @@ def state_files(config: Config) -> list[Path]:
                 continue
             out.append(f)
     return out
+
+
+def _family_member(config: Config, name: str) -> bool:
+    """A name :func:`state_files` would take: the outbox or ``<stem>.*`` beside it."""
+    p = config.storage.path
+    return (name == p.name or name.startswith(p.stem + ".")) and not name.endswith(
+        (*SKIP_SUFFIXES, ".status.json")) and name != config.status_path.name
+
+
+def _entries(config: Config, archive: Path, manifest: object) -> list[tuple[str, str]]:
+    """The manifest's files as (name, sha256), each checked; BackupError if not."""
+    if not isinstance(manifest, dict):
+        raise BackupError(f"{archive}: {MANIFEST} is not an object")
+    files = manifest.get("files")
+    if not isinstance(files, list) or not files:
+        raise BackupError(f"{archive}: {MANIFEST} lists no files")
+    if len(files) > MAX_FILES:
+        raise BackupError(f"{archive}: {len(files)} files (at most {MAX_FILES})")
+    out: list[tuple[str, str]] = []
+    for i, e in enumerate(files):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) \
+                or not isinstance(e.get("sha256"), str):
+            raise BackupError(f"{archive}: {MANIFEST} files[{i}] is not "
+                              '{"name": ..., "sha256": ...}')
+        name = e["name"]
+        if not name or "/" in name or "\0" in name or name.startswith(".") \
+                or name == MANIFEST:
+            raise BackupError(f"{archive}: unsafe file name {name!r}")
+        if not _family_member(config, name):
+            raise BackupError(f"{archive}: {name!r} is not one of the outbox's files "
+                              f"({config.storage.path.name}, {config.storage.path.stem}.*)")
+        if any(name == n for n, _ in out):
+            raise BackupError(f"{archive}: {name!r} listed twice")
+        out.append((name, e["sha256"]))
+    return out
+
+
+def _member(tar: tarfile.TarFile, archive: Path, name: str) -> tarfile.TarInfo:
+    try:
+        member = tar.getmember(name)
+    except KeyError as exc:
+        raise BackupError(f"{archive}: {name} is in the manifest, not in the archive") \
+            from exc
+    if not member.isfile():
+        raise BackupError(f"{archive}: {name} is not a file")
+    if member.size > MAX_FILE_BYTES:
+        raise BackupError(f"{archive}: {name} is {member.size} bytes "
+                          f"(at most {MAX_FILE_BYTES})")
+    return member
+
+
+def _stream_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo,
+                   into: Path | None = None) -> str:
+    """The member's SHA-256, read in blocks; written to ``into`` (mode 0600) if given."""
+    src = tar.extractfile(member)
+    if src is None:  # pragma: no cover - isfile() checked
+        raise BackupError(f"cannot read {member.name}")
+    h = hashlib.sha256()
+    out = None
+    if into is not None:
+        out = os.fdopen(os.open(into, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb")
+    try:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            h.update(block)
+            if out is not None:
+                out.write(block)
+    finally:
+        if out is not None:
+            out.close()
+    return h.hexdigest()
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -141,9 +216,12 @@ def restore(config: Config, archive: Path, *, force_other_gateway: bool = False)
     with tar, tempfile.TemporaryDirectory(prefix=".storegate-restore-",
                                           dir=config.storage.path.parent) as tmp:
         try:
-            manifest = json.loads(tar.extractfile(MANIFEST).read())  # type: ignore[union-attr]
-        except (KeyError, AttributeError, ValueError) as exc:
+            raw = tar.extractfile(MANIFEST)
+            manifest = json.loads(raw.read(1 << 20)) if raw is not None else None
+        except (KeyError, ValueError, tarfile.TarError) as exc:
             raise BackupError(f"{archive}: no readable {MANIFEST}") from exc
+        if not isinstance(manifest, dict):
+            raise BackupError(f"{archive}: no readable {MANIFEST} (not an object)")
         if manifest.get("format") != FORMAT:
             raise BackupError(f"{archive}: backup format {manifest.get('format')}, "
                               f"this storegate reads {FORMAT}")
@@ -155,23 +233,25 @@ def restore(config: Config, archive: Path, *, force_other_gateway: bool = False)
         if manifest.get("outbox") != config.storage.path.name:
             raise BackupError(f"{archive}: its outbox is {manifest.get('outbox')!r}, "
                               f"this config's is {config.storage.path.name!r}")
-        names = [e["name"] for e in manifest["files"]]
-        for e in manifest["files"]:
-            name = e["name"]
-            if "/" in name or name.startswith(".") or name == MANIFEST:
-                raise BackupError(f"{archive}: unsafe file name {name!r}")
-            member = tar.getmember(name)
-            if not member.isfile():
-                raise BackupError(f"{archive}: {name} is not a file")
-            src = tar.extractfile(member)
-            if src is None:
-                raise BackupError(f"{archive}: cannot read {name}")
-            target = Path(tmp) / name
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            with os.fdopen(fd, "wb") as out:
-                out.write(src.read())
-            if _sha256(target) != e["sha256"]:
-                raise BackupError(f"{archive}: {name} does not match its SHA-256 (damaged)")
+        entries = _entries(config, archive, manifest)
+        names = [name for name, _ in entries]
+        try:
+            members = [(_member(tar, archive, name), sha) for name, sha in entries]
+            # every hash checked before a byte is written to the disk
+            for member, sha in members:
+                if _stream_sha256(tar, member) != sha:
+                    raise BackupError(f"{archive}: {member.name} does not match its "
+                                      "SHA-256 (damaged)")
+            need = sum(m.size for m, _ in members)
+            free = shutil.disk_usage(tmp).free
+            if need > free:
+                raise BackupError(f"{archive}: {need} bytes to restore, {free} free in "
+                                  f"{config.storage.path.parent}")
+            for member, sha in members:
+                if _stream_sha256(tar, member, Path(tmp) / member.name) != sha:
+                    raise BackupError(f"{archive}: {member.name} changed while read")
+        except (OSError, tarfile.TarError) as exc:
+            raise BackupError(f"{archive}: cannot read it ({exc})") from exc
         # every file checked: now replace, each current file kept aside
         for name in names:
             dest = config.storage.path.parent / name

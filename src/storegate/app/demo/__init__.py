@@ -11,6 +11,27 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def _port(text: str) -> int:
+    """A TCP port, 1-65535 (argparse says which option is wrong, in one line)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="the store in a box: broker, central, the gateway on "
                        "the demo store with its shoppers and two tills, a live view")
@@ -21,11 +42,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--state-dir", metavar="DIR", default=None,
                    help="the demo's own directory, emptied at start (default: "
                    "$XDG_STATE_HOME/storegate/demo-box)")
-    p.add_argument("--mqtt-port", type=int, default=None,
+    p.add_argument("--mqtt-port", type=_port, default=None,
                    help="the demo broker's port (default: 1883 if free, else a free one)")
-    p.add_argument("--http-port", type=int, default=None,
+    p.add_argument("--http-port", type=_port, default=None,
                    help="the gateway's HTTP port (default: 8080 if free, else a free one)")
-    p.add_argument("--every", type=float, default=8.0, metavar="SECONDS",
+    p.add_argument("--every", type=_positive, default=8.0, metavar="SECONDS",
                    help="a customer at each till this often (default: 8)")
     p.add_argument("--no-central", action="store_true", help="run without central")
     p.set_defaults(func=cmd_demo)

@@ -9,15 +9,49 @@ signals them, one at a time, in its order.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_the_demo() -> Callable[[], None] | None:
+    """A preexec function: the child gets SIGTERM when the demo dies, even by SIGKILL
+    (own sessions, so no terminal signal reaches it). The kernel sends it when the
+    thread that started the child ends: the demo starts them from one worker thread
+    that lives as long as its event loop. Linux only; elsewhere the next start's
+    :func:`stop_leftovers` is what remains."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the demo died before the line above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22):
+    with the pid, it names one process; a reused pid has another. None when there is
+    no such process, or only its zombie (dead, waiting to be reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Child:
@@ -38,9 +72,13 @@ class Child:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
                 self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=self.env, cwd=self.cwd, start_new_session=True)
-        # for the next run to stop it if this demo is killed before it can (SIGKILL)
-        self.pid_path.write_text(f"{self.proc.pid}\n")
+                env=self.env, cwd=self.cwd, start_new_session=True,
+                preexec_fn=_die_with_the_demo())  # noqa: PLW1509 - prctl only
+        # for the next run to stop it if it outlived this demo: the pid and its start
+        # time, so a pid reused by another process is never signalled
+        started = start_time(self.proc.pid)
+        if started is not None:  # else gone already
+            self.pid_path.write_text(f"{self.proc.pid} {started}\n")
         log.info("%s started (pid %d, log %s)", self.name, self.proc.pid, self.log_path)
 
     @property
@@ -87,24 +125,32 @@ class Child:
 def stop_leftovers(run_dir: Path, order: Sequence[str], timeout_s: float) -> list[str]:
     """Children an earlier demo in ``run_dir`` left running (it was killed before it
     could stop them): SIGTERM in ``order`` (log names: gateway first, broker last), only
-    a process whose command line is still storegate's or mosquitto's. Returns what
+    the very process the pid file names (same pid and start time: a pid reused since,
+    by a production gateway or the system's mosquitto say, is left alone). Returns what
     was stopped."""
     stopped = []
     for name in order:
         for pid_file in sorted(run_dir.rglob(f"{name}*.pid")):
             try:
-                pid = int(pid_file.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                pid_s, started_s = pid_file.read_text().split()
+                pid, started = int(pid_s), int(started_s)
             except (OSError, ValueError):
-                continue  # gone already (or not ours to read)
-            if b"storegate" not in cmdline and b"mosquitto" not in cmdline:
-                continue  # the pid was reused by something else
-            with contextlib.suppress(ProcessLookupError):
+                log.warning("%s: not a pid and start time; not used", pid_file)
+                continue
+            if pid <= 1 or start_time(pid) != started:
+                continue  # gone, or the pid is another process's now
+            try:
                 os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                log.warning("%s (pid %d) left by an earlier demo is another user's: not "
+                            "stopped (stop it yourself)", name, pid)
+                continue
             deadline = time.monotonic() + timeout_s
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            while start_time(pid) == started and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if Path(f"/proc/{pid}").exists():
+            if start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             stopped.append(f"{name} (pid {pid})")

@@ -194,6 +194,11 @@ class Demo:
         """Empty the demo's directory; only one the demo made (its marker file) or an
         empty one: ``--state-dir ~`` must never delete a home."""
         d = self.run_dir
+        if d.is_symlink():  # emptied at start: the link's target would be, or fail half-way
+            raise DemoError(f"--state-dir {d} is a symbolic link: give the folder itself "
+                            f"({d.resolve()})")
+        if d.exists() and not d.is_dir():
+            raise DemoError(f"--state-dir {d} is a file, not a folder: choose another")
         if d.exists() and any(d.iterdir()):
             if not (d / RUN_MARKER).exists():
                 raise DemoError(f"{d} is not empty and not a storegate demo directory: "

@@ -22,6 +22,12 @@ PLAN_LIMIT_M: Final = 1000.0  # a position further than this from the origin is 
 # ESPresense publishes under slugify(room) (lower case): a login that is not already its
 # own slug would never match the ACL's %u, so the node could write nothing.
 ESPRESENSE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# ESPHome's `esphome: name:` (a host name): lower case, digits and hyphens, at most 31
+# characters (24 with name_add_mac_suffix, which the rendered YAML leaves off).
+ESPHOME_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+# A node name is a topic level under storegate/v1/<store>/scanners/: these would read as
+# (or, behind a `+`, match) the levels the bridge forwards or the broker routes.
+RESERVED_NODE_NAMES: Final = RESERVED_GATEWAY_IDS | {"*", "#", "+"}
 NodeFirmware = Literal["esphome", "espresense"]
 
 
@@ -66,6 +72,10 @@ class BrokerSection(_Strict):
                       description="The box's address on the store LAN, as nodes reach "
                       "it; the broker's certificate is made for it.")
     tls_port: int = Field(default=8883, ge=1, le=65535)
+    bind: str | None = Field(default=None, min_length=1, max_length=253,
+                             pattern=r"^[A-Za-z0-9.:-]+$", description="The address the "
+                             "nodes' listeners bind to (install.sh renders them from "
+                             "here); unset: the TLS listener on every interface.")
     plain_port: int | None = Field(default=None, ge=1, le=65535, description="Only for "
                                    "ESPresense nodes (no MQTT over TLS): a plain listener "
                                    "on the nodes' own VLAN.")
@@ -89,7 +99,8 @@ class StoreFile(_Strict):
 
 class NodeRecord(_Strict):
     name: str = Field(description="The node's broker login and scanner name.")
-    zone: str = Field(min_length=1, max_length=64)
+    zone: str = Field(description="The zone id (the id rule): written into the rendered "
+                      "files, so no spaces, quotes or line breaks.")
     position: tuple[float, ...] | None = None
     firmware: NodeFirmware = "esphome"
     board: str = Field(default="esp32dev", pattern=r"^[a-z0-9_-]{1,64}$",
@@ -97,11 +108,23 @@ class NodeRecord(_Strict):
     scan_interval_ms: int = Field(default=320, ge=10, le=10240)
     scan_window_ms: int = Field(default=300, ge=10, le=10240)
 
-    _name = field_validator("name")(_id)
+    _zone = field_validator("zone")(_id)
     _pos = field_validator("position")(lambda v: None if v is None else _position(v))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        _id(value)
+        if value in RESERVED_NODE_NAMES:
+            raise ValueError(f"{value!r} is reserved (a topic level of its own): "
+                             f"not one of {sorted(RESERVED_NODE_NAMES)}")
+        return value
 
     @model_validator(mode="after")
     def _firmware_rules(self) -> NodeRecord:
+        if self.firmware == "esphome" and not ESPHOME_NAME.match(self.name):
+            raise ValueError("an ESPHome node's name is its host name: lower case a-z, "
+                             "0-9 and -, starting with a letter or digit, at most 31")
         if self.firmware == "espresense" and not ESPRESENSE_NAME.match(self.name):
             raise ValueError("an ESPresense node's name is its room slug: lower case "
                              "a-z 0-9 _ -, starting with a letter or digit")
@@ -140,16 +163,28 @@ class Problem:
         return f"{self.file}: {self.where}: {self.problem}"
 
 
+def secret_stem(name: str) -> str:
+    """A node name as a YAML key (secrets.yaml's mqtt_<stem>, ota_<stem>): lower case,
+    every character but a-z 0-9 as ``_``. Two nodes must never share one."""
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in name.lower())
+
+
 def cross_check(store: StoreFile, nodes: list[NodeRecord], beacons: list[BeaconFacts],
                 lanes: list[LaneFacts]) -> list[Problem]:
     """What is wrong between the files (each already valid on its own)."""
     out: list[Problem] = []
     names: dict[str, int] = {}
     for i, n in enumerate(nodes):
-        if n.name in names:
-            out.append(Problem("scanners.toml", f"node[{i}]", f"name {n.name!r} is used "
-                               f"twice (also node[{names[n.name]}])"))
-        names.setdefault(n.name, i)
+        # the same name, or one that differs only in case or in . _ - (ESPHome's secret
+        # keys, host names and ESPresense's room slugs would not tell them apart)
+        key = secret_stem(n.name)
+        if key in names:
+            j = names[key]
+            same = "used twice" if nodes[j].name == n.name else \
+                f"too close to {nodes[j].name!r} (the same once case and . _ - are ignored)"
+            out.append(Problem("scanners.toml", f"node[{i}]", f"name {n.name!r} is {same} "
+                               f"(also node[{j}])"))
+        names.setdefault(key, i)
         if n.name in store.store.gateways:
             out.append(Problem("scanners.toml", f"node[{i}]", f"{n.name!r} is also a "
                                "gateway: logins must say who they are"))

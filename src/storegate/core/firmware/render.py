@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from storegate.core.firmware.fleet import NodeRecord, StoreFile
+from storegate.core.firmware.fleet import NodeRecord, StoreFile, secret_stem
 
 PASSWORD_BYTES: Final = 24  # 32 characters of base64url: 192 bits
 # mosquitto 2.0's password file hash ("$7$"): PBKDF2-HMAC-SHA512, 101 iterations, a
@@ -126,7 +126,7 @@ def _q(text: str) -> str:
 
 
 def _secret_key(prefix: str, node: str) -> str:
-    return prefix + "_" + "".join(c if c.isalnum() else "_" for c in node)
+    return f"{prefix}_{secret_stem(node)}"  # unique per node: fleet.cross_check
 
 
 # The advert as docs/presence.md's raw-advert format: address, rssi, manufacturer data
