@@ -84,7 +84,7 @@ def test_gaps_are_the_holes_above_the_watermark() -> None:
     assert gaps.advance(0, [1, 2, 3, 5], [Range(4, 4)]) == 5
     assert gaps.advance(0, [], [Range(1, 9)]) == 9
     assert gaps.advance(3, [2, 3, 4]) == 4
-    assert gaps.split(Range(1, 25), span=10) == [Range(1, 10), Range(11, 20), Range(21, 25)]
+    assert list(gaps.split(Range(1, 25), span=10)) == [Range(1, 10), Range(11, 20), Range(21, 25)]
 
 
 def test_a_gap_is_asked_for_after_its_grace_then_with_a_backoff() -> None:

@@ -281,21 +281,41 @@ def start_store_broker(work: Path, cluster: NatsCluster, store: str) -> Mosquitt
 # --- the stream, as an operator creates it ------------------------------------------------
 
 STREAM_FILE = SHIPPED / "events-stream.json"
+STREAM_READY_S = 60.0  # how long a fresh cluster may take to accept the stream
 
 
 async def create_stream(cluster: NatsCluster) -> None:
     """``nats stream add --config deploy/nats/events-stream.json``, as central's login:
     the stream must exist before the first store is bridged (a QoS 1 event no stream
     captures is acknowledged to the bridge and kept nowhere)."""
+    import asyncio
     import json
+    import time
 
     import nats
+    import nats.errors
     from nats.js.api import StreamConfig
 
     nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
     try:
         config = StreamConfig.from_response(json.loads(STREAM_FILE.read_text()))
-        await nc.jetstream().add_stream(config)
+        js = nc.jetstream()
+        # A cluster just started may not have elected its JetStream meta leader (or
+        # seen enough peers for R3) yet: wait for it, bounded, instead of failing.
+        deadline = time.monotonic() + STREAM_READY_S
+        while True:
+            try:
+                await js.add_stream(config)
+                info = await js.stream_info(config.name or "")
+                if info.cluster is not None and info.cluster.leader:
+                    return
+                last: BaseException = RuntimeError("the stream has no leader yet")
+            except nats.errors.Error as exc:  # no meta leader, too few peers, timeout
+                last = exc
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not take the stream within "
+                                   f"{STREAM_READY_S:g} s: {last!r}") from None
+            await asyncio.sleep(0.25)
     finally:
         await nc.close()
 

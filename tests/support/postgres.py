@@ -59,7 +59,11 @@ class Postgres:
         if r.returncode:
             raise RuntimeError(f"initdb failed: {r.stderr}")
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=50")
+                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=50 "
+                # dynamic shared memory in files under the data directory, not
+                # /dev/shm: a host that removes a user's IPC when its last session
+                # ends (logind RemoveIPC) took the segments away mid-test
+                "-c dynamic_shared_memory_type=mmap")
         r = self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-o", opts, "-w", "-t", "60",
                       "-l", str(self.root / "log"), "start")
         if r.returncode:

@@ -31,12 +31,14 @@ from paho.mqtt.properties import Properties
 from storegate.adapters.mqtt_client import MqttSettings, base_client
 from storegate.adapters.plumbing import describe_error
 from storegate.core.topics import ROOT
+from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILTER: Final = f"{ROOT}/+/+/events/#"
 STATUS_FILTER: Final = f"{ROOT}/+/+/status"
 MAX_BATCH: Final = 500
+MAX_INBOX_BYTES: Final = 64 << 20  # received, not yet stored: the network thread waits
 RECEIVE_MAXIMUM: Final = 2000  # unacked deliveries the broker may have out to us
 
 
@@ -62,6 +64,8 @@ class MqttSource:
         # state shared between paho's thread and the worker, guarded by _cond
         self._cond = threading.Condition()
         self._inbox: list[Message] = []
+        self._inbox_bytes = 0  # payload bytes in _inbox (bounded by MAX_INBOX_BYTES)
+        self._log_once = LogOnce(log)
         self._stopping = False
         # observable state
         self.connected = threading.Event()
@@ -126,9 +130,15 @@ class MqttSource:
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
         with self._cond:
+            # QoS 0 is not bounded by Receive Maximum: past MAX_INBOX_BYTES the network
+            # thread waits for the worker (the socket is not read meanwhile: TCP pushes
+            # back on the broker) instead of holding an unbounded backlog in memory
+            while (self._inbox_bytes > MAX_INBOX_BYTES and not self._stopping):
+                self._cond.wait(1.0)
             self._inbox.append(Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+            self._inbox_bytes += len(msg.payload)
             self.received += 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _work(self) -> None:
         while True:
@@ -143,12 +153,16 @@ class MqttSource:
             except Exception as exc:
                 self.failures += 1
                 self.last_error = describe_error(exc)
-                log.warning("central: storing %d messages failed (%s); not acknowledged, "
-                            "retrying in 1 s", len(batch), self.last_error)
+                self._log_once(f"store:{type(exc).__name__}", "central: storing %d "
+                               "messages failed (%s); not acknowledged, retrying every 1 s",
+                               len(batch), self.last_error)
                 with self._cond:
                     self._inbox[:0] = batch
                     self._cond.wait(1.0)
                 continue
+            with self._cond:
+                self._inbox_bytes -= sum(len(m.payload) for m in batch)
+                self._cond.notify_all()
             for m in batch:
                 if m.qos > 0:
                     self._client.ack(m.mid, m.qos)

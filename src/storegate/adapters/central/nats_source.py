@@ -237,8 +237,10 @@ class NatsSource:
                 try:
                     msgs = await sub.fetch(self._settings.batch,
                                            timeout=self._settings.fetch_wait_s)
-                except nats.errors.TimeoutError:
-                    attempt = 0  # nothing to read: not a failure
+                except (nats.errors.TimeoutError, TimeoutError):
+                    # nothing to read (nats-py's, or asyncio's when the wait itself
+                    # ran out on a loaded host): not a failure
+                    attempt = 0
                     continue
                 except (nats.errors.Error, OSError) as e:
                     # A node's loss shows here for a few seconds (no responders, a

@@ -3,23 +3,33 @@ transaction (``Database.tx()``), so a caller groups them into one commit."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storegate.adapters.central.storage import Conn, dumps
 from storegate.core.central.envelope import Event, Rejection, Status
 from storegate.core.central.gaps import GapState, Range
+from storegate.core.events import GATEWAY_COMMAND_REJECTED
+from storegate.core.trust import b64d
 
 # --- ingest ---------------------------------------------------------------------------
 
 
+EventKey = tuple[str, str, str]  # (store, gateway, id): CloudEvents identity (source + id)
+
+
+def key_of(e: Event) -> EventKey:
+    return (e.store, e.gateway, e.id)
+
+
 def insert_event(db: Conn, e: Event, received_at: float) -> bool:
-    """True: stored now; False: this id was stored before (a duplicate delivery)."""
+    """True: stored now; False: this gateway's id was stored before (a duplicate)."""
     cur = db.execute(
         "INSERT INTO events (id, store, gateway, sequence, type, time, subject, customer, "
         "received_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING",
+        "ON CONFLICT (store, gateway, id) DO NOTHING",
         (e.id, e.store, e.gateway, e.sequence, e.type, e.time, e.subject, e.customer,
          received_at, dumps(e.data)))
     return bool(cur.rowcount == 1)
@@ -30,10 +40,10 @@ EVENT_COLUMNS = ("id, store, gateway, sequence, type, time, subject, customer, "
 ROWS_PER_STATEMENT = 250  # 10 values a row: well inside SQLite's 32,766 variables
 
 
-def insert_events(db: Conn, events: Sequence[Event], received_at: float) -> set[str]:
+def insert_events(db: Conn, events: Sequence[Event], received_at: float) -> set[EventKey]:
     """Many events, one statement per ``ROWS_PER_STATEMENT`` (one round trip to the
-    server, not one a row): the ids stored now; the others were there before."""
-    stored: set[str] = set()
+    server, not one a row): the keys stored now; the others were there before."""
+    stored: set[EventKey] = set()
     for k in range(0, len(events), ROWS_PER_STATEMENT):
         chunk = events[k:k + ROWS_PER_STATEMENT]
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
@@ -41,9 +51,10 @@ def insert_events(db: Conn, events: Sequence[Event], received_at: float) -> set[
         for e in chunk:
             params += [e.id, e.store, e.gateway, e.sequence, e.type, e.time, e.subject,
                        e.customer, received_at, dumps(e.data)]
-        stored.update(r[0] for r in db.execute(
+        stored.update((r[0], r[1], r[2]) for r in db.execute(
             f"INSERT INTO events ({EVENT_COLUMNS}) VALUES {values} "  # noqa: S608 - placeholders only
-            "ON CONFLICT (id) DO NOTHING RETURNING id", params).fetchall())
+            "ON CONFLICT (store, gateway, id) DO NOTHING RETURNING store, gateway, id",
+            params).fetchall())
     return stored
 
 
@@ -88,13 +99,32 @@ def ensure_gateway(db: Conn, store: str, gateway: str) -> None:
                "ON CONFLICT (store, gateway) DO NOTHING", (store, gateway))
 
 
-def record_answer(db: Conn, e: Event, received_at: float) -> None:
+def command_payload(wire: bytes) -> dict[str, Any]:
+    """The payload central signed into a command's wire bytes (its own, trusted)."""
+    signed = json.loads(wire)["signed"]
+    out = json.loads(b64d(signed))["payload"]
+    return out if isinstance(out, dict) else {}
+
+
+def record_answer(db: Conn, e: Event, received_at: float) -> bool:
     """A gateway's answer to a command (its ``command_id``), and for a replay the
-    ranges it no longer holds (lost: the watermark passes over them)."""
+    ranges it no longer holds (lost: the watermark passes over them). Only an answer
+    to a command central sent to this gateway's store counts (False otherwise: a
+    gateway cannot confirm another store's erasure), and lost ranges only from the
+    gateway the replay asked, inside the range it asked for."""
     command_id = e.data.get("command_id")
     if not isinstance(command_id, str):
-        return
-    applied = e.data.get("applied", True) is True
+        return False
+    cmd = db.execute("SELECT store, name, wire FROM commands WHERE id = ?",
+                     (command_id,)).fetchone()
+    if cmd is None or cmd[0] not in (e.store, "*"):
+        return False
+    asked = command_payload(bytes(cmd[2])) if cmd[1] == "replay" else {}
+    if cmd[1] == "replay" and asked.get("gateway") != e.gateway:
+        return False
+    # a rejection carries no ``applied``: it is never applied
+    applied = (e.type != GATEWAY_COMMAND_REJECTED.name
+               and e.data.get("applied", True) is True)
     db.execute(
         "INSERT INTO answers (command_id, store, gateway, type, applied, event_id, data, at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id, gateway, type) "
@@ -102,12 +132,40 @@ def record_answer(db: Conn, e: Event, received_at: float) -> None:
         "data = excluded.data, at = excluded.at",
         (command_id, e.store, e.gateway, e.type, int(applied), e.id, dumps(e.data),
          received_at))
+    if cmd[1] != "replay":
+        return True
+    lo, hi = int(asked["from_sequence"]), int(asked["to_sequence"])
     for pair in e.data.get("unavailable") or ():
-        first, last = int(pair[0]), int(pair[1])
+        first, last = max(int(pair[0]), lo), min(int(pair[1]), hi)
+        if first > last:
+            continue  # outside what was asked: not this answer's to declare
         db.execute(
             "INSERT INTO lost (store, gateway, first, last, at, command_id) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (store, gateway, first, last) DO NOTHING",
             (e.store, e.gateway, first, last, received_at, command_id))
+    return True
+
+
+# --- erasure tombstones ---------------------------------------------------------------
+
+
+def erased_digest(pseudonym: str) -> str:
+    """What central keeps of an erased customer or card: a tombstone that recognises
+    the pseudonym again (a late or replayed event) without listing it."""
+    return hashlib.sha256(b"storegate-erased:" + pseudonym.encode()).hexdigest()
+
+
+def erased_among(db: Conn, pseudonyms: Iterable[str]) -> set[str]:
+    """Which of ``pseudonyms`` were erased (their tombstone is kept)."""
+    by_digest = {erased_digest(x): x for x in pseudonyms}
+    keys = list(by_digest)
+    out: set[str] = set()
+    for k in range(0, len(keys), 500):
+        part = keys[k:k + 500]
+        marks = ", ".join("?" * len(part))
+        out.update(by_digest[r[0]] for r in db.execute(
+            f"SELECT digest FROM erased WHERE digest IN ({marks})", part).fetchall())  # noqa: S608 - placeholders only
+    return out
 
 
 # --- sequences and gaps ---------------------------------------------------------------
@@ -131,9 +189,11 @@ def sequences_above(db: Conn, store: str, gateway: str, watermark: int,
 
 
 def lost_ranges(db: Conn, store: str, gateway: str) -> list[Range]:
+    """What the gateway answered lost; a row that is no range (written before answers
+    were checked) is left out, never an error that stops the scan."""
     return [Range(int(r[0]), int(r[1])) for r in db.execute(
-        "SELECT first, last FROM lost WHERE store = ? AND gateway = ? ORDER BY first",
-        (store, gateway)).fetchall()]
+        "SELECT first, last FROM lost WHERE store = ? AND gateway = ? AND first >= 1 "
+        "AND first <= last ORDER BY first", (store, gateway)).fetchall()]
 
 
 def set_watermark(db: Conn, store: str, gateway: str, watermark: int) -> None:
@@ -169,11 +229,31 @@ def close_gap(db: Conn, g: GapState, state: str, at: float) -> None:
         (state, at, g.store, g.gateway, g.range.first, g.range.last, g.found_at))
 
 
-def gap_requested(db: Conn, g: GapState, at: float, command_id: str) -> None:
+def claim_gap(db: Conn, g: GapState, at: float) -> bool:
+    """Mark the gap requested now, only if it is still as ``g`` read it (another
+    instance did not claim it meanwhile): True when this caller may send."""
+    cur = db.execute(
+        "UPDATE gaps SET requested_at = ?, attempts = attempts + 1 WHERE store = ? AND "
+        "gateway = ? AND first = ? AND last = ? AND found_at = ? AND state = 'open' AND "
+        "attempts = ? AND requested_at IS NOT DISTINCT FROM ?",
+        (at, g.store, g.gateway, g.range.first, g.range.last, g.found_at, g.attempts,
+         g.requested_at))
+    return bool(cur.rowcount == 1)
+
+
+def gap_command(db: Conn, g: GapState, command_id: str) -> None:
     db.execute(
-        "UPDATE gaps SET requested_at = ?, attempts = attempts + 1, command_id = ? "
-        "WHERE store = ? AND gateway = ? AND first = ? AND last = ? AND found_at = ?",
-        (at, command_id, g.store, g.gateway, g.range.first, g.range.last, g.found_at))
+        "UPDATE gaps SET command_id = ? WHERE store = ? AND gateway = ? AND first = ? "
+        "AND last = ? AND found_at = ?",
+        (command_id, g.store, g.gateway, g.range.first, g.range.last, g.found_at))
+
+
+def give_up_gap(db: Conn, g: GapState, at: float) -> None:
+    db.execute(
+        "INSERT INTO lost (store, gateway, first, last, at, command_id) "
+        "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (store, gateway, first, last) DO NOTHING",
+        (g.store, g.gateway, g.range.first, g.range.last, at))
+    close_gap(db, g, "abandoned", at)
 
 
 # --- commands -------------------------------------------------------------------------
@@ -212,6 +292,21 @@ def stores_to_sync(db: Conn) -> list[str]:
     return [r[0] for r in db.execute(
         "SELECT DISTINCT store FROM gateways WHERE seal_key IS NOT NULL AND "
         "(synced_key IS NULL OR synced_key <> seal_key) ORDER BY store").fetchall()]
+
+
+def claim_sync(db: Conn, store: str, now: float, lease_s: float) -> bool:
+    """A lease on syncing ``store`` (in ``meta``): True for the one instance that takes
+    it; another may take it only after ``lease_s`` (the holder died mid-sync)."""
+    until = f"{now + lease_s:020.3f}"
+    row = db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+        "value = excluded.value WHERE meta.value < ? RETURNING key",
+        (f"sync:{store}", until, f"{now:020.3f}")).fetchone()
+    return row is not None
+
+
+def release_sync(db: Conn, store: str) -> None:
+    db.execute("DELETE FROM meta WHERE key = ?", (f"sync:{store}",))
 
 
 def mark_synced(db: Conn, store: str, keys: dict[str, str]) -> None:

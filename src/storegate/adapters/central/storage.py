@@ -15,6 +15,8 @@ one host): deduplication is the primary key on the event id, so it holds across 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import sqlite3
 import threading
@@ -26,8 +28,10 @@ from typing import Any, Final, Literal, Protocol
 
 from storegate.errors import StoregateError
 
+log = logging.getLogger(__name__)
+
 Dialect = Literal["sqlite", "postgresql"]
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: events keyed by (store, gateway, id); erased tombstones
 SCHEMA_LOCK: Final = 0x5347_4345  # "SGCE": the advisory lock around schema creation
 
 # {serial}: an auto-increment key; {float}: a double; {blob}: bytes.
@@ -38,15 +42,21 @@ _TYPES: Final[dict[str, dict[str, str]]] = {
                    "float": "DOUBLE PRECISION", "blob": "BYTEA"},
 }
 
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY, store TEXT NOT NULL, gateway TEXT NOT NULL,
+# CloudEvents identity is source + id: two gateways may both use one id, so the key is
+# (store, gateway, id), never id alone (a store's event would be dropped as another's).
+EVENTS_TABLE: Final = """CREATE TABLE IF NOT EXISTS {name} (
+    id TEXT NOT NULL, store TEXT NOT NULL, gateway TEXT NOT NULL,
     sequence BIGINT NOT NULL, type TEXT NOT NULL, time TEXT NOT NULL,
     subject TEXT NOT NULL, customer TEXT, received_at {float} NOT NULL,
-    data TEXT NOT NULL);
+    data TEXT NOT NULL, PRIMARY KEY (store, gateway, id));"""
+EVENTS_INDEXES: Final = """
 CREATE INDEX IF NOT EXISTS events_by_sequence ON events (store, gateway, sequence);
-CREATE INDEX IF NOT EXISTS events_by_customer ON events (customer);
+CREATE INDEX IF NOT EXISTS events_by_customer ON events (customer);"""
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{events_table}
+{events_indexes}
 CREATE TABLE IF NOT EXISTS rejects (
     n {serial}, received_at {float} NOT NULL, topic TEXT NOT NULL, reason TEXT NOT NULL,
     detail TEXT NOT NULL, store TEXT, gateway TEXT, event_id TEXT, payload {blob});
@@ -100,6 +110,10 @@ CREATE TABLE IF NOT EXISTS pickups (
 CREATE TABLE IF NOT EXISTS erasures (
     id TEXT PRIMARY KEY, customers TEXT NOT NULL, loyalty_ids TEXT NOT NULL,
     requested_at {float} NOT NULL, done_at {float});
+CREATE TABLE IF NOT EXISTS command_customers (
+    command_id TEXT NOT NULL, customer TEXT NOT NULL, PRIMARY KEY (customer, command_id));
+CREATE TABLE IF NOT EXISTS erased (
+    digest TEXT PRIMARY KEY, erasure_id TEXT NOT NULL, at {float} NOT NULL);
 CREATE TABLE IF NOT EXISTS erasure_stores (
     erasure_id TEXT NOT NULL, store TEXT NOT NULL, command_id TEXT NOT NULL,
     PRIMARY KEY (erasure_id, store));
@@ -204,7 +218,9 @@ class Database:
             if self.dialect == "postgresql":
                 # instances starting together would race on CREATE TABLE IF NOT EXISTS
                 db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-            for statement in SCHEMA.format(**types).split(";"):
+            schema = SCHEMA.format(events_table=EVENTS_TABLE.format(name="events", **types),
+                                   events_indexes=EVENTS_INDEXES, **types)
+            for statement in schema.split(";"):
                 if statement.strip():
                     db.execute(statement)
             row = db.execute("SELECT value FROM meta WHERE key = ?",
@@ -212,10 +228,27 @@ class Database:
             if row is None:
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
                            ("schema_version", str(SCHEMA_VERSION)))
+            elif int(row[0]) == 1:
+                self._migrate_1_to_2(db, types)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StorageConfigError(f"central storage {target.redacted()} has schema "
                                          f"{row[0]}, this storegate writes "
                                          f"{SCHEMA_VERSION}")
+
+    @staticmethod
+    def _migrate_1_to_2(db: Conn, types: dict[str, str]) -> None:
+        """Schema 1 keyed events by id alone: the same rows under (store, gateway, id)."""
+        cols = ("id, store, gateway, sequence, type, time, subject, customer, "
+                "received_at, data")
+        db.execute(EVENTS_TABLE.format(name="events_v2", **types))
+        db.execute(f"INSERT INTO events_v2 ({cols}) SELECT {cols} FROM events")  # noqa: S608 - fixed names
+        db.execute("DROP TABLE events")
+        db.execute("ALTER TABLE events_v2 RENAME TO events")
+        for statement in EVENTS_INDEXES.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = ?",
+                   (str(SCHEMA_VERSION), "schema_version"))
 
     def _open(self, synchronous: str) -> Conn:
         if self.dialect == "sqlite":
@@ -223,6 +256,7 @@ class Database:
             if not path.parent.is_dir():
                 raise StorageConfigError(f"central storage {path}: directory "
                                          f"{path.parent} does not exist")
+            _private_file(path)
             try:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                        timeout=30)
@@ -323,6 +357,23 @@ class _PgConn:
 
     def close(self) -> None:
         self._c.close()
+
+
+def _private_file(path: Path) -> None:
+    """The database holds customers' identity keys: created 0600 (SQLite gives its
+    -wal and -shm files the main file's mode); an existing file readable by others is
+    named in a warning (the operator's choice, not changed behind their back)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("central storage %s is readable by others (mode %o): it holds "
+                        "identity keys; chmod 600 it", path, mode)
+        return
+    except OSError as exc:
+        raise StorageConfigError(f"central storage {path}: {exc}") from exc
+    os.close(fd)
 
 
 def dumps(value: Any) -> str:

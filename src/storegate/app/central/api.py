@@ -23,7 +23,12 @@ from pydantic import BaseModel
 
 from storegate.adapters.central.storage import StorageError
 from storegate.app.central import models as m
-from storegate.app.central.service import CentralService, ConflictError, NotFoundError
+from storegate.app.central.service import (
+    CentralService,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+)
 from storegate.core.identity_records import CUSTOMER_PATTERN
 from storegate.core.personal.campaigns import Campaign
 
@@ -34,7 +39,8 @@ class Problem(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body is not JSON (or not of the kind "
-          "declared)."},
+          "declared), or holds a value central cannot accept (a consent dated in the "
+          "future, one loyalty id twice)."},
     401: {"model": Problem, "description": "Missing or wrong bearer token."},
     404: {"model": Problem, "description": "No such record."},
     409: {"model": Problem, "description": "Conflicts with what central holds."},
@@ -79,6 +85,8 @@ def build_app(service: CentralService, tokens: Iterable[str],
             raise HTTPException(404, f"not found: {exc}") from exc
         except ConflictError as exc:
             raise HTTPException(409, str(exc)) from exc
+        except InvalidError as exc:
+            raise HTTPException(400, str(exc)) from exc
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -99,7 +107,7 @@ def build_app(service: CentralService, tokens: Iterable[str],
 
     @app.get("/customers", tags=["customers"], dependencies=secured, responses=ERRORS)
     def list_customers(limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> list[str]:
+                       offset: Annotated[int, Query(ge=0, le=1 << 62)] = 0) -> list[str]:
         return service.list_customers(limit, offset)
 
     @app.get("/customers/{customer}", tags=["customers"], dependencies=secured,
@@ -144,7 +152,7 @@ def build_app(service: CentralService, tokens: Iterable[str],
     def sync(store: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
              ) -> dict[str, str | None]:
         """Send the store the whole registry (customers replace)."""
-        return {"command_id": service.sync_store(store)}
+        return {"command_id": call(service.sync_store, store)}
 
     @app.put("/campaigns/{campaign_id}", tags=["campaigns"], dependencies=secured,
              responses=ERRORS)
@@ -247,7 +255,33 @@ def build_app(service: CentralService, tokens: Iterable[str],
                             headers={"Retry-After": "5"})
 
     _allow_every_method(app)
+    _limit_body(app)
     return app
+
+
+MAX_BODY_BYTES = 4 << 20  # the largest body the API takes (1000 customers to erase...)
+
+
+def _limit_body(app: FastAPI) -> None:
+    """A body over :data:`MAX_BODY_BYTES` is refused with 413 before it is read whole
+    (by its Content-Length; a chunked body is counted as it arrives)."""
+
+    @app.middleware("http")
+    async def limit(request: Request, call_next: Callable[[Request], Awaitable[Response]],
+                    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"the body is over {MAX_BODY_BYTES} bytes"},
+                                status_code=413)
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return JSONResponse({"detail": f"the body is over {MAX_BODY_BYTES} "
+                                         "bytes"}, status_code=413)
+            request._body = body  # read once here; Starlette replays it to the route
+        return await call_next(request)
 
 
 def _allow_every_method(app: FastAPI) -> None:

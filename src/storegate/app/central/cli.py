@@ -134,9 +134,10 @@ def run_central(args: argparse.Namespace) -> int:
     threads = []
 
     def tend(now: float) -> None:
-        """A pass: gaps asked for, and a new gateway (or seal key) synced."""
+        """A pass: gaps asked for; unacknowledged commands and pending erasures sent
+        again; a new gateway (or seal key) synced."""
         scanner.scan(now)
-        service.sync_new_gateways()
+        service.tend(now)
 
     if args.gap_interval > 0:
         threads.append(threading.Thread(

@@ -17,15 +17,18 @@ acknowledges it to its broker only after the call returns::
   accepted too (dots become slashes; ids never contain '/').
 * The outcome is committed before ``handle`` returns (SQLite WAL with
   ``synchronous=FULL``, or a PostgreSQL commit), so acking afterwards never loses an
-  event. It is idempotent by CloudEvents ``id``: the same message again (redelivery,
-  a second instance, a replay) is ``duplicate`` and changes nothing.
+  event. It is idempotent by CloudEvents identity (source + id: the store, the gateway
+  and the ``id``): the same message again (redelivery, a second instance, a replay) is
+  ``duplicate`` and changes nothing.
 * ``rejected`` (with ``reason``/``detail``) means the message is not a valid event of
   the contract (wrong topic, not JSON, unknown type, data failing its schema...): it is
   kept in the ``rejects`` table, counted and logged once per reason; it is final, so
   ack it (a redelivery would be rejected again).
 * ``handle`` raises :class:`~storegate.adapters.central.storage.StorageError` (or the
   driver's error) only when the storage itself fails: then do NOT ack; the broker
-  redelivers and the id makes the retry safe.
+  redelivers and the id makes the retry safe. A message the database refuses (a data
+  or integrity error) is not that: its batch is written again one by one and it is
+  kept as an ``unstorable`` rejection, so one poison message never stops ingest.
 * Thread-safe (one lock around the connection); several processes may share one
   PostgreSQL database: dedupe is the primary key, so it holds across instances.
 * :meth:`handle_many` stores a batch in one transaction (one commit: the fast path
@@ -37,16 +40,20 @@ stores; they never run inside ``handle``.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
 
 from storegate.adapters.central import records
 from storegate.adapters.central.storage import Conn, Database, StorageError, Target
 from storegate.core import events as ev
-from storegate.core.central.envelope import Event, Rejection, Status, read
+from storegate.core.central.envelope import Event, Rejection, Status, clean_text, read
+from storegate.core.personal.erasure import redact_event
 from storegate.log_once import LogOnce
 
 log = logging.getLogger(__name__)
@@ -97,12 +104,34 @@ def subject_to_topic(topic: str) -> str:
     return topic
 
 
+_PSEUDONYM: Final = re.compile(r"ps1:[0-9a-f]{32}")  # a loyalty pseudonym in an event
+_unmatched_log = LogOnce(log)
+
+
+def _unmatched(e: Event) -> None:
+    _unmatched_log("unmatched_answer", "central: %s from %s/%s (event %s) answers no "
+                   "command central sent to that store and gateway: not recorded as an "
+                   "answer", e.type, e.store, e.gateway, e.id)
+
+
+def refused_data(exc: BaseException) -> bool:
+    """Whether the database refused what it was given (a value it cannot hold: too
+    large a number, text it cannot encode, a constraint), not that it is unreachable:
+    SQLite's and psycopg's data and integrity errors, and Python's own conversion
+    errors raised while binding parameters."""
+    if isinstance(exc, (UnicodeError, OverflowError, ValueError, TypeError, IndexError,
+                        KeyError, sqlite3.DataError, sqlite3.IntegrityError)):
+        return True
+    # psycopg's (imported only for a PostgreSQL URL): their subclasses by name
+    return any(c.__name__ in ("DataError", "IntegrityError") for c in type(exc).__mro__)
+
+
 TX_ATTEMPTS: Final = 3  # a transaction the database aborted (deadlock) is run again
 
 
 def _order_key(item: Event | Status | Rejection) -> tuple[int, str]:
     if isinstance(item, Event):
-        return (0, item.id)
+        return (0, f"{item.store}/{item.gateway}/{item.id}")
     if isinstance(item, Status):
         return (1, f"{item.store}/{item.gateway}")
     return (2, "")
@@ -124,18 +153,22 @@ class Ingest:
     def handle_many(self, messages: Iterable[tuple[str, bytes]],
                     received_at: float) -> list[IngestOutcome]:
         parsed = [(t, p, read(subject_to_topic(t), p)) for t, p in messages]
-        # Rows are written in event-id order, whatever order they came in: two
-        # instances writing overlapping batches (a redelivery) then take their row
-        # locks in one order and cannot deadlock each other on PostgreSQL.
-        for attempt in range(TX_ATTEMPTS):
-            try:
-                with self.db.tx() as db:
-                    slots = self._write(db, parsed, received_at)
-                break
-            except Exception as exc:
-                if attempt + 1 == TX_ATTEMPTS or not self.db.retryable(exc):
-                    raise
-                self.counts["retried"] += 1
+        try:
+            slots = self._commit(parsed, received_at)
+        except Exception as exc:
+            if not refused_data(exc):
+                raise  # the storage itself failed: nothing acked, the broker redelivers
+            # One message the checks passed but the database refuses (a poison
+            # message) must not hold back the others: each on its own, and the one
+            # refused kept as a rejection (final: acked, never retried forever).
+            slots = []
+            for item in parsed:
+                try:
+                    slots += self._commit([item], received_at)
+                except Exception as one:
+                    if not refused_data(one):
+                        raise
+                    slots.append(self._unstorable(item, one, received_at))
         out = [o for o in slots if o is not None]
         for o in out:
             key = ("status" if o.stored and o.event_id is None else o.result
@@ -148,6 +181,31 @@ class Ingest:
                     o.store, o.gateway, o.reason, o.detail)
         return out
 
+    def _commit(self, parsed: list[tuple[str, bytes, Event | Status | Rejection]],
+                received_at: float) -> list[IngestOutcome | None]:
+        for attempt in range(TX_ATTEMPTS):
+            try:
+                with self.db.tx() as db:
+                    return self._write(db, parsed, received_at)
+            except Exception as exc:
+                if attempt + 1 == TX_ATTEMPTS or not self.db.retryable(exc):
+                    raise
+                self.counts["retried"] += 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unstorable(self, item: tuple[str, bytes, Event | Status | Rejection],
+                    exc: BaseException, received_at: float) -> IngestOutcome:
+        topic, payload, parsed = item
+        store, gateway = parsed.store, parsed.gateway
+        event_id = parsed.id if isinstance(parsed, Event) else None
+        safe_id = event_id if event_id is None or clean_text(event_id) else None
+        r = Rejection("unstorable", f"{type(exc).__name__}: {exc}"[:200].encode(
+            "utf-8", "replace").decode("utf-8").replace("\x00", ""), store, gateway, safe_id)
+        with self.db.tx() as db:
+            records.insert_reject(db, topic.encode("utf-8", "replace").decode("utf-8")
+                                  .replace("\x00", ""), r, payload, received_at)
+        return IngestOutcome("rejected", safe_id, store, gateway, None, r.reason, r.detail)
+
     @staticmethod
     def _write(db: Conn, parsed: list[tuple[str, bytes, Event | Status | Rejection]],
                received_at: float) -> list[IngestOutcome | None]:
@@ -155,22 +213,23 @@ class Ingest:
         came in: two instances writing overlapping batches (a redelivery) then take
         their row locks in one order and do not deadlock each other on PostgreSQL."""
         slots: list[IngestOutcome | None] = [None] * len(parsed)
-        first: dict[str, int] = {}
+        first: dict[records.EventKey, int] = {}
         unique: list[Event] = []
         for n, (_, _, item) in enumerate(parsed):
-            if isinstance(item, Event) and item.id not in first:
-                first[item.id] = n
+            if isinstance(item, Event) and records.key_of(item) not in first:
+                first[records.key_of(item)] = n
                 unique.append(item)
-        unique.sort(key=lambda e: e.id)
+        unique.sort(key=records.key_of)
+        unique = Ingest._without_erased(db, unique)
         stored = records.insert_events(db, unique, received_at)
         for store, gateway in sorted({(e.store, e.gateway) for e in unique
-                                      if e.id in stored}):
+                                      if records.key_of(e) in stored}):
             records.ensure_gateway(db, store, gateway)
         for n, (topic, payload, item) in enumerate(parsed):
             if isinstance(item, Event):
-                new = item.id in stored and first[item.id] == n
+                new = records.key_of(item) in stored and first[records.key_of(item)] == n
                 if new and item.type in ANSWER_TYPES:
-                    records.record_answer(db, item, received_at)
+                    Ingest._answer(db, item, received_at)
                 if new and item.type == TELEMETRY_TYPE:
                     Ingest._announce(db, item)
                 slots[n] = IngestOutcome("stored" if new else "duplicate", item.id,
@@ -178,6 +237,38 @@ class Ingest:
             else:
                 slots[n] = Ingest._one(db, topic, payload, item, received_at)
         return slots
+
+    @staticmethod
+    def _without_erased(db: Conn, events: list[Event]) -> list[Event]:
+        """A late or replayed event naming an erased customer or card (its tombstone
+        is kept) is stored redacted, never bringing them back."""
+        named: dict[int, set[str]] = {}
+        for n, e in enumerate(events):
+            found = set(_PSEUDONYM.findall(e.raw.decode("utf-8", "replace"))
+                        if b"ps1:" in e.raw else ())
+            if e.customer is not None:
+                found.add(e.customer)
+            if found:
+                named[n] = found
+        if not named:
+            return events
+        erased = records.erased_among(db, set().union(*named.values()))
+        if not erased:
+            return events
+        out = list(events)
+        for n, found in named.items():
+            hit = found & erased
+            if not hit:
+                continue
+            e = events[n]
+            ids = sorted(hit)
+            new = redact_event(json.dumps({"subject": e.subject, "data": e.data}).encode(),
+                               ids, ids)
+            body: dict[str, Any] = (json.loads(new) if new is not None
+                                    else {"subject": e.subject, "data": e.data})
+            out[n] = replace(e, customer=None if e.customer in hit else e.customer,
+                             subject=body["subject"], data=body["data"])
+        return out
 
     @staticmethod
     def _one(db: Conn, topic: str, payload: bytes,
@@ -197,10 +288,16 @@ class Ingest:
                                  item.sequence)
         records.ensure_gateway(db, item.store, item.gateway)
         if item.type in ANSWER_TYPES:
-            records.record_answer(db, item, received_at)
+            Ingest._answer(db, item, received_at)
         if item.type == TELEMETRY_TYPE:
             Ingest._announce(db, item)
         return IngestOutcome("stored", item.id, item.store, item.gateway, item.sequence)
+
+    @staticmethod
+    def _answer(db: Conn, e: Event, received_at: float) -> None:
+        if not records.record_answer(db, e, received_at):
+            # stored as an event, but it answers nothing central asked this store
+            _unmatched(e)
 
     @staticmethod
     def _announce(db: Conn, e: Event) -> None:

@@ -6,14 +6,18 @@
   change is pushed to every known store as a ``customers`` upsert: the record, the
   identity sealed to that store's gateways, the profile snapshot computed from the
   events (favourite categories, lifetime spend, visits) and the customer's pickup
-  orders for that store. ``sync_store`` sends a store the whole registry (replace).
+  orders for that store; what leaves follows consent (identity with presence, the
+  profile with marketing or staff_view). ``sync_store`` sends a store the whole
+  registry (one replace, or upsert chunks).
 * Campaigns: upsert with a new version, sent to every store on the central topic.
 * Pickups (click-and-collect): created -> ready -> collected; each change re-sends the
   customer's record to the order's store (the box shows it on the floor screen and
   the customer's app).
 * Erasures: central forgets the customer (record, consents, loyalty, pickups; stored
-  events redacted with the box's own rule), then sends ``erase`` to every known store
-  and tracks each store until every gateway there answers ``applied: true``.
+  events redacted with the box's own rule, the commands that carried them emptied, a
+  tombstone kept), records a pending ``erase`` for every known store in the same
+  transaction, sends them (``tend`` sends what is left) and tracks each store until
+  every gateway there answers ``applied: true``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -47,6 +52,30 @@ from storegate.core.personal.campaigns import Campaign
 from storegate.core.personal.erasure import redact_event
 from storegate.core.personal.registry import MAX_FAVOURITES, PURPOSES
 
+# what a customers command's signed bytes become once a customer it carried is erased
+REDACTED_WIRE = b'{"redacted":"erasure"}'
+_PSEUDONYM = re.compile(r"ps1:[0-9a-f]{32}")  # a loyalty pseudonym
+
+
+def _strings(value: Any) -> set[str]:
+    """Every string in a JSON value (keys and values)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set(value).union(*(_strings(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_strings(v) for v in value))
+    return set()
+
+
+def redacted(subject: str, data: Any, customers: list[str],
+             loyalty: list[str]) -> dict[str, Any]:
+    """An event's subject and data without the erased (the box's own rule)."""
+    wrapped = json.dumps({"subject": subject, "data": data}).encode()
+    out = redact_event(wrapped, customers, loyalty)
+    return json.loads(out) if out is not None else {"subject": subject, "data": data}
+
+
 PROFILE_EVENT_TYPES = (
     "storegate.visit.entered.v1", "storegate.visit.exited.v1",
     "storegate.purchase.completed.v1", "storegate.offer.issued.v1",
@@ -60,6 +89,19 @@ class NotFoundError(LookupError):
 
 class ConflictError(ValueError):
     pass
+
+
+class InvalidError(ValueError):
+    """The request is well-formed but cannot be accepted (HTTP 400)."""
+
+
+CONSENT_SKEW_S = 300.0  # a consent's ``at`` may be this far ahead of central's clock
+SYNC_CHUNK = 1000  # customers per command (~0.7 KB each: well inside a broker's limit)
+SYNC_LEASE_S = 60.0  # one instance syncs a new gateway's store; another after this
+ERASE_RESEND_S = 3600.0  # an unconfirmed erase is sent again after this
+
+
+erased_digest = records.erased_digest
 
 
 class CentralService:
@@ -77,6 +119,24 @@ class CentralService:
 
     def put_customer(self, customer: str, body: m.CustomerIn) -> m.CustomerOut:
         now = self._clock()
+        for purpose, c in body.consents.items():
+            if c.at > now + CONSENT_SKEW_S:
+                raise InvalidError(f"consent {purpose}: at {c.at:.0f} is in the future "
+                                   f"(central's clock {now:.0f}); newest recorded wins")
+        if len(set(body.loyalty_ids)) != len(body.loyalty_ids):
+            raise InvalidError("loyalty_ids lists one id twice")
+        try:
+            self._write_customer(customer, body, now)
+        except Exception as exc:
+            # two requests giving one loyalty id at once: the key refuses the second
+            if any(c.__name__ == "IntegrityError" for c in type(exc).__mro__):
+                raise ConflictError("a loyalty id of this body belongs to another "
+                                    "customer (given at the same time)") from exc
+            raise
+        self.push_customer(customer)
+        return self.get_customer(customer)
+
+    def _write_customer(self, customer: str, body: m.CustomerIn, now: float) -> None:
         with self.db.tx() as db:
             row = db.execute("SELECT version, record, created_at FROM customers "
                              "WHERE customer = ?", (customer,)).fetchone()
@@ -108,8 +168,6 @@ class CentralService:
                     raise ConflictError(f"loyalty id {lid} belongs to another customer")
                 db.execute("INSERT INTO loyalty (loyalty_id, customer) VALUES (?, ?)",
                            (lid, customer))
-        self.push_customer(customer)
-        return self.get_customer(customer)
 
     def get_customer(self, customer: str) -> m.CustomerOut:
         with self.db.tx() as db:
@@ -143,7 +201,8 @@ class CentralService:
     def _consents(self, db: Any, customer: str) -> dict[str, m.ConsentOut]:
         out: dict[str, m.ConsentOut] = {}
         for r in records.rows(db, "SELECT purpose, granted, at, source, store, proof, "
-                              "recorded_at FROM consents WHERE customer = ? ORDER BY at, n",
+                              "recorded_at FROM consents WHERE customer = ? "
+                              "ORDER BY recorded_at, n",
                               (customer,)):
             out[r[0]] = self._consent(r)
         return out
@@ -222,7 +281,16 @@ class CentralService:
             "loyalty_ids": rec["loyalty_ids"], "profile": prof,
             "pickup_orders": [{k: v for k, v in p.items() if v is not None}
                               for p in pickups]}
-        identity = rec.get("identity")
+        granted = {p for p, c in consents.items() if c["granted"]}
+        # what leaves central follows consent: the presence identity only with
+        # presence; the profile only with marketing or staff_view, and the personal
+        # fields staff would see (name, birthday month) only with staff_view
+        if not granted & {"marketing", "staff_view"}:
+            out["profile"] = {}
+        elif "staff_view" not in granted:
+            out["profile"] = {k: v for k, v in prof.items()
+                              if k not in ("greeting_name", "birthday_month")}
+        identity = rec.get("identity") if "presence" in granted else None
         out["version"] = self._version_for(db, customer, store, int(row[0]),
                                            {**out, "identity": identity})
         return out, None if identity is None else IdentityRecord.model_validate(identity)
@@ -259,8 +327,12 @@ class CentralService:
         return [StoredEvent(r[0], r[1], epoch(r[2]), json.loads(r[3])) for r in rows]
 
     def _send_customers(self, store: str, op: str, customers: list[str]) -> str | None:
+        return self._send_customers_acked(store, op, customers)[0]
+
+    def _send_customers_acked(self, store: str, op: str,
+                              customers: list[str]) -> tuple[str | None, bool]:
         if self.commands is None:
-            return None
+            return None, False
         with self.db.tx() as db:
             keys = records.seal_keys(db, store)
             built = [self._record_for(db, c, store) for c in customers]
@@ -268,7 +340,13 @@ class CentralService:
             op, [r for r, _ in built], {r["customer"]: i for r, i in built if i is not None},
             keys, store=store, request_id=f"customers-{uuid.uuid4().hex[:12]}",
             rand=self._rand)
-        return self.commands.send(store, "customers", body, purpose=f"customers:{op}")
+        cid, acked = self.commands.send_acked(store, "customers", body,
+                                              purpose=f"customers:{op}")
+        with self.db.tx() as db:  # which commands carry whom: erasure redacts them
+            for c in customers:
+                db.execute("INSERT INTO command_customers (command_id, customer) "
+                           "VALUES (?, ?) ON CONFLICT DO NOTHING", (cid, c))
+        return cid, acked
 
     def push_customer(self, customer: str) -> dict[str, str]:
         """The customer's record to every known store (upsert): store -> command id."""
@@ -282,14 +360,28 @@ class CentralService:
         return out
 
     def sync_store(self, store: str) -> str | None:
-        """The whole registry to one store (replace), sealed to the keys its gateways
-        announced; they are then marked synced."""
+        """The whole registry to one store, sealed to the keys its gateways announced:
+        one ``replace`` when it fits in one command (:data:`SYNC_CHUNK` customers),
+        otherwise ``upsert`` commands of that many each (a replace cannot be split;
+        central forgets a customer only by erasure, which has its own command). Each
+        chunk is built in its own transaction (the lock is not held for the whole
+        registry). The gateways are marked synced only when the broker acknowledged
+        every command; otherwise the next pass tries again. Returns the last command
+        id."""
         with self.db.tx() as db:
+            if store not in records.stores(db):
+                raise NotFoundError(store)
             customers = [r[0] for r in records.rows(
                 db, "SELECT customer FROM customers ORDER BY customer")]
             keys = records.seal_keys(db, store)
-        command_id = self._send_customers(store, "replace", customers)
-        if command_id is not None:
+        chunks = [customers[k:k + SYNC_CHUNK]
+                  for k in range(0, len(customers), SYNC_CHUNK)] or [[]]
+        op = "replace" if len(chunks) == 1 else "upsert"
+        command_id, all_acked = None, True
+        for chunk in chunks:
+            command_id, acked = self._send_customers_acked(store, op, chunk)
+            all_acked &= acked
+        if command_id is not None and all_acked:
             with self.db.tx() as db:
                 records.mark_synced(db, store, keys)
         return command_id
@@ -304,10 +396,28 @@ class CentralService:
             stores = records.stores_to_sync(db)
         out = {}
         for store in stores:
-            cid = self.sync_store(store)
+            with self.db.tx() as db:
+                # of several instances, one syncs a store (a lease: it may die)
+                if not records.claim_sync(db, store, self._clock(), SYNC_LEASE_S):
+                    continue
+            try:
+                cid = self.sync_store(store)
+            finally:
+                with self.db.tx() as db:
+                    records.release_sync(db, store)
             if cid is not None:
                 out[store] = cid
         return out
+
+    def tend(self, now: float) -> None:
+        """The periodic pass's part of the service: commands the broker did not
+        acknowledge go again, erasures reach every store (pending ones sent, stale
+        unconfirmed ones re-sent), new gateways get the registry."""
+        if self.commands is None:
+            return
+        self.commands.resend_unsent(now)
+        self.send_pending_erasures(now)
+        self.sync_new_gateways()
 
     # --- campaigns ----------------------------------------------------------------
 
@@ -411,6 +521,10 @@ class CentralService:
     # --- erasure --------------------------------------------------------------------
 
     def erase(self, customers: list[str]) -> m.ErasureOut:
+        """Forget the customers at central and record a pending erase for every known
+        store, in one transaction: the commands go out after it (and again from
+        :meth:`tend` for any a crash or a broker left unsent), and the erasure is done
+        only when every gateway of every one of those stores confirmed."""
         now = self._clock()
         erasure_id = f"erase-{uuid.uuid4().hex[:16]}"
         with self.db.tx() as db:
@@ -422,36 +536,100 @@ class CentralService:
                 db.execute(f"DELETE FROM {table} WHERE customer IN ({marks})",  # noqa: S608 - fixed table names
                            customers)
             self._redact_events(db, customers, loyalty)
+            self._redact_copies(db, customers, loyalty)
+            for pseudonym in [*customers, *loyalty]:
+                db.execute("INSERT INTO erased (digest, erasure_id, at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (digest) DO NOTHING",
+                           (erased_digest(pseudonym), erasure_id, now))
             db.execute("INSERT INTO erasures (id, customers, loyalty_ids, requested_at) "
                        "VALUES (?, ?, ?, ?)",
                        (erasure_id, dumps(customers), dumps(loyalty), now))
-            stores = records.stores(db)
-        for store in stores:
-            cid = None
-            if self.commands is not None:
-                cid = self.commands.send(store, "erase", outbound.erase_payload(
-                    customers, loyalty, erasure_id), purpose="erasure")
-            with self.db.tx() as db:
+            for store in records.stores(db):
                 db.execute("INSERT INTO erasure_stores (erasure_id, store, command_id) "
-                           "VALUES (?, ?, ?)", (erasure_id, store, cid or ""))
+                           "VALUES (?, ?, '')", (erasure_id, store))
+        self.send_pending_erasures(now, erasure_id)
         return self.erasure(erasure_id)
+
+    def send_pending_erasures(self, now: float, erasure_id: str | None = None) -> int:
+        """Send the erase command to each store of an unfinished erasure that has none
+        yet (a crash or a failed publish after the erasure's commit), and again where
+        the last one is older than :data:`ERASE_RESEND_S` and not confirmed (the box
+        refuses a command past its age window). Returns how many were sent."""
+        if self.commands is None:
+            return 0
+        sql = ("SELECT s.erasure_id, s.store, s.command_id, e.customers, e.loyalty_ids, "
+               "c.issued_at FROM erasure_stores s JOIN erasures e ON e.id = s.erasure_id "
+               "LEFT JOIN commands c ON c.id = s.command_id WHERE e.done_at IS NULL")
+        params: list[Any] = []
+        if erasure_id is not None:
+            sql += " AND s.erasure_id = ?"
+            params.append(erasure_id)
+        with self.db.tx() as db:
+            rows = records.rows(db, sql + " ORDER BY s.erasure_id, s.store", params)
+        sent = 0
+        for eid, store, cid, customers, loyalty, issued_at in rows:
+            if cid and (issued_at is None or now - float(issued_at) < ERASE_RESEND_S
+                        or self._store_confirmed(eid, store)):
+                continue
+            new = self.commands.send(store, "erase", outbound.erase_payload(
+                json.loads(customers), json.loads(loyalty), eid), purpose="erasure")
+            with self.db.tx() as db:
+                db.execute("UPDATE erasure_stores SET command_id = ? WHERE erasure_id = ? "
+                           "AND store = ?", (new, eid, store))
+            sent += 1
+        return sent
+
+    def _store_confirmed(self, erasure_id: str, store: str) -> bool:
+        return any(s.store == store and s.done for s in self.erasure(erasure_id).stores)
+
+    def _redact_copies(self, db: Any, customers: list[str], loyalty: list[str]) -> None:
+        """What central kept besides events: the customers commands that carried them
+        (their record, sealed identity, name) lose their bytes; rejected messages and
+        answers that name them lose their payload. One read of each table, matched
+        here (not one scan per pseudonym: a bulk erasure names thousands)."""
+        marks = ", ".join("?" * len(customers))
+        for (cid,) in records.rows(
+                db, f"SELECT DISTINCT command_id FROM command_customers WHERE "  # noqa: S608 - placeholders only
+                f"customer IN ({marks})", customers):
+            db.execute("UPDATE commands SET wire = ? WHERE id = ?", (REDACTED_WIRE, cid))
+        db.execute(f"DELETE FROM command_customers WHERE customer IN ({marks})",  # noqa: S608 - placeholders only
+                   customers)
+        names = {*customers, *loyalty}
+        for n, payload in records.rows(db, "SELECT n, payload FROM rejects WHERE "
+                                       "payload IS NOT NULL"):
+            text = bytes(payload).decode("utf-8", "replace")
+            if any(x in text for x in names):
+                db.execute("UPDATE rejects SET payload = NULL WHERE n = ?", (n,))
+        for cid, gateway, type_, data in records.rows(
+                db, "SELECT command_id, gateway, type, data FROM answers"):
+            if _strings(json.loads(data)) & names:
+                db.execute("UPDATE answers SET data = '{}' WHERE command_id = ? AND "
+                           "gateway = ? AND type = ?", (cid, gateway, type_))
 
     @staticmethod
     def _redact_events(db: Any, customers: list[str], loyalty: list[str]) -> None:
         marks = ", ".join("?" * len(customers))
+        found = records.rows(db, f"SELECT store, gateway, id, subject, data FROM events "  # noqa: S608 - placeholders only
+                             f"WHERE customer IN ({marks})", customers)
         # their cards appear without them too (a purchase nobody was attributed to, a
-        # loyalty scan): pseudonyms are 'ps1:' + hex, so LIKE has no wildcard to fear
-        cards = "".join(" OR data LIKE ?" for _ in loyalty)
-        rows = records.rows(db, f"SELECT id, subject, data FROM events WHERE "  # noqa: S608 - placeholders only
-                            f"customer IN ({marks}){cards}",
-                            [*customers, *(f"%{lid}%" for lid in loyalty)])
-        for event_id, subject, data in rows:
-            wrapped = json.dumps({"subject": subject, "data": json.loads(data)}).encode()
-            redacted = redact_event(wrapped, customers, loyalty)
-            new = (json.loads(redacted) if redacted is not None
-                   else {"subject": subject, "data": json.loads(data)})
+        # loyalty scan): cards are 'ps1:' pseudonyms, so one scan for events naming
+        # any, matched here against the erased cards (one LIKE per card would be a
+        # scan per card, or overflow SQLite's expression depth in one statement)
+        cards = set(loyalty)
+        if cards:
+            found += [r for r in records.rows(
+                db, "SELECT store, gateway, id, subject, data FROM events WHERE "
+                "data LIKE '%ps1:%' OR subject LIKE '%ps1:%'")
+                if set(_PSEUDONYM.findall(f"{r[3]} {r[4]}")) & cards]
+        done: set[tuple[str, str, str]] = set()
+        for store, gateway, event_id, subject, data in found:
+            if (store, gateway, event_id) in done:
+                continue
+            done.add((store, gateway, event_id))
+            new = redacted(subject, json.loads(data), customers, loyalty)
             db.execute("UPDATE events SET customer = NULL, subject = ?, data = ? "
-                       "WHERE id = ?", (new["subject"], dumps(new["data"]), event_id))
+                       "WHERE store = ? AND gateway = ? AND id = ?",
+                       (new["subject"], dumps(new["data"]), store, gateway, event_id))
 
     def erasure(self, erasure_id: str) -> m.ErasureOut:
         now = self._clock()
@@ -476,7 +654,12 @@ class CentralService:
             done_at = row[2]
             if done and done_at is None:
                 done_at = now
-                db.execute("UPDATE erasures SET done_at = ? WHERE id = ?", (now, erasure_id))
+                # done: the ids are needed no more (nothing to re-send); the tombstones
+                # ('erased' digests) recognise them from now on
+                db.execute("UPDATE erasures SET done_at = ?, customers = ?, "
+                           "loyalty_ids = '[]' WHERE id = ?",
+                           (now, dumps([erased_digest(c) for c in json.loads(row[0])]),
+                            erasure_id))
         return m.ErasureOut(
             id=erasure_id, customers=json.loads(row[0]), requested_at=float(row[1]),
             done=done, done_at=done_at,

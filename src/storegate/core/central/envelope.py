@@ -13,7 +13,9 @@ silently). Pure: bytes in, values out.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from pydantic import ValidationError
@@ -22,6 +24,13 @@ from storegate.core import events as ev
 from storegate.core.topics import ROOT, is_valid_id
 
 MAX_EVENT_BYTES: Final = 1 << 20
+MAX_SEQUENCE: Final = (1 << 63) - 1  # a BIGINT column: beyond it no store can hold it
+_DIGITS: Final = re.compile(f"[0-9]{{{ev.SEQUENCE_DIGITS}}}")  # ASCII only: not isdigit()
+# RFC 3339 as the contract writes it: a date, 'T', a time, seconds' fraction optional,
+# 'Z' or an offset (checked for a real date and time by datetime after the shape)
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})")
 
 RejectReason = Literal[
     "wrong_topic",     # not storegate/v1/<store>/<gateway>/events/<kind> or .../status
@@ -31,6 +40,7 @@ RejectReason = Literal[
     "unknown_type",    # type not in the catalogue
     "kind_mismatch",   # the type's kind is not the topic's last level
     "invalid_data",    # data fails the type's model
+    "unstorable",      # passed the checks but the database refused it (kept, not retried)
 ]
 
 # Event types whose ``data.customer`` names the customer (the profile's input).
@@ -98,6 +108,49 @@ def parse_topic(topic: str) -> EventTopic | None:
     return None
 
 
+def clean_text(value: str) -> bool:
+    """Text both databases store: valid UTF-8 (no lone surrogate, which JSON's
+    ``\\ud800`` escape can carry) and no NUL (PostgreSQL's text refuses it)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_time(text: str) -> float | None:
+    """An RFC 3339 timestamp to epoch seconds; None when it is not one."""
+    if len(text) > 40 or not _RFC3339.fullmatch(text):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp()
+
+
+def _storable_data(data: Any) -> bool:
+    """The data object as stored (JSON text): every string in it UTF-8 encodable (NUL
+    is escaped by JSON, so only surrogates can break it)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _unavailable_ok(data: dict[str, Any]) -> bool:
+    """``gateway.replayed``'s ranges: pairs [first, last] with 1 <= first <= last."""
+    for pair in data.get("unavailable") or ():
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(type(x) is int for x in pair)
+                and 1 <= pair[0] <= pair[1] <= MAX_SEQUENCE):
+            return False
+    return True
+
+
 def read(topic: str, payload: bytes) -> Event | Status | Rejection:  # noqa: PLR0911
     """Decide what one message is (see the module docstring)."""
     where = parse_topic(topic)
@@ -119,6 +172,14 @@ def read(topic: str, payload: bytes) -> Event | Status | Rejection:  # noqa: PLR
             and isinstance(ce.get("time"), str) and isinstance(ce.get("data"), dict)):
         return Rejection("malformed", "CloudEvents 1.0 needs specversion, id, source, type, "
                          "time and an object data", store, gateway)
+    subject = ce.get("subject", "")
+    if not (clean_text(event_id) and clean_text(ce["time"])
+            and (not isinstance(subject, str) or clean_text(subject))):
+        return Rejection("malformed", "id, subject and time must be UTF-8 text without NUL",
+                         store, gateway)
+    if parse_time(ce["time"]) is None:
+        return Rejection("malformed", f"time {ce['time'][:40]!r} is not RFC 3339", store,
+                         gateway, event_id)
     if source != f"storegate://{store}/{gateway}":
         return Rejection("source_mismatch", f"source {source[:100]!r} on the topic of "
                          f"{store}/{gateway}", store, gateway, event_id)
@@ -135,16 +196,29 @@ def read(topic: str, payload: bytes) -> Event | Status | Rejection:  # noqa: PLR
         at = ".".join(str(x) for x in first["loc"]) or "data"
         return Rejection("invalid_data", f"{at}: {first['msg']}"[:200], store, gateway,
                          event_id)
+    if not _storable_data(ce["data"]):
+        return Rejection("invalid_data", "data holds text that is not UTF-8 (a lone "
+                         "surrogate)", store, gateway, event_id)
+    if type_ == "storegate.gateway.replayed.v1" and not _unavailable_ok(ce["data"]):
+        return Rejection("invalid_data", "unavailable: pairs [first, last] with "
+                         f"1 <= first <= last <= {MAX_SEQUENCE}", store, gateway, event_id)
+    last_seq = getattr(model, "last_sequence", None)
+    if isinstance(last_seq, int) and not 0 <= last_seq <= MAX_SEQUENCE:
+        return Rejection("invalid_data", f"last_sequence beyond {MAX_SEQUENCE}", store,
+                         gateway, event_id)
     if kind is ev.GATEWAY_STATUS:
         return Status(store, gateway, ce["data"]["state"], ce["data"]["session"],
                       getattr(model, "seal_key", None), ce["time"], payload,
                       getattr(model, "last_sequence", None))
     seq_text = ce.get("sequence")
-    if not (isinstance(seq_text, str) and seq_text.isdigit()
-            and len(seq_text) == ev.SEQUENCE_DIGITS and int(seq_text) >= 1):
-        return Rejection("malformed", "sequence is the 20-digit counter", store, gateway,
-                         event_id)
+    if not (isinstance(seq_text, str) and _DIGITS.fullmatch(seq_text)
+            and 1 <= int(seq_text) <= MAX_SEQUENCE):
+        return Rejection("malformed", "sequence is the 20-digit counter, 1 to "
+                         f"{MAX_SEQUENCE}", store, gateway, event_id)
     customer = ce["data"].get(_CUSTOMER_FIELD)
+    if isinstance(customer, str) and not clean_text(customer):
+        return Rejection("invalid_data", "customer holds NUL or is not UTF-8", store,
+                         gateway, event_id)
     return Event(event_id, store, gateway, int(seq_text), type_, ce["time"],
-                 str(ce.get("subject", ""))[:200],
+                 str(subject)[:200],
                  customer if isinstance(customer, str) else None, ce["data"], payload)

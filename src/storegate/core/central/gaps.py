@@ -17,13 +17,22 @@ and the time in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from storegate.core.commands import MAX_REPLAY_SPAN
 
 GRACE_S: Final = 2.0
+# How far past the highest stored sequence a gateway's announced head is believed: a
+# larger jump (a corrupt or hostile last_sequence) would open a hole of billions and
+# ask for it forever; past this the head is capped and the caller alerts.
+HEAD_BOUND: Final = 10 * MAX_REPLAY_SPAN
+# Replay commands per gateway per pass: a huge hole is asked for a part at a time.
+RANGES_PER_PASS: Final = 4
+# A gap asked for this many times (backoff up to RETRY_MAX_S: about 1.5 h) without its
+# events or an answer is given up: recorded lost, alerted.
+MAX_ATTEMPTS: Final = 20
 RETRY_FIRST_S: Final = 5.0
 RETRY_MAX_S: Final = 300.0
 
@@ -101,9 +110,17 @@ def advance(watermark: int, stored: Sequence[int], lost: Iterable[Range] = ()) -
     return mark
 
 
-def split(r: Range, span: int = MAX_REPLAY_SPAN) -> list[Range]:
-    """One range as replay commands may carry it (at most ``span`` sequences each)."""
-    return [Range(a, min(a + span - 1, r.last)) for a in range(r.first, r.last + 1, span)]
+def split(r: Range, span: int = MAX_REPLAY_SPAN) -> Iterator[Range]:
+    """One range as replay commands may carry it (at most ``span`` sequences each),
+    lazily: the caller takes as many parts as it sends, however large the range."""
+    for a in range(r.first, r.last + 1, span):
+        yield Range(a, min(a + span - 1, r.last))
+
+
+def capped_head(head: int, highest: int, bound: int = HEAD_BOUND) -> int:
+    """The announced head believed: at most ``bound`` past the highest sequence stored
+    (or the watermark). The caller alerts when this is below ``head``."""
+    return min(head, highest + bound)
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,9 +146,10 @@ def profile(customer: str, events: Iterable[StoredEvent], *, now: float,
             sign = -1 if d.get("kind") == "return" else 1
             total = int(d.get("total_minor") or 0)
             spend += sign * total
-            purchases += 1 if sign > 0 else 0
-            store_weight[e.store] += 1
-            times.append(e.time)
+            if sign > 0:  # a refund is not a visit of interest: no recency, no store
+                purchases += 1
+                store_weight[e.store] += 1
+                times.append(e.time)
             for item in d.get("items") or ():
                 cat = categories.category(item.get("sku"), str(item.get("name", "")))
                 if cat is not None:
