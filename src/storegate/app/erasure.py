@@ -124,6 +124,8 @@ async def erase(customers: Sequence[str], t: ErasureTargets, now: float, *,
                                   tracked - engine.tracked)
     if t.screens is not None:  # off every staff screen at once, out of its caches
         t.screens.forget(names)
+    if t.app_channel is not None:  # their offers and tokens read out to no phone now
+        t.app_channel.withhold(names)
     if t.personal is not None:
         await _step(out, "personal service", _forget_personal(t.personal, names, loyalty,
                                                               out))

@@ -13,9 +13,14 @@ and the contract (OpenAPI unchanged):
   verification, the same :meth:`Authenticator.customer_claims` the route's access rule
   uses), a gateway with an app channel;
 * everything else — no token, a refused token (expired, foreign key, bad signature,
-  …: the route refuses it, counts and logs it, in its own error shape), a staff or
-  admin credential (403 there), an inbox that fails — is passed to the app untouched,
-  as if this were not here.
+  …: the route refuses it, counts and logs it, in its own error shape, from the
+  verdict given here in ``scope["state"]`` (security.RefusedToken), not verifying it
+  twice), a staff or admin credential (403 there), a failure of any kind before
+  anything was sent (counted, logged once: the route meets it again and answers its
+  way, a 500 in the latency metric) — is passed to the app as if this were not here.
+* a customer being erased or withdrawing consent (AppChannel.withheld, from the
+  first in-memory step of it) is read through the channel, which answers nothing of
+  theirs, and never kept.
 
 The body is the route's own: the same models (``app_channel.offer_list``) serialised
 the same way, kept per customer while the inbox says nothing of theirs changed
@@ -27,20 +32,23 @@ tokens and odd query strings.
 
 from __future__ import annotations
 
+import logging
 import math
-import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.types import Scope, Send
 
+from storegate.adapters.plumbing import describe_error
 from storegate.app.app_channel import AppChannel
 from storegate.app.http.app_channel import offer_list
-from storegate.app.http.security import Authenticator
+from storegate.app.http.security import REFUSAL_KEY, Authenticator, RefusedToken
 from storegate.core.webauth import TokenRejected
+from storegate.log_once import LogOnce
+
+log = logging.getLogger(__name__)
 
 OFFERS_PATH: Final = "/app/offers"
 MAX_BODIES: Final = 1024  # customers' lists kept (a store's phones in a busy hour)
@@ -55,7 +63,9 @@ class FastReads:
         self.state = state
         self.enabled = enabled
         self.answered_total = 0  # answered here (observable: tests, status)
+        self.failed_total = 0  # failed here before sending: passed to the route
         self.bodies = OfferBodies()
+        self._warn = LogOnce(log)
 
     def wants(self, scope: Scope) -> bool:
         """Cheap first look: the request this may answer."""
@@ -72,25 +82,41 @@ class FastReads:
             return False
         auth: Authenticator = self.state.auth
         try:
-            claims = auth.customer_claims(token)
-        except TokenRejected:
-            return False  # the route refuses it: counted, logged once, its error body
-        body = self.bodies.get(channel, claims.subject)
+            body = await self._body(auth, channel, token, scope)
+        except Exception as exc:  # the route meets the same failure and answers it its way
+            self.failed_total += 1
+            self._warn(f"fast-offers:{type(exc).__name__}", "GET /app/offers failed before "
+                       "routing, passed to the route: %s", describe_error(exc))
+            return False
         if body is None:
-            version, read_at = channel.inbox.offers_version(claims.subject), channel.now()
-            try:
-                rows = await channel.offers(claims.subject)
-                body = offer_list(rows).model_dump_json().encode()
-            except (sqlite3.Error, ValidationError):
-                return False  # the route meets the same failure and answers it its way
-            self.bodies.put(claims.subject, body, version=version, read_at=read_at,
-                            valid_until=min((r.expires_at for r in rows), default=math.inf))
+            return False
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode()),
                                 (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
         self.answered_total += 1
         return True
+
+    async def _body(self, auth: Authenticator, channel: AppChannel, token: str,
+                    scope: Scope) -> bytes | None:
+        """The list's body for the token's customer; None: a refused token, whose
+        verdict is left for the route (it answers the 401, counts and logs it)."""
+        try:
+            claims = auth.customer_claims(token)
+        except TokenRejected as exc:
+            scope.setdefault("state", {})[REFUSAL_KEY] = RefusedToken(token, exc.reason)
+            return None
+        customer = claims.subject
+        body = self.bodies.get(channel, customer)
+        if body is None:
+            version, read_at = channel.inbox.offers_version(customer), channel.now()
+            rows = await channel.offers(customer)
+            body = offer_list(rows).model_dump_json().encode()
+            if not channel.withheld(customer):  # an erasure began: nothing of it kept
+                self.bodies.put(customer, body, version=version, read_at=read_at,
+                                valid_until=min((r.expires_at for r in rows),
+                                                default=math.inf))
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +133,10 @@ class OfferBodies:
     touching them, any prune or erasure, moves it), the clock not past the first
     expiry among the offers nor set back. A phone polling its list costs a token-cache
     look-up and this, not a read, a parse and a serialisation. Bounded (LRU, small
-    bodies only). An erasure moves every version: nothing kept is answered again, and
-    the whole store is dropped at the next look-up (it lives in memory only)."""
+    bodies only). A customer withheld by the channel (an erasure or withdrawal under
+    way, from its first step) is neither answered from here nor kept; the erasure's
+    end moves every version: nothing kept is answered again, and the whole store is
+    dropped at the next look-up (it lives in memory only)."""
 
     def __init__(self, max_entries: int = MAX_BODIES) -> None:
         self.max_entries = max_entries
@@ -117,6 +145,9 @@ class OfferBodies:
         self.hits_total = 0
 
     def get(self, channel: AppChannel, customer: str) -> bytes | None:
+        if channel.withheld(customer):  # being erased: read through the channel
+            self._entries.pop(customer, None)
+            return None
         version = channel.inbox.offers_version(customer)
         if version[0] != self._epoch:  # a prune or an erasure since: all of it stale
             self._entries.clear()

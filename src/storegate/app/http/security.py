@@ -91,6 +91,18 @@ class Principal:
     staff_role: StaffRole | None = None
 
 
+# The key in a request's ``scope["state"]`` under which a verdict already reached on its
+# Bearer token is handed on (the offers fast path, fast.py, refused it): the route
+# refuses it the same way without verifying the signature a second time.
+REFUSAL_KEY: Final = "storegate.refusal"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedToken:
+    token: str
+    reason: str  # TokenRejected.reason
+
+
 # --- staff sessions ---------------------------------------------------------------
 
 
@@ -221,7 +233,8 @@ class Authenticator:
             value = value.strip()
             if scheme.lower() != "bearer" or not value:
                 raise self.reject("malformed_authorization")
-            return self._bearer(value)
+            known = request.scope.get("state", {}).get(REFUSAL_KEY)
+            return self._bearer(value, known if isinstance(known, RefusedToken) else None)
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie is not None:
             now = self.clock()
@@ -264,10 +277,12 @@ class Authenticator:
             self.admin_sessions.clear()
         return changed
 
-    def _bearer(self, token: str) -> Principal:
+    def _bearer(self, token: str, known: RefusedToken | None = None) -> Principal:
         if len(token) > 8192:
             raise self.reject("malformed_token")
         if token.count(".") == 2:  # a JWS: customer
+            if known is not None and known.token == token:  # refused before routing
+                raise self.reject(f"token_{known.reason}")
             try:
                 claims = self.customer_claims(token)
             except TokenRejected as exc:

@@ -113,9 +113,15 @@ class _Latency:
             await send({"type": "http.response.body", "body": _HEALTHZ_BODY})
             self._observe("GET", "/healthz", 200, time.perf_counter() - start)
             return
-        if self.fast.wants(scope) and await self.fast.offers(scope, send):
-            self._observe("GET", OFFERS_TEMPLATE, 200, time.perf_counter() - start)
-            return
+        if self.fast.wants(scope):
+            try:  # a failure before sending falls through (fast.py); one sending is here
+                answered = await self.fast.offers(scope, send)
+            except BaseException:
+                self._observe("GET", OFFERS_TEMPLATE, 500, time.perf_counter() - start)
+                raise
+            if answered:
+                self._observe("GET", OFFERS_TEMPLATE, 200, time.perf_counter() - start)
+                return
         status = 500
 
         async def send_status(message: Message) -> None:
@@ -186,7 +192,11 @@ def _uvicorn_config(app: FastAPI, settings: HttpConfig) -> uvicorn.Config:
         ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
         ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-        h11_max_incomplete_event_size=16 * 1024)
+        h11_max_incomplete_event_size=16 * 1024,
+        # No permessage-deflate on /app/ws: a zlib context per phone (1,000 held open)
+        # and a deflate per push, for messages of a few hundred bytes on a store LAN;
+        # and no compression context shared by a bearer token and later messages.
+        ws_per_message_deflate=False)
 
 
 def bind(settings: HttpConfig) -> socket.socket:
