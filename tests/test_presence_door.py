@@ -237,3 +237,22 @@ def test_entry_beyond_the_front_is_confirmed_within_seconds_a_front_zone_takes_l
     front += stretch(11, 2 * S.front_confirm_s, {"s-c1": -60, "s-door": -75, "s-prod": -78})
     (emitted, _), = store_events(run(engine(), front, until=300), ev.VISIT_ENTERED)
     assert emitted - T0 >= 11 + S.front_confirm_s
+
+
+def test_a_deep_fade_on_the_entrance_link_does_not_let_a_passer_by_in() -> None:
+    """Walking past the door, close to the produce scanner behind the window: the
+    entrance hears them best, until one fade (shorter than the median window) drags the
+    entrance link down for a few seconds. A fade is one link, not a place: the entrance
+    counts at its strongest of the last window, so the produce scanner never leads. The
+    confirmation is shortened here so that even a brief lead would have opened a visit."""
+    settings = dataclasses.replace(S, entry_confirm_s=S.window_s / 4)
+    fade = S.window_s - 1.0
+    script = stretch(0, 6, {"s-door": -66, "s-prod": -76})  # under the door scanner
+    script += stretch(6, fade, {"s-door": -86, "s-prod": -76})  # that link fades
+    script += stretch(6 + fade, 6, {"s-door": -70, "s-prod": -79})  # walking on
+    assert run(engine(settings), script, until=120) == []
+    # the same levels without a door pass before them, inside: that is a visit (the hold
+    # is on the entrance's level, it does not stop someone who really is inside)
+    inside = stretch(0, 6, {"s-door": -66, "s-prod": -76})
+    inside += stretch(6, 60, {"s-door": -86, "s-prod": -60})
+    assert store_events(run(engine(settings), inside, until=200), ev.VISIT_ENTERED)

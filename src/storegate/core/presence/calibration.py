@@ -65,8 +65,17 @@ HISTORY: Final = 8  # recent fits a new one is compared with
 DISAGREE_EXPONENT: Final = 0.3
 DISAGREE_OFFSET_DB: Final = 3.0
 EXPONENT_SE_MAX: Final = 0.5  # a larger standard error: n is not identified by the plan
-CENSOR_RATIO: Final = 0.9  # of the beacon's best pair's samples: fewer, near the floor
-CENSOR_MARGIN_DB: Final = 10.0  # predicted this far above a scanner's floor: uncensored
+# pairs beyond the unknowns they pin: with fewer, each pair is fitted exactly (residuals
+# about 0), so nothing in the data can show the model wrong; such a fit is not used
+MIN_REDUNDANCY: Final = 2
+# A pair that heard fewer than this share of its beacon's adverts (against the beacon's
+# best-heard pair) has its median below the scanner's floor: it says only "weak" and sits
+# out. Between this and 1 its level is read at the quantile that undoes the censoring.
+CENSOR_MIN_SHARE: Final = 0.6
+# quantiles kept per bucket (0, 0.05, ... 0.5): enough to read any censoring-corrected
+# median of a pair heard at least CENSOR_MIN_SHARE of the time, and bounded in memory
+BUCKET_QUANTILES: Final = tuple(i / 20 for i in range(11))
+CENSOR_MARGIN_DB: Final = 6.0  # predicted this far above a scanner's floor: usable
 CENSOR_PASSES: Final = 3
 FLOOR_QUANTILE: Final = 0.005  # of a scanner's samples below its estimated floor
 # weaker pair levels are at most radios' sensitivity; and a scanner that never heard
@@ -88,6 +97,27 @@ def _median(xs: list[float]) -> float:
     s = sorted(xs)
     m = len(s) // 2
     return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
+
+
+def _quantiles(xs: list[float]) -> tuple[float, ...]:
+    """The BUCKET_QUANTILES of ``xs`` (linear between order statistics; the last is the
+    median)."""
+    s = sorted(xs)
+    out = []
+    for q in BUCKET_QUANTILES:
+        pos = q * (len(s) - 1)
+        i = int(pos)
+        j = min(i + 1, len(s) - 1)
+        out.append(s[i] + (s[j] - s[i]) * (pos - i))
+    return tuple(out)
+
+
+def _at(quants: tuple[float, ...], q: float) -> float:
+    """Quantile ``q`` (0..0.5) from a bucket's BUCKET_QUANTILES."""
+    pos = min(len(quants) - 1.0, max(0.0, q * 20))
+    i = int(pos)
+    j = min(i + 1, len(quants) - 1)
+    return quants[i] + (quants[j] - quants[i]) * (pos - i)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +153,20 @@ class CalibrationFit:
     # from their beacon's power, so it is held at 0 (as if uncalibrated)
     unlinked: tuple[str, ...] = ()
     groups: int = 0  # linked groups of scanners: more than one, offsets compare within
+    # pairs used minus the unknowns they pin (n, offsets less one per group, powers);
+    # None: not known (a fit made by hand)
+    redundancy: int | None = None
+
+    @property
+    def checkable(self) -> bool:
+        """The data can contradict the model: enough pairs beyond the unknowns."""
+        return self.redundancy is None or self.redundancy >= MIN_REDUNDANCY
 
     @property
     def flagged(self) -> bool:
         return bool(self.at_bounds or self.unlinked) or self.disagrees or self.groups > 1 or (
-            self.exponent_se is not None and self.exponent_se > EXPONENT_SE_MAX)
+            self.exponent_se is not None and self.exponent_se > EXPONENT_SE_MAX) or (
+            not self.checkable)
 
     def flags(self) -> list[str]:
         out = [f"at-bound:{b}" for b in self.at_bounds]
@@ -138,6 +177,8 @@ class CalibrationFit:
         out += [f"offset-not-identified:{s}" for s in self.unlinked]
         if self.groups > 1:
             out.append(f"unlinked-groups:{self.groups}")
+        if not self.checkable:
+            out.append(f"too-few-pairs-to-check:{self.redundancy}")
         return out
 
     # --- what the engine may derive from the fit -----------------------------------
@@ -173,7 +214,8 @@ class CalibrationFit:
 @dataclass(slots=True)
 class _Pair:
     distance_m: float
-    buckets: deque[tuple[int, float, int]] = field(default_factory=deque)  # idx, med, n
+    # idx, the bucket's BUCKET_QUANTILES, its sample count
+    buckets: deque[tuple[int, tuple[float, ...], int]] = field(default_factory=deque)
     open_idx: int | None = None
     open_samples: list[float] = field(default_factory=list)
     open_count: int = 0
@@ -269,7 +311,8 @@ class Calibrator:
 
     def _close(self, pair: _Pair) -> None:
         if pair.open_idx is not None and pair.open_samples:
-            pair.buckets.append((pair.open_idx, _median(pair.open_samples), pair.open_count))
+            pair.buckets.append((pair.open_idx, _quantiles(pair.open_samples),
+                                 pair.open_count))
         pair.open_idx, pair.open_samples, pair.open_count = None, [], 0
 
     def tick(self, now: float) -> CalibrationFit | None:
@@ -291,37 +334,49 @@ class Calibrator:
 
     def summaries(self, now: float) -> list[PairSummary]:
         """Every pair with enough samples in the window, as the fit sees it. Buckets
-        that ended by ``now`` are closed; buckets older than the window dropped."""
+        that ended by ``now`` are closed; buckets older than the window dropped.
+
+        Censoring: a scanner hears only the adverts above its sensitivity, so the
+        median of what a far pair heard is biased strong (measured: n 3.2 fitted as 2.4
+        with a -100 dBm floor). A beacon advertises at one rate to every scanner, so the
+        share ``f`` of its adverts a pair heard (against the beacon's best pair) is the
+        share above the floor; the true median is then the ``(f - 1/2) / f`` quantile of
+        what was heard (the lost ``1 - f`` are all below it). A pair that heard less
+        than CENSOR_MIN_SHARE only bounds its level and sits out."""
         first = math.floor((now - self.window_s) / self.bucket_s) + 1
-        out = []
+        raw: list[tuple[str, str, _Pair, list[tuple[float, ...]], int]] = []
         for (s, b), pair in self._pairs.items():
             if pair.open_idx is not None and (pair.open_idx + 1) * self.bucket_s <= now:
                 self._close(pair)
             while pair.buckets and pair.buckets[0][0] < first:
                 pair.buckets.popleft()
-            meds = [m for _, m, _ in pair.buckets]
+            quants = [q for _, q, _ in pair.buckets]
             count = sum(c for _, _, c in pair.buckets)
             if pair.open_samples and pair.open_idx is not None and pair.open_idx >= first:
-                meds.append(_median(pair.open_samples))  # the bucket in progress
+                quants.append(_quantiles(pair.open_samples))  # the bucket in progress
                 count += pair.open_count
-            if count < MIN_PAIR_SAMPLES or not meds:
+            if count < MIN_PAIR_SAMPLES or not quants:
                 continue
+            raw.append((s, b, pair, quants, count))
+        best: dict[str, int] = {}
+        for _, b, _, _, count in raw:
+            best[b] = max(best.get(b, 0), count)
+        out = []
+        for s, b, pair, quants, count in raw:
+            share = count / best[b]
+            if share < CENSOR_MIN_SHARE:
+                continue
+            q = (share - 0.5) / share
+            meds = [_at(qs, q) for qs in quants]
             level = _median(meds)
+            if level < CENSOR_LEVEL_DBM:
+                continue
             mad = _median([abs(m - level) for m in meds]) * 1.4826
             var = max(VAR_FLOOR_DB2, mad * mad) / len(meds)
             out.append(PairSummary(s, b, pair.distance_m, level, var, count))
-        # Censoring: a scanner hears only the adverts above its sensitivity, so a far
-        # pair's level is biased strong (measured: n 3.2 fitted as 2.4 with a -100 dBm
-        # floor). A beacon advertises at one rate to every scanner: a pair that heard
-        # clearly fewer adverts than the beacon's best pair is at its floor; it sits out.
-        best: dict[str, int] = {}
-        for p in out:
-            best[p.beacon] = max(best.get(p.beacon, 0), p.samples)
-        kept = [p for p in out if p.samples >= CENSOR_RATIO * best[p.beacon]
-                and p.rssi_dbm >= CENSOR_LEVEL_DBM]
-        self.censored_pairs = len(out) - len(kept)
-        kept.sort(key=lambda p: (p.scanner, p.beacon))  # deterministic order
-        return kept
+        self.censored_pairs = len(raw) - len(out)
+        out.sort(key=lambda p: (p.scanner, p.beacon))  # deterministic order
+        return out
 
     def prepare(self, now: float) -> Prepared:
         """What a fit at ``now`` needs, copied out of the windows (O(pairs), cheap): the
@@ -381,9 +436,22 @@ def fit_prepared(prep: Prepared) -> tuple[CalibrationFit, int]:
             >= floors[p.scanner] + CENSOR_MARGIN_DB]
         if not clear or clear == used:
             break
-        used = clear
-        fit = fit_pairs(clear, now=now, uncalibrated=prep.uncalibrated)
+        narrower = fit_pairs(clear, now=now, uncalibrated=prep.uncalibrated)
+        if not _pins_as_much(narrower, fit):
+            break  # fewer pairs that no longer pin what more did: keep the wider fit
+        used, fit = clear, narrower
     return fit, prep.censored + len(pairs) - len(used)
+
+
+def _pins_as_much(fit: CalibrationFit, than: CalibrationFit) -> bool:
+    """``fit`` identifies everything ``than`` does: no more linked groups or unlinked
+    scanners, its exponent still pinned, nothing newly at a bound."""
+    def se_ok(f: CalibrationFit) -> bool:
+        return f.exponent_se is not None and f.exponent_se <= EXPONENT_SE_MAX
+    return (fit.state == "fitted" and fit.groups <= than.groups
+            and set(fit.unlinked) <= set(than.unlinked)
+            and (se_ok(fit) or not se_ok(than))
+            and set(fit.at_bounds) <= set(than.at_bounds))
 
 
 # --- the estimator (batch, over pair summaries) ----------------------------------------
@@ -600,6 +668,9 @@ def fit_pairs(pairs: list[PairSummary], *, now: float | None = None,
     rms = math.sqrt(sum(rb * r * r for rb, r in zip(robust, res, strict=True)) / wsum)
     var = sol.exponent_var()
     se = math.sqrt(max(0.0, var)) if var is not None else None
+    free = (0 if fixed_n is not None else 1) + sum(
+        len(sc - set(fixed_o)) - (0 if sc & set(fixed_o) else 1) + len(bc)
+        for sc, bc in comps)
     return CalibrationFit(
         state="fitted", fitted_at=now, exponent=sol.exponent, exponent_se=se,
         offsets_db=dict(sorted(sol.offsets.items())),
@@ -608,7 +679,7 @@ def fit_pairs(pairs: list[PairSummary], *, now: float | None = None,
         downweighted_pairs=sum(1 for r in robust if r < 1.0), at_bounds=tuple(at),
         uncalibrated=uncalibrated,
         unlinked=tuple(sorted(s for sc, _ in comps if len(sc) == 1 for s in sc)),
-        groups=sum(1 for sc, _ in comps if len(sc) > 1))
+        groups=sum(1 for sc, _ in comps if len(sc) > 1), redundancy=len(used) - free)
 
 
 def _compare(fit: CalibrationFit, recent: list[CalibrationFit]) -> CalibrationFit:

@@ -73,11 +73,13 @@ def zone_radius_m(scanner: str, positions: Mapping[str, Position],
 def derive(fit: CalibrationFit, positions: Mapping[str, Position],
            zone_of: Mapping[str, str]) -> Correction:
     """The correction a fit implies. A fit that is not usable (not fitted, or whose
-    exponent ran into a bound or is not identified by the plan) corrects nothing:
-    better the configured values than a wrong model. Offsets the fit could not tell
+    exponent ran into a bound or is not identified by the plan, or with too few pairs
+    beyond its unknowns for the data to contradict it) corrects nothing: better the
+    configured values than a wrong model. Offsets the fit could not tell
     from their beacon's power (an unlinked scanner) stay 0."""
     if fit.state != "fitted" or fit.exponent is None or "exponent" in fit.at_bounds \
-            or fit.exponent_se is None or fit.exponent_se > EXPONENT_SE_MAX:
+            or fit.exponent_se is None or fit.exponent_se > EXPONENT_SE_MAX \
+            or not fit.checkable:
         return NONE
     # With more than one linked group of scanners (no beacon heard across them), each
     # group's offsets are fixed to mean zero on their own: right within a group, off

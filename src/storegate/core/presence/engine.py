@@ -114,6 +114,10 @@ class _Track:
     last_inside: float = float("-inf")
     door_peak: float = float("-inf")
     door_peak_ts: float = float("-inf")
+    # the entrance's strongest recent level (and when): a deep fade on the entrance link
+    # lowers it, or silences it, for a few seconds; that is no evidence of being inside
+    door_held: float = float("-inf")
+    door_held_ts: float = float("-inf")
 
 
 class PresenceEngine:
@@ -209,6 +213,15 @@ class PresenceEngine:
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
         interior = inner[interior_zone] if interior_zone is not None else None
         store = track.store
+        if at_door is not None and (at_door >= track.door_held
+                                    or ts - track.door_held_ts > st.window_s):
+            track.door_held, track.door_held_ts = at_door, ts
+        if store is None and ts - track.door_held_ts <= st.window_s:
+            # Pending a visit, the entrance counts at its strongest of the last window:
+            # a fade (one link, seconds) that drags its median down, or loses the phone
+            # at the entrance scanner, must not make a passer-by's nearest interior
+            # scanner look the stronger. Someone really inside stays so beyond it.
+            at_door = track.door_held if at_door is None else max(at_door, track.door_held)
         margin = st.interior_margin_db if store is None else st.stay_margin_db
         inside = (interior is not None and interior_zone is not None
                   and interior >= self._inside[interior_zone]
