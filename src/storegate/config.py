@@ -126,6 +126,9 @@ class StorageConfig(Section):
     shutdown_drain_s: float = Field(
         default=10.0, ge=0, description="On SIGTERM, publish what is pending for this long."
     )
+    status_file: Path | None = Field(
+        default=None, description="The live status file (rewritten every 2 s): on a "
+        "Raspberry Pi put it on /run (RAM), not the SD card. Default: beside the outbox.")
 
 
 class TelemetrySource(Section):
@@ -197,14 +200,18 @@ class SimulatorSource(Section):
     passers_by: int = Field(default=20, ge=0, le=10_000)
     hour_s: float = Field(default=600.0, ge=60, description="Length of one simulated run.")
     seed: int = 1
+    registry_from_central: bool = Field(
+        default=False, description="The app users' registry records (consents, profile, "
+        "pickup orders) come from central's customers commands, as in production (the "
+        "demo enrols them in central); false: made on the box as central would send them.")
 
 
 class LaneSimulatorSource(Section):
     """A simulated checkout lane on pseudo-terminals, read by the real serial taps."""
 
     enabled: bool = False
-    lane: str = Field(default="lane-1", description="The [[pos.lanes]] lane to simulate; "
-                      "its device ports become pty links.")
+    lane: str = Field(default="lane-1", description="The [[pos.lanes]] lane to simulate "
+                      "(\"*\": every lane); its device ports become pty links.")
     every_s: float = Field(default=20.0, ge=1, description="A customer this often.")
     seed: int = 1
 
@@ -220,13 +227,18 @@ class SourcesConfig(Section):
 class ZoneConfig(Section):
     id: str = Field(min_length=1, max_length=64)
     scanners: list[str] = Field(min_length=1, description="Scanners placed in this zone.")
-    min_rssi_dbm: float = Field(default=-80.0, ge=-120, le=0,
-                                description="Closer than this to count as in the zone.")
+    min_rssi_dbm: float | None = Field(
+        default=None, ge=-120, le=0, description="Closer than this to count as in the zone "
+        "(a checkout lane wants more). Unset: derived from the calibration fit (the zone's "
+        "radius on the plan), -80 dBm while there is none.")
     entrance: bool = Field(default=False, description="A door zone: its scanners also hear "
                            "the pavement, so a store visit needs interior evidence; passed "
                            "through, never a zone visit.")
     transit: bool = Field(default=False, description="Passed through (a corridor): never a "
                           "zone visit of its own.")
+    front: bool = Field(default=False, description="On the shop front (a checkout by the "
+                        "window): its scanners hear the pavement too, so entry confirmed "
+                        "here takes front_confirm_s.")
 
 
 class PresenceConfig(Section):
@@ -243,13 +255,34 @@ class PresenceConfig(Section):
     footfall_period_s: float = Field(default=300.0, ge=60, le=86400)
     occupancy_interval_s: float = Field(default=60.0, ge=5, le=3600)
     min_presence_s: float = Field(default=20.0, ge=0)
-    zone_min_presence_s: float = Field(default=15.0, ge=0)
+    zone_min_presence_s: float = Field(default=25.0, ge=0, description="A zone visit: "
+                                       "longer than walking through the largest zone.")
     exit_after_s: float = Field(default=10.0, gt=0)
     dwell_thresholds_s: list[float] = [60.0, 300.0, 900.0]
     inside_min_rssi_dbm: float = Field(default=-82.0, ge=-120, le=0)
     window_s: float = Field(default=6.0, gt=0)
-    switch_margin_db: float = Field(default=4.0, ge=0)
-    switch_hold_s: float = Field(default=3.0, ge=0)
+    switch_margin_db: float = Field(default=3.0, ge=0)
+    switch_hold_s: float = Field(default=1.5, ge=0)
+    # the door rules (a zone with entrance = true; docs/presence.md "The door")
+    interior_margin_db: float = Field(default=0.0, ge=-10, le=20, description="Inside: an "
+                                      "interior zone heard within this of the entrance.")
+    stay_margin_db: float = Field(default=3.0, ge=0, le=20, description="Once inside, the "
+                                  "margin widens to this (no flapping at the door).")
+    entry_confirm_s: float = Field(default=10.0, ge=0, le=600, description="Interior "
+                                   "evidence beyond the shop front, after a pass under the "
+                                   "entrance scanner, for this long opens a store visit.")
+    front_confirm_s: float = Field(default=30.0, ge=0, le=600, description="The same for "
+                                   "evidence in a front zone (people walk along the window) "
+                                   "or without a door pass: in one zone for this long.")
+    outside_after_s: float = Field(default=12.0, gt=0, le=600, description="No interior "
+                                   "evidence for this long: outside (exit dated back).")
+
+    @model_validator(mode="after")
+    def _door(self) -> PresenceConfig:
+        if self.stay_margin_db < self.interior_margin_db:
+            raise ValueError("stay_margin_db must be at least interior_margin_db (hysteresis "
+                             "at the door)")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> PresenceConfig:
@@ -901,6 +934,8 @@ class Config(Section):
     @property
     def status_path(self) -> Path:
         """Where the running gateway publishes its live status for ``storegate status``."""
+        if self.storage.status_file is not None:
+            return self.storage.status_file
         p = self.storage.path
         return p.with_name(p.name + ".status.json")
 
@@ -943,6 +978,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             section[key] = str(p if p.is_absolute() else base / p)
 
     fix(data.get("storage"), "path")
+    fix(data.get("storage"), "status_file")
     fix(data.get("presence"), "identities_file")
     fix(data.get("presence"), "beacons_file")
     fix(data.get("offers"), "campaigns_file")

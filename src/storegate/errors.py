@@ -79,3 +79,11 @@ class OutboxFullError(OutboxError):
 
 class OutboxClosedError(OutboxError):
     """The outbox is shutting down and accepts nothing more."""
+
+
+class ClockError(StoregateError):
+    """The wall clock is not set (a Raspberry Pi before time sync): events would carry a
+    time from 1970. Not exit code 2: under systemd the service is started again (after
+    RestartSec) until the clock is synced."""
+
+    exit_code = 4

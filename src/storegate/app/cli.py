@@ -28,7 +28,17 @@ from storegate import __version__
 from storegate.adapters import status_file
 from storegate.adapters.outbox import OutboxReader, OutboxStats, purge
 from storegate.adapters.plumbing import sleep_until_stopped
-from storegate.app import calibrate, keys, logs, posters_cli
+from storegate.app import (
+    backup,
+    calibrate,
+    demo,
+    firmware,
+    keys,
+    logs,
+    pos_template,
+    posters_cli,
+)
+from storegate.app.central import cli as central_cli
 from storegate.app.status import (
     GatewayStatusView,
     PersonalStatus,
@@ -295,7 +305,10 @@ def _print_pos(pos: PosStatus, now: float) -> None:
         c = lane.counters
         print(f"lane      {lane_id}: {c.get('purchases', 0)} purchases, {c.get('voided', 0)} "
               f"voided, {c.get('totals-mismatch', 0)} totals mismatches, "
-              f"{c.get('duplicate', 0)} duplicates")
+              f"{c.get('duplicate', 0)} duplicates" + (
+                  f"; {lane.adds_up_share:.0%} of recent receipts add up"
+                  if lane.adds_up_share is not None else "")
+              + (" (LAYOUT ALERT: check the template)" if lane.layout_alert else ""))
         for d in lane.devices:
             tap = d.tap  # the serial tap's own status (adapters/); None: simulated
             last = tap.last_byte_at if tap else None
@@ -673,10 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--currency", default="RUB")
     p.add_argument("--events-out", metavar="OUT.jsonl", help="default: standard output")
     p.set_defaults(func=cmd_pos_decode)
+    pos_template.add_parser(psub)
 
     keys.add_parser(sub, _add_config, _config)
     posters_cli.add_parser(sub, _add_config, _config)
     calibrate.add_parser(sub, _add_config, _config)
+    demo.add_parser(sub)  # storegate demo: the store in a box (app/demo/)
+    firmware.add_parser(sub, _add_config, _config)
+    backup.add_parser(sub, _add_config, _config)  # storegate backup|restore
+    central_cli.add_parser(sub, _add_config, _config)  # storegate central (app/central/)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

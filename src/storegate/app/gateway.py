@@ -40,6 +40,7 @@ from storegate.adapters.mqtt_paho import MqttPublisher, StatusMessages
 from storegate.adapters.outbox import Accepted, Outbox, OutboxReader
 from storegate.adapters.plumbing import sleep_until_stopped
 from storegate.adapters.registry_sqlite import RegistrySqlite
+from storegate.adapters.sd_notify import Notifier
 from storegate.app import collector
 from storegate.app.app_channel import AppChannel
 from storegate.app.checkin import CheckinService
@@ -65,6 +66,7 @@ from storegate.core import payloads as p
 from storegate.core import seal
 from storegate.core.backoff import Backoff
 from storegate.core.ble.eid import Identity
+from storegate.core.clock import clock_problem
 from storegate.core.commands import IdentityChange
 from storegate.core.ids import Uuid7Generator
 from storegate.core.personal.campaigns import CampaignsCommand
@@ -75,7 +77,7 @@ from storegate.core.personal.stitching import Stitcher
 from storegate.core.retention import RetentionBudget
 from storegate.core.topics import Topics
 from storegate.core.trust import TrustPolicy, Verified, load_public_key
-from storegate.errors import OutboxError
+from storegate.errors import ClockError, OutboxError
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,10 @@ class Gateway:
 
     def start(self) -> None:
         """Open storage and start publishing. Raises StoregateError subclasses."""
+        problem = clock_problem(self._wall())  # a Pi before time sync: refused loudly
+        if problem is not None:
+            log.error("%s", problem)
+            raise ClockError(problem)
         self.outbox.open()
         try:
             self.identities = IdentityStore(self.config.identities_path)
@@ -397,6 +403,9 @@ class Gateway:
             if store is not None:
                 with collector.paused():  # 100,000 records: see app/collector.py
                     delta = await apply_in_slices(self.registry, change, self._wall())
+                if self.app_channel is not None and delta.marketing_withdrawn:
+                    # their offers and tokens read out to no phone from now (erase below)
+                    self.app_channel.withhold(delta.marketing_withdrawn)
                 await self._follow_consent(change, delta)
                 if self.personal is not None:  # offers revoked, stitching forgotten
                     await self.personal.follow(delta)
@@ -470,6 +479,8 @@ class Gateway:
         with their consents (as central would send them), neither persisted."""
         if self.presence is not None:
             self.presence.enroll(identities, now)
+        if self.config.sources.simulator.registry_from_central:
+            return  # central sends their records (the demo enrolled them there)
         self.registry.apply(CustomersChange("upsert", tuple(demo_records(identities, now)),
                                             {}, (), None), now)
 
@@ -617,6 +628,7 @@ class Gateway:
             reason=reason,  # type: ignore[arg-type]
             seal_key=self.seal_key,
             offer_key=self.personal.offer_key if self.personal is not None else None,
+            last_sequence=self.outbox.last_sequence,
         )
         draft = ev.EventDraft(ev.GATEWAY_STATUS, f"gateway/{self.config.gateway_id}", now, data)
         event_id = self._ids.next(int(now * 1000), os.urandom(8))
@@ -712,6 +724,8 @@ class Gateway:
         self._loop = loop
         self.intake.bind(loop)
         self.start()
+        systemd = Notifier()  # Type=notify: READY, watchdog keep-alive, STOPPING
+        systemd.ready(f"running; outbox {self.outbox.depth} pending")
         try:
             if (presence_enabled(self.config) or self.checkin is not None) \
                     and self.identities is not None:
@@ -734,6 +748,7 @@ class Gateway:
                 tg.create_task(self._status_loop(stop))
                 tg.create_task(self.intake.run(stop))
                 tg.create_task(collector.tend(stop))  # issue 12: short GC pauses
+                tg.create_task(systemd.keep_alive(stop))  # from this loop: it must turn
                 if self.config.sources.telemetry.enabled:
                     tg.create_task(self._telemetry_loop(stop))
                 if self.config.http.enabled:  # the HTTP surface, in this loop (issue 12)
@@ -746,6 +761,7 @@ class Gateway:
                                  "https" if h.tls else "http", h.host, h.port)
                 await stop.wait()
         finally:
+            systemd.stopping("draining the outbox")
             log.info("stopping: no new events accepted; draining the outbox")
             if self.commands is not None:  # no command is checked (and burnt) from now on
                 await asyncio.to_thread(self.commands.stop)

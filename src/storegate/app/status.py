@@ -266,12 +266,19 @@ class PosDeviceStatus:
 class LaneStatus:
     counters: Mapping[str, int]  # the lane assembler's, by what happened
     devices: tuple[PosDeviceStatus, ...]
+    # share of the last receipts whose items add up (None: too few yet); the alert says
+    # it fell (a layout change): core/pos/lane.py
+    adds_up_share: float | None = None
+    layout_alert: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> LaneStatus:
+        share = d.get("adds_up_share")
         return cls(counters=_map(d.get("counters")),
                    devices=tuple(PosDeviceStatus.from_json(_map(x))
-                                 for x in d.get("devices") or ()))
+                                 for x in d.get("devices") or ()),
+                   adds_up_share=float(share) if share is not None else None,
+                   layout_alert=bool(d.get("layout_alert", False)))
 
 
 @dataclass(frozen=True, slots=True)

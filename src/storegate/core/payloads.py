@@ -49,6 +49,12 @@ class GatewayStatus(Payload):
         default=None,
         description="This gateway's offer-signing key: tills, the store's other gateways "
         "(redemption.trusted_token_keys) and central verify its offer tokens with it.")
+    last_sequence: int | None = Field(
+        default=None, ge=0,
+        description="Newest sequence accepted when this certificate was made (the death "
+        "certificate after the drain: the end of the stream; the Last Will: as of the "
+        "connection): lets central see a gap at the tail without waiting for a later "
+        "event.")
 
 
 class GatewayTelemetry(Payload):
@@ -95,6 +101,12 @@ class LaneHealth(Payload):
                                 "lane's parsers (noise, bad checksums, timeouts...).")
     totals_mismatch_total: int = Field(ge=0)
     devices_down: list[str] = Field(description="Roles whose tap is not open.")
+    adds_up_share: float | None = Field(
+        default=None, ge=0, le=1, description="Of the lane's last 50 receipts, the share "
+        "whose items add up to the total; null until 10 were read. A fall means the "
+        "receipt layout changed (printer firmware, new till): check the template.")
+    layout_alert: bool = Field(
+        default=False, description="adds_up_share fell below 0.8 (clears at 0.95).")
 
 
 class PresenceHealth(Payload):
@@ -280,6 +292,9 @@ class PurchaseCompleted(Payload):
     items: list[LineItem]
     tenders: list[Tender] = []
     discount_minor: int = Field(default=0, ge=0)
+    tax_minor: int = Field(default=0, ge=0, description="Sales tax printed on top of the "
+                           "items (US receipts): total = items - discounts + tax. VAT "
+                           "included in the prices (Russian, EU receipts) is not here.")
     total_minor: int
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
     loyalty_id: str | None = Field(
