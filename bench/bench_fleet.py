@@ -47,7 +47,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import nats  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
@@ -135,7 +134,7 @@ def publish_all(client: mqtt.Client, gw: Gateway, count: int, start: int,
 
 def stream_info(cluster: NatsCluster) -> tuple[int, str | None]:
     async def go() -> tuple[int, str | None]:
-        nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+        nc = await cluster.connect()  # TLS, the test CA
         try:
             info = await nc.jetstream().stream_info("STOREGATE_EVENTS")
             return info.state.messages, info.cluster.leader if info.cluster else None

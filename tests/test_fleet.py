@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import nats
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -50,7 +51,7 @@ RATE = 150.0  # events/s per store: the stream runs for about 10 s
 def stream_state(cluster: NatsCluster) -> tuple[int, str | None]:
     """(messages in the stream, the node leading it)."""
     async def go() -> tuple[int, str | None]:
-        nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+        nc = await cluster.connect()
         try:
             info = await nc.jetstream().stream_info("STOREGATE_EVENTS")
             leader = info.cluster.leader if info.cluster else None
@@ -63,7 +64,7 @@ def stream_state(cluster: NatsCluster) -> tuple[int, str | None]:
 def consumer_settled(cluster: NatsCluster) -> bool:
     """Nothing left for the durable: none pending, none delivered and unacked."""
     async def go() -> bool:
-        nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+        nc = await cluster.connect()
         try:
             info = await nc.jetstream().consumer_info("STOREGATE_EVENTS", "central")
             return info.num_pending == 0 and info.num_ack_pending == 0
@@ -226,7 +227,7 @@ def gap_states(db: str) -> dict[tuple[int, int], str]:
 
 def events_in_stream(cluster: NatsCluster) -> int:
     async def go() -> int:
-        nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+        nc = await cluster.connect()
         try:
             info = await nc.jetstream().stream_info("STOREGATE_EVENTS",
                                                     subjects_filter="storegate.v1.*.*.events.>")
@@ -239,7 +240,7 @@ def events_in_stream(cluster: NatsCluster) -> int:
 async def delete_events(cluster: NatsCluster, positions: list[int]) -> list[str]:
     """Delete the events at these positions (0-based, among the stream's events) from
     the stream; returns their ids."""
-    nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+    nc = await cluster.connect()
     try:
         js = nc.jetstream()
         info = await js.stream_info("STOREGATE_EVENTS")
@@ -262,6 +263,13 @@ def test_a_bad_source_url_is_one_clear_line(tmp_path: Path) -> None:
     r = storegate("central", "--source", "mqtt://broker:1883", "--http-port", "0",
                   "--storage", str(tmp_path / "central.db"))
     one_clear_line(r, "not a NATS URL", "mqtt://broker:1883")
+
+
+def test_a_nats_ca_file_that_is_not_there_is_one_clear_line(tmp_path: Path) -> None:
+    r = storegate("central", "--source", "tls://central@127.0.0.1:4222", "--http-port", "0",
+                  "--nats-cafile", str(tmp_path / "missing.pem"),
+                  "--storage", str(tmp_path / "central.db"))
+    one_clear_line(r, "as the NATS cluster's CA", "missing.pem")
 
 
 def test_a_batch_the_handler_cannot_store_is_handed_back_and_comes_again(
@@ -298,7 +306,8 @@ def test_a_batch_the_handler_cannot_store_is_handed_back_and_comes_again(
 
         async def go() -> NatsSource:
             source = NatsSource(NatsSourceSettings(
-                servers=tuple(cluster.urls), user="central", password=PASSWORD, batch=20),
+                servers=tuple(cluster.urls), user="central", password=PASSWORD, batch=20,
+                ca_file=str(cluster.ca)),
                 handler)
             stop = asyncio.Event()
             task = asyncio.create_task(source.run(stop))
@@ -316,5 +325,81 @@ def test_a_batch_the_handler_cannot_store_is_handed_back_and_comes_again(
         assert source.counts.acked == 50
         assert source.last_error is not None and "database unreachable" in source.last_error
         wait_for(lambda: consumer_settled(cluster), 30, "nothing left unacked")
+    finally:
+        cluster.stop()
+
+
+def _probe(port: int, *, tls: ssl.SSLContext | None = None,
+           info_first: bool = True, cluster: str = "") -> tuple[bytes, bytes]:
+    """A raw connection to a node's port: (the server's INFO line if it sends one
+    before TLS, everything it said after our CONNECT and PING until it closed). A PONG
+    means it let us in. ``cluster``: a route's CONNECT, naming the cluster."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        info = b""
+        while info_first and not info.endswith(b"\r\n"):
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            info += chunk
+        sock: socket.socket = raw
+        after = b""
+        try:
+            if tls is not None:
+                sock = tls.wrap_socket(raw, server_hostname="127.0.0.1")
+            connect = {"verbose": False, "pedantic": False}
+            if cluster:
+                connect |= {"name": "NINTRUDER", "cluster": cluster, "headers": True}
+            sock.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+            while b"PONG" not in after and (chunk := sock.recv(4096)):
+                after += chunk
+        except (ssl.SSLError, ConnectionError) as e:
+            after += f"<{type(e).__name__}>".encode()
+        return info, after
+
+
+def test_a_plain_client_and_a_route_without_the_nodes_certificate_are_refused(
+        tmp_path: Path) -> None:
+    """The shipped cluster: TLS only on the client port, mutual TLS with central's CA on
+    the route port (routes carry every store's events)."""
+    from tests.support.store_broker import TestCA
+
+    cluster = start_cluster(tmp_path / "nats")
+    try:
+        node = cluster.nodes[0]
+        # the client port: central over TLS gets in (the control)...
+        async def tls_client() -> bool:
+            nc = await cluster.connect()
+            try:
+                await nc.flush(5)
+                return bool(nc.is_connected)
+            finally:
+                await nc.close()
+        assert asyncio.run(tls_client())
+        # ...a plain client does not: the server wants a TLS handshake after its INFO,
+        # and our plain CONNECT (no password needed to show it) ends the connection
+        info, after = _probe(node.ports.client)
+        assert b'"tls_required":true' in info
+        assert b"PONG" not in after, after
+
+        # the route port: TLS first (it says nothing before the handshake); a plain
+        # CONNECT is refused...
+        _, after = _probe(node.ports.cluster, info_first=False, cluster="storegate-central")
+        assert b"PONG" not in after and b"INFO" not in after, after
+        # ...and so is TLS with a certificate central's CA did not issue (a would-be
+        # node that could otherwise read every store's events)
+        (tmp_path / "rogue").mkdir()
+        rogue = TestCA(tmp_path / "rogue")
+        issued = rogue.issue("nats-9", tmp_path / "rogue" / "node.pem",
+                             tmp_path / "rogue" / "node.key", server=True, client_too=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the intruder trusts anything; it is refused
+        ctx.load_cert_chain(str(issued.cert), str(issued.key))
+        _, after = _probe(node.ports.cluster, tls=ctx, info_first=False,
+                          cluster="storegate-central")
+        assert b"PONG" not in after, after
+        assert after.startswith(b"<"), after  # the handshake or the first read failed
+        # the nodes themselves, with central's CA's certificates, form the cluster
+        assert all(n.healthy() for n in cluster.nodes)
     finally:
         cluster.stop()

@@ -89,7 +89,9 @@ def test_the_test_cluster_changes_only_ports_routes_and_paths(tmp_path: Path) ->
     tested = as_tested(shared, ports[0], ports, tmp_path)
     changed = [(a, b) for a, b in zip(shared.splitlines(), tested.splitlines(), strict=True)
                if a != b]
-    assert len(changed) == 10  # 3 listens, http, store_dir, 2 cert files, 3 routes
+    # 3 listens, http, store_dir, 7 certificate files (client, route and MQTT TLS), 3 routes
+    assert len(changed) == 15
+    assert f"ca_file: {tmp_path}/certs/central-ca.pem" in tested  # the routes' CA
     assert "listen: 127.0.0.1:30" in tested  # the MQTT block's listener
     assert "nats-route://127.0.0.1:22" in tested
 
@@ -131,3 +133,33 @@ def test_commands_mqtt_addresses_list_every_node() -> None:
                                  ("n3.example.net", 1883)]
     with pytest.raises(NatsSourceError, match="no MQTT address"):
         mqtt_addresses(MqttSettings(host=" , ", port=1883, client_id="c"))
+
+
+def test_the_client_and_route_ports_are_tls_only() -> None:
+    """No plain port but loopback monitoring (the refusals themselves are checked on a
+    running cluster: tests/test_fleet.py)."""
+    text = (SHIPPED / "central-cluster.conf").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.strip().startswith("#"))
+    top_tls = re.search(r"^tls \{([^}]*)\}", code, re.M)
+    assert top_tls is not None and "cert_file: /etc/nats/certs/node.pem" in top_tls.group(1)
+    cluster = code[code.index("cluster {"):code.index("mqtt {")]
+    route_tls = re.search(r"tls \{([^}]*)\}", cluster)
+    assert route_tls is not None
+    assert "ca_file: /etc/nats/certs/central-ca.pem" in route_tls.group(1)
+    assert "insecure" not in code  # never skip verifying a peer
+    assert "http: 127.0.0.1:" in code
+
+
+def test_a_ca_file_central_cannot_use_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.support.store_broker import TestCA
+
+    s = NatsSourceSettings.from_url("tls://central@h:4222", {}, ca_file=str(tmp_path / "no.pem"))
+    with pytest.raises(NatsSourceError, match="cannot use .*no.pem.* as the NATS cluster's CA"):
+        s.tls_context()
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(NatsSourceError, match="cannot use"):
+        NatsSourceSettings(servers=("tls://h:4222",), ca_file=str(tmp_path / "junk.pem"),
+                           ).tls_context()
+    ca = TestCA(tmp_path)
+    assert NatsSourceSettings(servers=("tls://h:4222",), ca_file=str(ca.path)).tls_context()
+    assert NatsSourceSettings(servers=("tls://h:4222",)).tls_context() is None

@@ -4,8 +4,9 @@ can kill and restart one by one.
 Each node runs the shipped ``nats-N.conf``, ``central-cluster.conf`` and
 ``accounts.conf`` with these differences and no others (``as_tested`` asserts it line by
 line): listen, http and MQTT ports become free loopback ports, route addresses point at
-the other nodes' loopback ports, ``store_dir`` and the MQTT certificate files live in the
-test's directory. Passwords come from the environment, as on a real node.
+the other nodes' loopback ports, ``store_dir`` and the certificate files (client and route
+TLS, MQTT) live in the test's directory, issued by a throwaway CA. Passwords come from the
+environment, as on a real node.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.store_broker import TestCA
 from tests.support.waiting import wait_for
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "deploy" / "nats"
@@ -35,7 +41,8 @@ PASSWORD = "correct-horse-battery-staple"  # every test login's
 STORES = ("store-0042", "store-0043")  # the stores deploy/nats/accounts.conf names
 
 # The only settings whose values the test may change in the shipped files.
-SUBSTITUTED = frozenset({"listen", "http", "store_dir", "cert_file", "key_file"})
+SUBSTITUTED = frozenset({"listen", "http", "store_dir", "cert_file", "key_file", "ca_file"})
+CERT_DIR = "/etc/nats/certs/"  # where the shipped files keep certificates and keys
 ROUTE = re.compile(r"^(\s*)nats-route://nats-(\d)\.central\.example\.net:6222$")
 
 
@@ -93,9 +100,9 @@ def as_tested(shipped: str, ports: Ports, all_ports: list[Ports], work: Path) ->
                 new = re.sub(r"http: \S+$", f"http: 127.0.0.1:{ports.http}", line)
             elif _key(line) == "store_dir":
                 new = re.sub(r"store_dir: \S+$", f"store_dir: {work / 'jetstream'}", line)
-            elif _key(line) in ("cert_file", "key_file"):
-                name = "mqtt.pem" if _key(line) == "cert_file" else "mqtt.key"
-                new = re.sub(r"_file: \S+$", f"_file: {work / 'certs' / name}", line)
+            elif _key(line) in ("cert_file", "key_file", "ca_file"):
+                # the same file name, in the test's directory
+                new = line.replace(f": {CERT_DIR}", f": {work / 'certs'}/")
             elif (m := ROUTE.match(line)) is not None:
                 other = all_ports[int(m.group(2)) - 1]
                 new = f"{m.group(1)}nats-route://127.0.0.1:{other.cluster}"
@@ -125,7 +132,7 @@ class NatsNode:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.ports.client}"
+        return f"tls://127.0.0.1:{self.ports.client}"
 
     @property
     def log(self) -> Path:
@@ -175,8 +182,18 @@ class NatsNode:
 @dataclass
 class NatsCluster:
     nodes: list[NatsNode]
-    ca: Path  # what a store's bridge trusts (bridge_cafile)
+    ca: Path  # what a store's bridge and central trust (bridge_cafile, --nats-cafile)
     tested: dict[str, str] = field(default_factory=dict)  # file name -> text as run
+
+    def tls(self) -> ssl.SSLContext:
+        """What central's client trusts: the test CA."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    async def connect(self, user: str = "central") -> Client:
+        """A nats-py client on every node, TLS, ``user``'s login."""
+        import nats
+
+        return await nats.connect(self.urls, user=user, password=PASSWORD, tls=self.tls())
 
     @property
     def urls(self) -> list[str]:
@@ -222,8 +239,13 @@ def start_cluster(work: Path) -> NatsCluster:
     for i, ports in enumerate(all_ports, start=1):
         node_dir = work / f"nats-{i}"
         (node_dir / "certs").mkdir(parents=True)
-        ca.issue(f"nats-{i}", node_dir / "certs" / "mqtt.pem", node_dir / "certs" / "mqtt.key",
-                 server=True)
+        certs = node_dir / "certs"
+        ca.issue(f"nats-{i}", certs / "mqtt.pem", certs / "mqtt.key", server=True)
+        # client and route TLS: a server's certificate that is a client's too (a route
+        # connects to the other nodes with it)
+        ca.issue(f"nats-{i}", certs / "node.pem", certs / "node.key", server=True,
+                 client_too=True)
+        shutil.copy(ca.path, certs / "central-ca.pem")
         text = as_tested(shared, ports, all_ports, node_dir)
         tested[f"nats-{i}/central-cluster.conf"] = text
         (node_dir / "central-cluster.conf").write_text(text)
@@ -296,7 +318,7 @@ async def create_stream(cluster: NatsCluster) -> None:
     import nats.errors
     from nats.js.api import StreamConfig
 
-    nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+    nc = await cluster.connect()
     try:
         config = StreamConfig.from_response(json.loads(STREAM_FILE.read_text()))
         js = nc.jetstream()
@@ -348,7 +370,7 @@ def start_central(db: str, cluster: NatsCluster, log: Path, key: Path, *,
     node ``commands_node``'s listener first, then the others', TLS, central's login."""
     from tests.support.central import CENTRAL
 
-    url = "nats://central@" + ",".join(u.removeprefix("nats://") for u in cluster.urls)
+    url = "tls://central@" + ",".join(u.removeprefix("tls://") for u in cluster.urls)
     # every node's MQTT listener, this instance's first (it fails over to the next)
     ports = cluster.mqtt_ports[commands_node:] + cluster.mqtt_ports[:commands_node]
     env = dict(os.environ)
@@ -361,6 +383,7 @@ def start_central(db: str, cluster: NatsCluster, log: Path, key: Path, *,
              "--source", f"{url}?batch={batch}&durable={durable}",
              "--mqtt-host", ",".join(f"127.0.0.1:{p}" for p in ports),
              "--mqtt-username", "central", "--mqtt-cafile", str(cluster.ca),
+             "--nats-cafile", str(cluster.ca),
              "--key", str(key), "--kid", CENTRAL.kid, "--http-port", "0",
              "--gap-interval", str(gap_interval)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -372,9 +395,7 @@ async def move_stream_leader(cluster: NatsCluster, to: str, stream: str = "STORE
     preference, nats-server 2.11+), and wait until it has."""
     import json
 
-    import nats
-
-    nc = await nats.connect(cluster.urls, user="central", password=PASSWORD)
+    nc = await cluster.connect()
     try:
         js = nc.jetstream()
         for _ in range(20):

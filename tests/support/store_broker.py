@@ -111,11 +111,15 @@ class TestCA:
         self.path = directory / "ca.pem"
         self.path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, cert: Path, key: Path, *, server: bool) -> Issued:
-        """A leaf certificate: a server's for 127.0.0.1, or a client's (the bridge)."""
+    def issue(self, name: str, cert: Path, key: Path, *, server: bool,
+              client_too: bool = False) -> Issued:
+        """A leaf certificate: a server's for 127.0.0.1, or a client's (the bridge); a
+        server's ``client_too`` is also a client's (a NATS node's route certificate)."""
         leaf_key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        if client_too or not server:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         built = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -125,7 +129,7 @@ class TestCA:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName([
                 x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost"),
             ]), critical=False)

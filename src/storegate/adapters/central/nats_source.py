@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -128,11 +129,16 @@ def consumer_config(durable: str, *, ack_wait_s: float = ACK_WAIT_S,
 
 @dataclass(frozen=True, slots=True)
 class NatsSourceSettings:
-    """Where to read: the cluster's nodes, the login, the stream and the durable."""
+    """Where to read: the cluster's nodes, the login, the CA that issued the nodes'
+    certificates, the stream and the durable."""
 
     servers: tuple[str, ...]
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    # PEM file of the CA the nodes' client certificates come from (deploy/nats:
+    # central-ca.pem); None: the system's trust store. Given one, a nats:// URL is
+    # upgraded to TLS too (the shipped cluster refuses a plain client).
+    ca_file: str | None = None
     stream: str = STREAM
     durable: str = DURABLE
     replicas: int = REPLICAS
@@ -149,9 +155,23 @@ class NatsSourceSettings:
         if not 1 <= self.replicas <= 5:
             raise NatsSourceError(f"replicas must be 1..5, got {self.replicas}")
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """TLS trusting ``ca_file`` (None without one: nats-py then uses the system's
+        trust store for tls:// URLs). An unreadable or non-PEM file is a
+        NatsSourceError, said at start rather than at every reconnect."""
+        if self.ca_file is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise NatsSourceError(f"cannot use {self.ca_file!r} as the NATS cluster's CA "
+                                  f"(a PEM certificate file): {describe_error(e)}") from e
+
     @classmethod
-    def from_url(cls, url: str, environ: dict[str, str] | None = None) -> NatsSourceSettings:
-        """``nats://[user@]host:port[,host:port...][?durable=&batch=&replicas=]``.
+    def from_url(cls, url: str, environ: dict[str, str] | None = None, *,
+                 ca_file: str | None = None) -> NatsSourceSettings:
+        """``nats://[user@]host:port[,host:port...][?durable=&batch=&replicas=]``
+        (``tls://`` the same, TLS required), trusting ``ca_file`` if given.
 
         Every node of the cluster in one URL, comma-separated, so the client can fail
         over from the first contact. The password is read from ``STOREGATE_NATS_PASSWORD``
@@ -183,7 +203,7 @@ class NatsSourceSettings:
             user=urllib.parse.unquote(user) or None,
             password=urllib.parse.unquote(password) or env.get(PASSWORD_ENV) or None,
             stream=one("stream", STREAM), durable=one("durable", DURABLE),
-            batch=batch, replicas=replicas)
+            batch=batch, replicas=replicas, ca_file=ca_file)
 
 
 @dataclass
@@ -276,11 +296,12 @@ class NatsSource:
             self._log_once(f"nats:{type(e).__name__}", "NATS client error: %s",
                            describe_error(e))
 
+        tls = s.tls_context()
         attempt = 0
         while not stop.is_set():
             try:
                 nc = await nats.connect(
-                    servers=list(s.servers), user=s.user, password=s.password,
+                    servers=list(s.servers), user=s.user, password=s.password, tls=tls,
                     name=f"storegate-central-{os.getpid()}",
                     allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5, connect_timeout=3,

@@ -48,12 +48,15 @@ def add_parser(sub: Any, add_config: Callable[[argparse.ArgumentParser], None],
                    "stream")
     # a fleet on a NATS cluster (docs/fleet.md, app/central/fleet.py)
     p.add_argument("--source", default=None, metavar="URL",
-                   help="nats://[user@]host:4222,host:4222,...: read events from the "
+                   help="tls://[user@]host:4222,host:4222,...: read events from the "
                    "cluster's JetStream stream (password in STOREGATE_NATS_PASSWORD); "
                    "commands then go to the cluster's MQTT listeners: --mqtt-host "
                    "host:8883,host:8883,... (each node's, failed over in turn)")
     p.add_argument("--mqtt-cafile", default=None, metavar="FILE",
                    help="MQTT over TLS, trusting this CA (a NATS cluster's MQTT listener)")
+    p.add_argument("--nats-cafile", default=None, metavar="FILE",
+                   help="--source over TLS, trusting this CA (the one that issued the "
+                   "NATS nodes' certificates; default: the system's trust store)")
     p.add_argument("--key", metavar="FILE", default=None,
                    help="central's Ed25519 signing key (storegate keys new-central); "
                    "without it no command is sent (ingest only)")
@@ -124,7 +127,8 @@ def run_central(args: argparse.Namespace) -> int:
     if args.source is not None:  # a fleet: events from NATS JetStream (docs/fleet.md)
         from storegate.app.central.fleet import source_from_url  # noqa: PLC0415
 
-        source = source_from_url(args.source, ingest.handle_many, settings)
+        source = source_from_url(args.source, ingest.handle_many, settings,
+                                 ca_file=args.nats_cafile)
     else:
         source = MqttSource(settings, ingest.handle_many, group=args.group)
     commands = (Commands(db, key, args.kid, source.publish) if key is not None else None)

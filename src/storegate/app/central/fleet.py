@@ -206,7 +206,11 @@ class FailoverPublisher:
         client.loop_stop()
 
 
-def source_from_url(url: str, handle: Handler, commands_mqtt: MqttSettings) -> NatsIngestSource:
-    """``--source nats://[user@]host:4222,host:4222,...[?durable=&batch=]``; the
-    password from ``STOREGATE_NATS_PASSWORD``. A bad URL is a NatsSourceError (exit 2)."""
-    return NatsIngestSource(NatsSourceSettings.from_url(url), handle, commands_mqtt)
+def source_from_url(url: str, handle: Handler, commands_mqtt: MqttSettings, *,
+                    ca_file: str | None = None) -> NatsIngestSource:
+    """``--source tls://[user@]host:4222,host:4222,...[?durable=&batch=]`` (or nats://),
+    trusting ``--nats-cafile``; the password from ``STOREGATE_NATS_PASSWORD``. A bad URL
+    or CA file is a NatsSourceError (exit 2)."""
+    settings = NatsSourceSettings.from_url(url, ca_file=ca_file)
+    settings.tls_context()  # an unusable CA file fails here, once, not at each reconnect
+    return NatsIngestSource(settings, handle, commands_mqtt)
