@@ -68,7 +68,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from tests.support.central import CENTRAL, customer_record, topic  # noqa: E402
-from tests.support.gateway_proc import start_run, storegate, write_config  # noqa: E402
+from tests.support.gateway_proc import env, start_run, storegate, write_config  # noqa: E402
 from tests.support.http import (  # noqa: E402
     APP_KEY,
     APP_KID,
@@ -227,26 +227,73 @@ import gc, os, sys, time
 _start = [0.0]
 _out = os.environ["BENCH_GC_LOG"]
 
+_cpu = [0.0]
+
 def _note(phase, info):
     if phase == "start":
         _start[0] = time.perf_counter()
+        _cpu[0] = time.thread_time()
         return
     ms = (time.perf_counter() - _start[0]) * 1000
     if ms >= 10 and "run" in sys.argv:
+        cpu = (time.thread_time() - _cpu[0]) * 1000  # the rest: waiting for a CPU
         with open(_out, "a") as f:
             f.write(f"{info['generation']} {ms:.1f} {info['collected']} "
-                    f"{gc.get_freeze_count()} {time.time():.1f}\\n")
+                    f"{gc.get_freeze_count()} {time.time():.1f} {cpu:.1f}\\n")
 
 gc.callbacks.append(_note)
 """
 
 
-def gc_pauses(path: Path) -> dict[str, Any]:
+# With --trace-steps the gateway process times the two commits on an offer's way to the
+# phone (in their worker threads: the fsyncs), appended to a file per call.
+STEPS_SITE = """
+import os, sys, time
+if "run" in sys.argv:
+    from storegate.adapters import app_inbox, redemption_sqlite
+    _steps = os.environ["BENCH_STEPS_LOG"]
+
+    def _timed(cls, name, label):
+        orig = getattr(cls, name)
+
+        def timed(self, *a, **k):
+            t = time.perf_counter()
+            try:
+                return orig(self, *a, **k)
+            finally:
+                ms = (time.perf_counter() - t) * 1000
+                with open(_steps, "a") as f:
+                    f.write(f"{label} {ms:.2f} {time.time():.3f}\\n")
+        setattr(cls, name, timed)
+
+    if hasattr(redemption_sqlite.RedemptionStore, "issue_many"):
+        _timed(redemption_sqlite.RedemptionStore, "issue_many", "ledger_issue_many")
+    else:  # a gateway from before group commit: one transaction per offer
+        _timed(redemption_sqlite.RedemptionStore, "issue", "ledger_issue")
+    _timed(app_inbox.AppInbox, "commit", "inbox_commit")
+"""
+
+
+def step_times(path: Path, since: float, until: float) -> dict[str, Any]:
     rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-    by_gen: dict[str, list[float]] = {}
-    for gen, ms, *_ in rows:  # then: collected, frozen objects, when
-        by_gen.setdefault(f"gen{gen}", []).append(float(ms))
-    return {g: {"count": len(v), "max_ms": max(v), "total_ms": round(sum(v))}
+    by: dict[str, list[float]] = {}
+    for label, ms, when in rows:
+        if since <= float(when) <= until:
+            by.setdefault(label, []).append(float(ms))
+    return {k: summary(v) for k, v in sorted(by.items())}
+
+
+def gc_pauses(path: Path, until: float) -> dict[str, Any]:
+    """Pauses up to ``until`` (the end of the measurement: not the gateway's stop)."""
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    by_gen: dict[str, list[tuple[float, float]]] = {}
+    for gen, ms, _, _, when, cpu in rows:  # collected, frozen objects
+        if float(when) > until:
+            continue
+        by_gen.setdefault(f"gen{gen}", []).append((float(ms), float(cpu)))
+    return {g: {"count": len(v), "max_ms": max(w for w, _ in v),
+                "total_ms": round(sum(w for w, _ in v)),
+                "max_cpu_ms": max(c for _, c in v)}  # the rest: waiting for a CPU
             for g, v in sorted(by_gen.items())}
 
 
@@ -518,6 +565,7 @@ async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: i
             return (wall - float(message["data"]["issued_at"])) * 1000
 
         # 1-2. paced: one customer at a time into the checkout zone and out again
+        result["push_started"] = time.time()
         paced_sched = Sched(gw_pid, os.getpid())
         pushed: list[float] = []
         till_ms: list[float] = []
@@ -558,6 +606,7 @@ async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: i
             result["push_burst"]["checkins_per_s"] = round(
                 len(rest) / (time.perf_counter() - t_burst))
 
+        result["push_ended"] = time.time()
         gc.enable()
 
         # 3. requests/s, everything still connected; the bare endpoint in between
@@ -577,6 +626,7 @@ async def measure(args: argparse.Namespace, port: int, gw_pid: int, bare_port: i
             api[label]["ratio_to_bare"] = round(api[label]["rps"] / bare_rps, 2)
         result["api"] = api
         result["rss_end_mib"] = rss_mib(gw_pid)
+        result["measured_until"] = time.time()
         result["bare_rss_mib"] = rss_mib(bare_pid)
         result["still_connected"] = {
             "phones": sum(not t.done() for t in tasks[:len(phones)]),
@@ -599,6 +649,10 @@ def main() -> None:
     ap.add_argument("--gc-log", action="store_true", help="note the gateway's collector "
                     "pauses of 10 ms or more (a sitecustomize in the gateway process)")
     # internal: the child processes
+    ap.add_argument("--trace-steps", action="store_true", help="time the gateway's "
+                    "ledger and inbox commits (their fsyncs) during the push phases")
+    ap.add_argument("--out", type=Path, help="write the JSON here (default: "
+                    "bench/results/http.json, or http-<N>-lanes.json)")
     ap.add_argument("--load-port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--load-path", help=argparse.SUPPRESS)
     ap.add_argument("--load-header", action="append", default=[], help=argparse.SUPPRESS)
@@ -622,10 +676,13 @@ def main() -> None:
         storage = root / "state" / "outbox.db"
         config = write_config(root / "gw.toml", port=broker.port, storage=storage,
                               extra=config_text(port, printers))
-        if args.gc_log:
+        if args.gc_log or args.trace_steps:
             (root / "site").mkdir()
-            (root / "site" / "sitecustomize.py").write_text(GC_LOG_SITE)
+            (root / "site" / "sitecustomize.py").write_text(
+                (GC_LOG_SITE if args.gc_log else "")
+                + (STEPS_SITE if args.trace_steps else ""))
             os.environ["BENCH_GC_LOG"] = str(root / "gc.log")
+            os.environ["BENCH_STEPS_LOG"] = str(root / "steps.log")
             os.environ["PYTHONPATH"] = os.pathsep.join(
                 x for x in (str(root / "site"), os.environ.get("PYTHONPATH")) if x)
         gw = start_run(config, stderr=root / "gw.log")
@@ -663,8 +720,12 @@ def main() -> None:
                     proc.wait(30)
             broker.kill()
             log = (root / "gw.log").read_text()
+            if args.trace_steps and "push_started" in result:
+                result["gateway_commits_during_pushes"] = step_times(
+                    root / "steps.log", result["push_started"], result["push_ended"])
             if args.gc_log:
-                result["gateway_gc_pauses_10ms"] = gc_pauses(root / "gc.log")
+                result["gateway_gc_pauses_10ms"] = gc_pauses(
+                    root / "gc.log", result.get("measured_until", time.time()))
                 if (root / "gc.log").exists():
                     print((root / "gc.log").read_text(), file=sys.stderr)
             if "Traceback" in log or "config error" in log:
@@ -672,11 +733,22 @@ def main() -> None:
     result["setup"] = {"clients": args.clients, "screens": args.screens, "lanes": args.lanes,
                        "samples": args.samples, "conns": args.conns,
                        "duration_s": args.duration, "cpus": os.cpu_count(),
-                       "gateway": "storegate run (real process)"}
+                       "gateway": "storegate run (real process)",
+                       # which source ran: PYTHONPATH=<a worktree>/src runs another
+                       # commit's gateway with this bench (a baseline in the same minutes)
+                       "gateway_src": gateway_src()}
     report(result)
-    out = RESULTS if args.lanes == 1 else RESULTS.with_name(f"http-{args.lanes}-lanes.json")
+    out = args.out or (RESULTS if args.lanes == 1
+                       else RESULTS.with_name(f"http-{args.lanes}-lanes.json"))
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def gateway_src() -> str:
+    """Where the gateway process imports storegate from (its environment, as run)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import storegate; print(storegate.__file__)"], env=env(),
+        capture_output=True, text=True, check=True).stdout.strip()
 
 
 def report(r: dict[str, Any]) -> None:
@@ -717,6 +789,11 @@ def report(r: dict[str, Any]) -> None:
         print(f"  GET {x['path']:14s} ({label:11s}) {x['rps']:6d} req/s  p50 {x['p50_ms']:6.2f} ms"
               f"  p99 {x['p99_ms']:6.2f} ms  statuses {x['statuses']}  CPU: server "
               f"{x['server_cpu_share']:.2f}, client {x['client_cpu_share']:.2f}{verdict}")
+    if "gateway_commits_during_pushes" in r:
+        for label, x in r["gateway_commits_during_pushes"].items():
+            print(f"  gateway {label:18s} (thread, with its fsync) n={x['n']:6d}  "
+                  f"p50 {x['p50_ms']:7.2f} ms  p99 {x['p99_ms']:7.2f} ms  "
+                  f"max {x['max_ms']:7.2f} ms")
     if "gateway_gc_pauses_10ms" in r:
         print(f"  gateway collector pauses >= 10 ms over the run: {r['gateway_gc_pauses_10ms']}")
     print(f"  gateway RSS: idle {r['rss_idle_mib']} MiB, all connected "

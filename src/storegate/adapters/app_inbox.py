@@ -161,6 +161,11 @@ def _offer_body(e: OfferEntry) -> dict[str, Any]:
             "issued_at": e.issued_at, "expires_at": e.expires_at}
 
 
+class InboxLocked(sqlite3.OperationalError):
+    """Another connection (another process) holds the file's write lock: a stage asked
+    not to wait (:meth:`AppInbox.stage`) began nothing."""
+
+
 class AppInbox:
     def __init__(self, path: Path, *, max_per_customer: int = MAX_PER_CUSTOMER,
                  max_total: int = MAX_TOTAL,
@@ -170,6 +175,7 @@ class AppInbox:
         self.max_total = max_total
         self.max_offers_per_customer = max_offers_per_customer
         self._db = open_private(path, _SCHEMA, what="the app inbox", secure_delete=True)
+        self._busy_timeout_ms = int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
         # observable state (counters since start)
         self.appended_total = 0
         self.dropped_over_bound_total = 0
@@ -197,7 +203,7 @@ class AppInbox:
         self.commit(staged)
         return staged.messages
 
-    def stage(self, entries: Sequence[Entry], now: float) -> Staged:
+    def stage(self, entries: Sequence[Entry], now: float, *, wait: bool = True) -> Staged:
         """:meth:`append` up to its commit: the transaction begun and written (SQLite's
         page cache: tens of µs an entry, no fsync), not yet durable, so nothing of it
         may be shown to anyone before :meth:`commit` returns. Exactly one of
@@ -205,10 +211,17 @@ class AppInbox:
         other call. The app channel stages on the event loop and commits (the fsync)
         in a worker thread: the thread then needs the interpreter once, not once per
         statement while the loop is busy (measured: 4 ms p50 for one offer's append in
-        a thread under the bench's load, most of it waiting for the GIL)."""
+        a thread under the bench's load, most of it waiting for the GIL).
+
+        ``wait=False`` (the event loop's call): if another connection holds the write
+        lock, :class:`InboxLocked` at once and nothing begun, rather than SQLite's busy
+        wait (up to the connection's timeout, 5 s) blocking the caller."""
         out: list[InboxMessage] = []
         touched: set[str] = set()
-        self._db.execute("BEGIN IMMEDIATE")
+        if wait:
+            self._db.execute("BEGIN IMMEDIATE")
+        else:
+            self._begin_now()
         try:
             for e in entries:
                 msg = self._append_one(e, now)
@@ -225,6 +238,20 @@ class AppInbox:
             self._db.execute("ROLLBACK")
             raise
         return Staged(out, over, held, frozenset(touched))
+
+    def _begin_now(self) -> None:
+        """``BEGIN IMMEDIATE`` without SQLite's busy wait (two PRAGMAs, µs)."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise InboxLocked(f"the app inbox is locked by another connection: "
+                                  f"{exc}") from exc
+            raise
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms:d}")
 
     def commit(self, staged: Staged) -> None:
         """Make a staged transaction durable (COMMIT: the WAL's fsync). Rolled back if

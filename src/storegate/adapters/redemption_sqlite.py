@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -92,6 +92,17 @@ class Unlisted:
 
 
 @dataclass(frozen=True, slots=True)
+class IssueRow:
+    """A token this gateway signed, as :meth:`RedemptionStore.issue_many` records it."""
+
+    token_id: str
+    campaign: str
+    customer: str
+    issued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     outcome: ReserveOutcome
     offer: Offer | None  # the row afterwards (None: unknown)
@@ -121,12 +132,21 @@ class RedemptionStore:
 
     def issue(self, token_id: str, *, campaign: str, customer: str, issued_at: int,
               expires_at: int) -> Offer:
-        row = (token_id, campaign, customer, issued_at, expires_at, "issued", None, None,
-               None, None, None, 1)
+        [offer] = self.issue_many([IssueRow(token_id, campaign, customer, issued_at,
+                                            expires_at)])
+        return offer
+
+    def issue_many(self, issued: Sequence[IssueRow]) -> list[Offer]:
+        """Tokens issued here, in one transaction (one fsync for a burst of offers):
+        all recorded, or none (the error raised)."""
+        rows = [(i.token_id, i.campaign, i.customer, i.issued_at, i.expires_at, "issued",
+                 None, None, None, None, None, 1) for i in issued]
+        if not rows:
+            return []
         with self._tx():
-            self._db.execute("INSERT INTO offers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             row)
-        return _offer(row)
+            self._db.executemany(
+                "INSERT INTO offers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return [_offer(r) for r in rows]
 
     def get(self, token_id: str) -> Offer | None:
         with self._lock:

@@ -25,7 +25,7 @@ import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 from zoneinfo import ZoneInfo
@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from storegate.adapters.app_inbox import (
     AppInbox,
     Entry,
+    InboxLocked,
     InboxMessage,
     OfferEntry,
     OfferRow,
@@ -91,10 +92,16 @@ class AppChannel:
         # runs, and a read must never interleave with a write transaction.
         self._db_busy = threading.Lock()
         self._warn = LogOnce(log)
+        # Customers being erased or withdrawing marketing consent, from the first
+        # (in-memory) step until the inbox has deleted their rows (:meth:`withhold`,
+        # :meth:`erase`): nothing of theirs is read out, or kept by a reader, meanwhile.
+        self._withheld: set[str] = set()
+        self._erasing: dict[str, int] = {}  # erase() calls running, per customer
         # observable state (counters since start)
         self.queued_dropped_total = 0
         self.errors_total = 0
         self.published_total = 0
+        self.staged_busy_total = 0  # staging found the file locked: written in a thread
 
     # --- feeding (on the loop, never waits) -----------------------------------------
 
@@ -199,31 +206,57 @@ class AppChannel:
         measured in bench/bench_http.py, an append run whole in a thread waited for
         the interpreter at every statement while the loop was busy (p50 4 ms for one
         offer, the fsync 0.5 ms), and its result waited a loop turn more. Larger
-        batches (a backlog) are written whole in the thread as before."""
+        batches (a backlog) are written whole in the thread as before, and so is a
+        small one whose stage found the file locked by another connection (another
+        process): the loop never waits in SQLite's busy timeout (5 s).
+
+        Once staged, the commit job is handed to the thread pool and shielded: a
+        cancelled writer does not cancel it (it would leave the transaction open and
+        the connection held); if it cannot be handed over at all, the transaction is
+        rolled back and the connection given back."""
         now = self._wall()
         if len(batch) <= STAGE_INLINE_MAX:
             async with self._lock:
                 if self._db_busy.acquire(blocking=False):  # else a cancelled job's thread
                     try:
-                        staged = self.inbox.stage(batch, now)
+                        staged = self.inbox.stage(batch, now, wait=False)
+                    except InboxLocked:
+                        self._db_busy.release()
+                        self.staged_busy_total += 1
+                        staged = None  # below, in a thread, which may wait
                     except BaseException:
                         self._db_busy.release()
                         raise
-                    return await asyncio.to_thread(self._commit, staged,
-                                                   asyncio.get_running_loop())
+                    if staged is not None:
+                        return await self._commit_staged(staged)
         messages = await self._in_thread(self.inbox.append, batch, now)
         self._publish(messages)
         return len(messages)
 
+    async def _commit_staged(self, staged: Staged) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            job = loop.run_in_executor(None, self._commit, staged, loop)
+        except BaseException:  # the pool shut down, ...: nothing will commit it
+            try:
+                with contextlib.suppress(sqlite3.Error):
+                    self.inbox.rollback()
+            finally:
+                self._db_busy.release()
+            raise
+        job.add_done_callback(_retrieved)  # awaited by nobody once its writer is cancelled
+        return await asyncio.shield(job)
+
     def _commit(self, staged: Staged, loop: asyncio.AbstractEventLoop) -> int:
-        """In the worker thread: the commit, the connection given back, then the
-        messages published on the loop (committed: now they may be seen)."""
+        """In the worker thread: the commit, the messages' publication scheduled on
+        the loop (committed: now they may be seen), then the connection given back:
+        a later batch cannot commit, and be published, ahead of this one."""
         try:
             self.inbox.commit(staged)
+            with contextlib.suppress(RuntimeError):  # the loop closed: phones resume by cursor
+                loop.call_soon_threadsafe(self._publish, staged.messages)
         finally:
             self._db_busy.release()
-        with contextlib.suppress(RuntimeError):  # the loop closed: phones resume by cursor
-            loop.call_soon_threadsafe(self._publish, staged.messages)
         return len(staged.messages)
 
     def _publish(self, messages: list[InboxMessage]) -> None:
@@ -262,32 +295,66 @@ class AppChannel:
 
     # --- reading (the routes) -------------------------------------------------------
 
+    # A withheld customer's reads answer nothing, checked again after the read: one
+    # queued behind a thread job may return after their erasure began.
+
     async def since(self, customer: str, cursor: int) -> list[InboxMessage]:
-        return await self._read(self.inbox.since, customer, cursor)
+        if self.withheld(customer):
+            return []
+        got = await self._read(self.inbox.since, customer, cursor)
+        return [] if self.withheld(customer) else got
 
     async def offers(self, customer: str) -> list[OfferRow]:
-        return await self._read(self.inbox.offers, customer, self._wall())
+        if self.withheld(customer):
+            return []
+        got = await self._read(self.inbox.offers, customer, self._wall())
+        return [] if self.withheld(customer) else got
 
     def now(self) -> float:
         """The wall clock the reads filter expiry by."""
         return self._wall()
 
     async def offer(self, customer: str, offer_id: str) -> OfferRow | None:
-        return await self._read(self.inbox.offer, customer, offer_id, self._wall())
+        if self.withheld(customer):
+            return None
+        got = await self._read(self.inbox.offer, customer, offer_id, self._wall())
+        return None if self.withheld(customer) else got
 
     # --- consent and erasure --------------------------------------------------------
 
+    def withhold(self, customers: Iterable[str]) -> None:
+        """The first, in-memory step of an erasure or a marketing withdrawal: from now
+        until :meth:`erase` of them completes, nothing of theirs is read out (the
+        routes and the fast path answer an empty list) and no reader keeps what it
+        read (fast.OfferBodies asks :meth:`withheld`). Their rows are still on disk
+        until then; a failed erasure leaves them withheld (central sends it again)."""
+        self._withheld.update(customers)
+
+    def withheld(self, customer: str) -> bool:
+        return customer in self._withheld or customer in self._erasing
+
     async def erase(self, customers: Sequence[str]) -> int:
-        """Erasure (app/erasure.py) and a marketing withdrawal: their queued entries
-        dropped, every row deleted, the file rebuilt. Returns the rows deleted."""
+        """Erasure (app/erasure.py) and a marketing withdrawal: withheld at once,
+        their queued entries dropped, every row deleted, the file rebuilt. Returns the
+        rows deleted. Once it has deleted the rows they are readable again (empty)."""
         names = set(customers)
         if not names:
             return 0
+        for c in names:
+            self._erasing[c] = self._erasing.get(c, 0) + 1
         kept = [e for e in self._queue if not _of(e, names)]
         # redemption entries carry no customer: the inbox drops them (offer unknown)
         self._queue.clear()
         self._queue.extend(kept)
-        return await self._in_thread(self.inbox.erase, sorted(names))
+        try:
+            removed = await self._in_thread(self.inbox.erase, sorted(names))
+        finally:
+            for c in names:
+                left = self._erasing.pop(c) - 1
+                if left:
+                    self._erasing[c] = left
+        self._withheld.difference_update(names)  # erased: nothing left to withhold
+        return removed
 
     def close(self) -> None:
         self.inbox.close()
@@ -300,6 +367,13 @@ class AppChannel:
             queued_dropped_total=self.queued_dropped_total, errors_total=self.errors_total,
             streams=self.hub.subscribers_under(TOPIC_PREFIX),
             hub_cut_off_total=self.hub.cut_off_total)
+
+
+def _retrieved(job: asyncio.Future[int]) -> None:
+    """A commit job's outcome taken (its error is logged by the writer's flush, when
+    the writer still waits for it), so asyncio does not report it as never retrieved."""
+    if not job.cancelled():
+        job.exception()
 
 
 def _of(entry: Entry, names: set[str]) -> bool:

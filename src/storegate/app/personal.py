@@ -22,7 +22,9 @@ sources and the intake (docs/personalisation.md).
    ``offer.suppressed``.
 
 Batches are processed one at a time in arrival order (a lane's scan before its
-receipt). Owned by the event loop; nothing here is touched from another thread.
+receipt); those queued together form a group whose offers' ledger rows are written
+in one transaction (:meth:`PersonalService.process_group`). Owned by the event loop;
+nothing here is touched from another thread.
 Consent follows the registry: :meth:`follow` after a customers change,
 :meth:`forget` for erasure.
 """
@@ -46,7 +48,7 @@ from storegate.adapters.campaigns_sqlite import CampaignStore
 from storegate.adapters.plumbing import sleep_until_stopped, wait_for_either
 from storegate.adapters.redemption_sqlite import Offer, RedemptionStore
 from storegate.app.campaign_files import load_campaigns
-from storegate.app.redemption import IssuedToken, RedemptionService
+from storegate.app.redemption import IssuedToken, RedemptionService, SignedToken
 from storegate.app.status import PersonalStatus
 from storegate.config import Config
 from storegate.core import events as ev
@@ -88,6 +90,10 @@ MAX_QUEUED_BATCHES = 10_000
 MAX_TRACKED = 100_000
 REVOKE_BATCH = 500  # customers per slice of a revocation or erasure, the loop let go between
 REDACT_SLICE = 200  # queued batches rewritten by an erasure between yields
+# Queued batches processed as one group: their offers' tokens go into the ledger in one
+# transaction (one fsync), then out. A burst of check-ins was one fsync per offer, each
+# waited for by every offer queued behind it (bench/bench_http.py: docs/http.md).
+GROUP_MAX = 64
 
 
 def campaigns_path(config: Config) -> Path:
@@ -184,7 +190,11 @@ class PersonalService:
         self._visits_seen: Counter[str] = Counter()  # store visits since start
         self._store_visit: dict[str, str] = {}  # customer -> open store visit id
         self._queue: deque[list[ev.EventDraft]] = deque()
-        self._current: list[ev.EventDraft] | None = None  # taken from the queue, in process
+        # taken from the queue, in process (a group of batches)
+        self._current: list[list[ev.EventDraft]] | None = None
+        # offers decided in the group in process: signed, held by the engine, not yet in
+        # the ledger, so not yet shown to anyone (_record_signed)
+        self._signed: list[_Signed] = []
         self.redaction_drops_total = 0  # queued events dropped by erasure (none today)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one batch, consent change or campaign change at a time
@@ -303,26 +313,57 @@ class PersonalService:
 
     async def process(self, drafts: list[ev.EventDraft], now: float) -> list[ev.EventDraft]:
         """``drafts`` with what they cause, each after its cause (module doc)."""
+        [out] = await self.process_group([drafts], now)
+        return out
+
+    async def process_group(self, batches: Sequence[list[ev.EventDraft]], now: float) -> (
+        list[list[ev.EventDraft]]
+    ):
+        """Each batch with what it causes, in order, as :meth:`process` would; the
+        offers the group issues are recorded in the ledger in one transaction (one
+        fsync), and only then reach ``on_offer`` and the output. A batch that fails
+        (a bug) passes unprocessed, counted and logged; its offers are not issued."""
+        outs: list[list[ev.EventDraft]] = []
         async with self._lock:
-            # who each lane scanning a token serves, by loyalty card: a token of anyone
-            # else is refused (customer_mismatch). A snapshot: the worker thread reads it.
-            self._lanes = self.stitcher.lane_customers(drafts)
-            out = await self.redemption.process_async(drafts, now)
-            redeemed: dict[str, list[str]] = {}
-            for d in out:
-                if d.type is ev.OFFER_REDEEMED and isinstance(d.data, p.OfferRedeemed):
-                    redeemed.setdefault(d.data.transaction_id, []).append(d.data.offer_id)
-                    self.engine.redeemed(d.data.offer_id)
-            for tx, ids in redeemed.items():
-                self.stitcher.note_redeemed(tx, ids)
-            out = self.stitcher.process(out, now)
-            final: list[ev.EventDraft] = []
-            for d in out:
-                final.append(d)
-                trigger = None if self._gone(d) else self._trigger(d)
-                if trigger is not None:
-                    final.extend(await self._decide(trigger, now))
-            return final
+            for batch in batches:
+                mark = len(self._signed)
+                try:
+                    outs.append(await self._process_locked(batch, now))
+                except Exception:  # a bug must not lose events: they pass unprocessed
+                    self.unprocessed_total += 1
+                    log.exception("personalisation failed on a batch; passed on "
+                                  "unprocessed")
+                    for s in self._signed[mark:]:
+                        self.engine.redeemed(s.token.token.token_id)  # never shown
+                    del self._signed[mark:]
+                    outs.append(batch)
+            dropped = await self._record_signed()
+        if dropped:
+            outs = [[d for d in out if id(d) not in dropped] for out in outs]
+        return outs
+
+    async def _process_locked(self, drafts: list[ev.EventDraft], now: float) -> (
+        list[ev.EventDraft]
+    ):
+        # who each lane scanning a token serves, by loyalty card: a token of anyone
+        # else is refused (customer_mismatch). A snapshot: the worker thread reads it.
+        self._lanes = self.stitcher.lane_customers(drafts)
+        out = await self.redemption.process_async(drafts, now)
+        redeemed: dict[str, list[str]] = {}
+        for d in out:
+            if d.type is ev.OFFER_REDEEMED and isinstance(d.data, p.OfferRedeemed):
+                redeemed.setdefault(d.data.transaction_id, []).append(d.data.offer_id)
+                self.engine.redeemed(d.data.offer_id)
+        for tx, ids in redeemed.items():
+            self.stitcher.note_redeemed(tx, ids)
+        out = self.stitcher.process(out, now)
+        final: list[ev.EventDraft] = []
+        for d in out:
+            final.append(d)
+            trigger = None if self._gone(d) else self._trigger(d)
+            if trigger is not None:
+                final.extend(self._decide(trigger, now))
+        return final
 
     async def run(self, stop: asyncio.Event) -> None:
         """The queue worker and the one-second tick, until ``stop``."""
@@ -546,7 +587,7 @@ class PersonalService:
             store_visits=max(prof.store_visits + seen, 1),
             pickups_ready=sum(1 for o in r.pickup_orders if o.state == "ready"))
 
-    async def _decide(self, trigger: Trigger, now: float) -> list[ev.EventDraft]:
+    def _decide(self, trigger: Trigger, now: float) -> list[ev.EventDraft]:
         """The trigger's decisions as events. A failure is contained to its decision
         (counted, logged once): the batch's redemption and stitching output, and the
         other decisions, still go out (a batch passed on unprocessed would lose its
@@ -567,7 +608,7 @@ class PersonalService:
                     dec = dataclasses.replace(dec, outcome="suppressed", reason="not_valid",
                                               detail="expires within the second of issue")
                 if dec.outcome == "issued":
-                    draft = await self._issue(dec, now)
+                    draft = self._issue(dec, now)
                     if draft is not None:
                         out.append(draft)
                     continue
@@ -584,30 +625,60 @@ class PersonalService:
         self._warn(f"{where}:{type(exc).__name__}", "an offer decision failed (%s: %s); "
                    "the events around it go on", where, type(exc).__name__)
 
-    async def _issue(self, dec: Decision, now: float) -> ev.EventDraft | None:
-        """Sign and record the token (off the loop), then keep it in the engine. No
-        ledger row, no offer: a token the ledger does not know would still redeem, but
-        without its customer."""
+    def _issue(self, dec: Decision, now: float) -> ev.EventDraft | None:
+        """Sign the token and keep the offer in the engine (the group's later decisions
+        see it held); it goes into the ledger with the group's (:meth:`_record_signed`)
+        before anyone sees it."""
         camp = dec.campaign
         if camp is None or dec.expires_at is None:
             return None
+        signed = self.redemption.sign_token(dec.customer, camp.id, now,
+                                            expires_at=dec.expires_at)
+        self.engine.record(dec, signed.token.token_id)
+        draft = decision_draft(dec, signed.token.token_id)
+        self._signed.append(_Signed(dec, signed, draft))
+        return draft
+
+    async def _record_signed(self) -> set[int]:
+        """The group's tokens into the ledger, one transaction off the loop; then each
+        offer counted and handed to ``on_offer``. No ledger row, no offer: a token the
+        ledger does not know would still redeem, but without its customer. Returns the
+        ids of the ``offer.issued`` drafts to take out (not issued after all)."""
+        signed, self._signed = self._signed, []
+        if not signed:
+            return set()
         try:
-            token = await asyncio.to_thread(self.redemption.issue_token, dec.customer,
-                                            camp.id, now, expires_at=dec.expires_at)
+            await asyncio.to_thread(self.redemption.record_tokens,
+                                    [s.token for s in signed])
         except sqlite3.Error as exc:
-            self.errors_total += 1
-            self._warn(f"issue:{type(exc).__name__}", "offer not issued: the redemption "
-                       "ledger failed: %s", exc)
-            return None
-        if not self.registry.allows(dec.customer, "marketing"):
-            # withdrawn while the token was written: revoke it, publish nothing
-            await asyncio.to_thread(self.redemption.ledger.revoke_customers, [dec.customer])
-            return None
-        self.engine.record(dec, token.token_id)
-        self.issued_total += 1
-        if self.on_offer is not None:
-            self.on_offer(dec, token)
-        return decision_draft(dec, token.token_id)
+            self.errors_total += len(signed)
+            self._warn(f"issue:{type(exc).__name__}", "%d offer(s) not issued: the "
+                       "redemption ledger failed: %s", len(signed), exc)
+            for s in signed:
+                self.engine.redeemed(s.token.token.token_id)  # no longer held
+            return {id(s.draft) for s in signed}
+        withdrawn = [s for s in signed
+                     if not self.registry.allows(s.decision.customer, "marketing")]
+        if withdrawn:
+            # withdrawn while the tokens were written: revoke them, publish nothing
+            await asyncio.to_thread(self.redemption.ledger.revoke_customers,
+                                    sorted({s.decision.customer for s in withdrawn}))
+            for s in withdrawn:
+                self.engine.redeemed(s.token.token.token_id)
+        gone = {id(s.draft) for s in withdrawn}
+        for s in signed:
+            if id(s.draft) in gone:
+                continue
+            self.issued_total += 1
+            if self.on_offer is not None:
+                self.on_offer(s.decision, s.token.token)
+        if self.on_offer is not None and len(gone) < len(signed):
+            # one loop turn, the lock still held (nothing is emitted meanwhile, no
+            # erasure runs between): the app channel's writer stages the offers and
+            # its commit's fsync starts in its thread while the staff screens render
+            # this group's events, instead of after them
+            await asyncio.sleep(0)
+        return gone
 
     async def _revoke(self, customers: Sequence[str]) -> tuple[int, int]:
         async with self._lock:
@@ -663,8 +734,8 @@ class PersonalService:
         done: list[list[ev.EventDraft]] = []
         seen: set[int] = set()
         while True:
-            todo = [b for b in (*self._queue, self._current)
-                    if b is not None and id(b) not in seen]
+            todo = [b for b in (*self._queue, *(self._current or ()))
+                    if id(b) not in seen]
             if not todo:
                 return changed
             for i in range(0, len(todo), REDACT_SLICE):
@@ -702,21 +773,23 @@ class PersonalService:
 
     async def _drain(self) -> None:
         while self._queue:
-            batch = self._queue.popleft()
+            group = [self._queue.popleft() for _ in range(min(GROUP_MAX, len(self._queue)))]
             self._busy = True
-            self._current = batch  # erasure rewrites it while it waits for the lock
+            self._current = group  # erasure rewrites them while they wait for the lock
             try:
-                out = await self.process(batch, self._wall())
+                outs = await self.process_group(group, self._wall())
             except Exception:  # a bug must not lose events: they pass unprocessed
-                self.unprocessed_total += 1
-                log.exception("personalisation failed on a batch; passed on unprocessed")
-                out = batch
+                self.unprocessed_total += len(group)
+                log.exception("personalisation failed on a group of batches; passed on "
+                              "unprocessed")
+                outs = group
             finally:
                 self._busy = False
                 self._current = None
-            if self.on_processed is not None:
-                self.on_processed(out)
-            self._emit(out)
+            for out in outs:
+                if self.on_processed is not None:
+                    self.on_processed(out)
+                self._emit(out)
 
     async def _ticks(self, stop: asyncio.Event) -> None:
         while not await sleep_until_stopped(stop, TICK_S):
@@ -729,6 +802,15 @@ class PersonalService:
                 if self.on_processed is not None:
                     self.on_processed(drafts)
                 self._emit(drafts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    """An offer decided in the group in process, its token signed, not yet recorded."""
+
+    decision: Decision
+    token: SignedToken
+    draft: ev.EventDraft  # its offer.issued
 
 
 def _lane(d: ev.EventDraft) -> bool:

@@ -22,13 +22,13 @@ import logging
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from storegate.adapters.redemption_sqlite import Offer, RedemptionStore, Unlisted
+from storegate.adapters.redemption_sqlite import IssueRow, Offer, RedemptionStore, Unlisted
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.personal.tokens import (
@@ -50,6 +50,16 @@ class IssuedToken(NamedTuple):
     token_id: str  # 32 hex digits: offer.issued's offer_id
     text: str      # what the QR code carries
     expires_at: int
+
+
+class SignedToken(NamedTuple):
+    """A token signed, not yet in the ledger (:meth:`RedemptionService.sign_token`):
+    nobody may see it before :meth:`RedemptionService.record_tokens` returns."""
+
+    token: IssuedToken
+    customer: str
+    campaign: str
+    issued_at: int
 
 
 @dataclass(slots=True)
@@ -105,15 +115,31 @@ class RedemptionService:
         shown: a token the ledger does not know is still redeemable once, but its
         customer would not be on the redemption). ``expires_at``: the offer's own
         expiry (its campaign's TTL and validity), capped by ``offer_ttl_s``."""
+        signed = self.sign_token(customer, campaign, now, expires_at=expires_at)
+        self.record_tokens([signed])
+        return signed.token
+
+    def sign_token(self, customer: str, campaign: str, now: float, *,
+                   expires_at: float | None = None) -> SignedToken:
+        """:meth:`issue_token` up to the ledger: the token signed (no I/O, ~0.1 ms),
+        not recorded. Nothing of it may be shown before :meth:`record_tokens` of it
+        returns (the personalisation service records a whole group's in one go)."""
         token_id = self.rand(TOKEN_ID_BYTES)
         issued_at = int(now)
         expires_at = issued_at + self.offer_ttl_s if expires_at is None else \
             min(int(expires_at), issued_at + self.offer_ttl_s)
         text = self.signer.sign(token_id=token_id, offer=campaign, customer=customer,
                                 issued_at=issued_at, expires_at=expires_at)
-        self.ledger.issue(token_id.hex(), campaign=campaign, customer=customer,
-                          issued_at=issued_at, expires_at=expires_at)
-        return IssuedToken(token_id.hex(), text, expires_at)
+        return SignedToken(IssuedToken(token_id.hex(), text, expires_at), customer,
+                           campaign, issued_at)
+
+    def record_tokens(self, signed: Sequence[SignedToken]) -> None:
+        """Signed tokens into the ledger in one transaction: one fsync (synchronous
+        FULL) for a burst of offers instead of one each; durable when this returns,
+        none of them recorded if it raises. Blocking: call it in a worker thread."""
+        self.ledger.issue_many([
+            IssueRow(s.token.token_id, s.campaign, s.customer, s.issued_at,
+                     s.token.expires_at) for s in signed])
 
     # --- the event flow -------------------------------------------------------------
 
