@@ -70,13 +70,10 @@ import psutil  # noqa: E402
 from tests.support.central import CENTRAL, customer_record, topic  # noqa: E402
 from tests.support.gateway_proc import env, start_run, storegate, write_config  # noqa: E402
 from tests.support.http import (  # noqa: E402
-    APP_KEY,
-    APP_KID,
-    AUDIENCE,
     CASHIER_PIN,
+    app_http_toml,
     customer_token,
     pin_hash,
-    public_key_text,
 )
 from tests.support.mosquitto import Mosquitto, free_port  # noqa: E402
 from tests.support.pty_lane import PtyDevice  # noqa: E402
@@ -456,12 +453,7 @@ hold_s = 3600
 min_gap_s = 0
 max_per_visit = 10
 max_per_day = 10
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-app_audience = "{AUDIENCE}"
-app_token_keys = [{{ kid = "{APP_KID}", public_key = "{public_key_text(APP_KEY)}" }}]
+{app_http_toml(http_port)}
 signin_burst = 1000
 signin_per_minute = 10000
 checkin_burst = 1000

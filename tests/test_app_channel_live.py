@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.central import CENTRAL, topic
 from tests.support.gateway_proc import write_config
-from tests.support.http import APP_KEY, APP_KID, AUDIENCE, customer_token, public_key_text
+from tests.support.http import app_http_toml, customer_token
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
@@ -74,11 +74,7 @@ scanners = ["sc-checkout-1", "sc-checkout-2"]
 min_gap_s = 0
 max_per_visit = 10
 max_per_day = 10
-[http]
-enabled = true
-port = {http_port}
-app_audience = "{AUDIENCE}"
-app_token_keys = [{{ kid = "{APP_KID}", public_key = "{public_key_text(APP_KEY)}" }}]
+{app_http_toml(http_port)}
 demo_app_tokens = true
 """
 

@@ -43,13 +43,10 @@ from storegate.sim.lane import escpos_job, random_receipt
 from tests.support.central import CENTRAL, customer_record, topic
 from tests.support.gateway_proc import write_config
 from tests.support.http import (
-    APP_KEY,
-    APP_KID,
-    AUDIENCE,
     CASHIER_PIN,
+    app_http_toml,
     customer_token,
     pin_hash,
-    public_key_text,
 )
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.pty_lane import PtyDevice
@@ -86,12 +83,7 @@ scanners = ["node-a"]
 [[presence.zones]]
 id = "checkout"
 scanners = ["{CHECKOUT_NODE}"]
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-app_audience = "{AUDIENCE}"
-app_token_keys = [{{ kid = "{APP_KID}", public_key = "{public_key_text(APP_KEY)}" }}]
+{app_http_toml(http_port)}
 [[http.staff]]
 lane = "lane-1"
 role = "cashier"

@@ -18,7 +18,7 @@ from PIL import Image
 from storegate.core.webauth import sign_app_token
 from tests.support.central import CENTRAL, customer_record, topic
 from tests.support.gateway_proc import live_status, start_run, storegate, write_config
-from tests.support.http import APP_KEY, APP_KID, AUDIENCE, public_key_text
+from tests.support.http import APP_KEY, APP_KID, AUDIENCE, app_http_toml
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.subscriber import Subscriber
 from tests.support.waiting import wait_for
@@ -39,11 +39,7 @@ def test_a_poster_check_in_is_a_visit_on_the_broker(tmp_path: Path, broker: Mosq
     port = free_port()
     storage = tmp_path / "state" / "outbox.db"
     config = write_config(tmp_path / "store.toml", port=broker.port, storage=storage, extra=f"""
-[http]
-enabled = true
-port = {port}
-app_audience = "{AUDIENCE}"
-app_token_keys = [{{ kid = "{APP_KID}", public_key = "{public_key_text(APP_KEY)}" }}]
+{app_http_toml(port)}
 [[presence.zones]]
 id = "entrance"
 scanners = ["node-a"]

@@ -41,7 +41,7 @@ from storegate.sim.lane import escpos_job, random_receipt
 from tests.support.bytescan import needles_for, scan
 from tests.support.central import CENTRAL, customer_record, topic
 from tests.support.gateway_proc import write_config
-from tests.support.http import APP_KEY, APP_KID, AUDIENCE, customer_token, public_key_text
+from tests.support.http import app_http_toml, customer_token
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.pty_lane import PtyDevice
 from tests.support.subscriber import Subscriber
@@ -86,12 +86,7 @@ scanners = ["{NODES['entrance']}"]
 [[presence.zones]]
 id = "checkout"
 scanners = ["{NODES['checkout']}"]
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-app_audience = "{AUDIENCE}"
-app_token_keys = [{{ kid = "{APP_KID}", public_key = "{public_key_text(APP_KEY)}" }}]
+{app_http_toml(http_port)}
 """
 
 

@@ -54,6 +54,15 @@ def public_key_text(key: Ed25519PrivateKey) -> str:
     return b64url_encode(key.public_key().public_bytes_raw())
 
 
+def app_http_toml(port: int) -> str:
+    """The ``[http]`` table of a live gateway's config (loopback, ``port``) whose app
+    channel trusts the test's app key; a caller appends its own keys of that table."""
+    return (f'[http]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+            f'app_audience = "{AUDIENCE}"\n'
+            f'app_token_keys = [{{ kid = "{APP_KID}", public_key = '
+            f'"{public_key_text(APP_KEY)}" }}]')
+
+
 def http_settings(**overrides: Any) -> HttpConfig:
     data: dict[str, Any] = {
         "enabled": True,
