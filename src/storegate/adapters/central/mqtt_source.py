@@ -67,8 +67,10 @@ class MqttSource:
         self._inbox_bytes = 0  # payload bytes in _inbox (bounded by MAX_INBOX_BYTES)
         self._log_once = LogOnce(log)
         self._stopping = False
-        # observable state
+        # observable state: set once the broker granted the subscriptions (SUBACK), so
+        # "connected" means messages published from now on reach this source
         self.connected = threading.Event()
+        self._sub_mid: int | None = None
         self.received = 0
         self.handled = 0
         self.failures = 0
@@ -79,6 +81,7 @@ class MqttSource:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._client.reconnect_delay_set(max(1, round(settings.backoff.min_s)),
                                          max(1, round(settings.backoff.max_s)))
         self._worker = threading.Thread(target=self._work, name="central-ingest",
@@ -119,7 +122,19 @@ class MqttSource:
             log.warning("central: broker %s refused the connection: %s",
                         self._settings.url, rc)
             return
-        client.subscribe([(self.events_filter, 1), (STATUS_FILTER, 1)])
+        _, self._sub_mid = client.subscribe([(self.events_filter, 1), (STATUS_FILTER, 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reasons: list[Any], props: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self.last_error = f"subscription refused: {', '.join(refused)}"
+            self._log_once("sub", "central: broker %s refused the subscription to %s (%s); "
+                           "no events are read", self._settings.url, self.events_filter,
+                           ", ".join(refused))
+            return
         self.connected.set()
         log.info("central: subscribed to %s on %s", self.events_filter, self._settings.url)
 
