@@ -5,9 +5,7 @@ codes: 2 for a storage that cannot work as given, 1 for one that fails at run ti
 
 from __future__ import annotations
 
-import logging
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,18 +26,6 @@ DB = Database(Target.parse(str(_DIR / "central.db")))
 SERVICE = CentralService(DB, Commands(DB, CENTRAL.key, CENTRAL.kid, lambda _t, _p: True))
 APP = build_app(SERVICE, [TOKEN], status=lambda: {"ok": True})
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
-
-
-@pytest.fixture(autouse=True)
-def _root_logging_restored() -> Iterator[None]:
-    """``main`` points the root logger at this test's captured stderr, closed after
-    it: later tests' threads logging there got errors and a later MQTT test stalled.
-    The root logger as it was, after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @schema.parametrize()

@@ -218,7 +218,7 @@ def test_a_schema_1_database_is_migrated_to_store_gateway_id_keys(tmp_path: Path
     c.close()
     i = Ingest(Database(Target.parse(str(path))))
     assert i.handle(*good("s2", "g1", 1, eid="same"), T0).stored
-    assert i.db.read("SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert i.db.read("SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
     assert i.db.read("SELECT store FROM events ORDER BY store") == [("s1",), ("s2",)]
     i.close()
 
@@ -406,11 +406,11 @@ def test_the_registry_goes_in_chunks_and_is_synced_only_when_acknowledged(
     broker.up = False
     svc.sync_new_gateways()
     with ingest.db.tx() as db:
-        assert records.stores_to_sync(db) == ["s1"]  # not acknowledged: not synced
+        assert records.stores_to_sync(db, T0) == ["s1"]  # not acknowledged: not synced
     broker.up = True
     svc.sync_new_gateways()
     with ingest.db.tx() as db:
-        assert records.stores_to_sync(db) == []
+        assert records.stores_to_sync(db, T0) == []
     chunks = [v.payload for v in broker.verified("customers")][-3:]
     assert [c["op"] for c in chunks] == ["upsert"] * 3
     assert [len(c["customers"]) for c in chunks] == [3, 3, 1]

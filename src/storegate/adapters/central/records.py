@@ -3,12 +3,13 @@ transaction (``Database.tx()``), so a caller groups them into one commit."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storegate.adapters.central.storage import Conn, dumps
+from storegate.adapters.central.tombstones import Tombstones
+from storegate.core.central import sync
 from storegate.core.central.envelope import Event, Rejection, Status
 from storegate.core.central.gaps import GapState, Range
 from storegate.core.events import GATEWAY_COMMAND_REJECTED
@@ -149,15 +150,18 @@ def record_answer(db: Conn, e: Event, received_at: float) -> bool:
 # --- erasure tombstones ---------------------------------------------------------------
 
 
-def erased_digest(pseudonym: str) -> str:
-    """What central keeps of an erased customer or card: a tombstone that recognises
-    the pseudonym again (a late or replayed event) without listing it."""
-    return hashlib.sha256(b"storegate-erased:" + pseudonym.encode()).hexdigest()
+def bury(db: Conn, t: Tombstones, pseudonym: str, erasure_id: str, at: float) -> None:
+    """Keep the keyed tombstone of an erased customer or card: it recognises the
+    pseudonym again (a late or replayed event) without listing it, and without letting
+    whoever reads the table test a candidate (adapters/central/tombstones.py)."""
+    db.execute("INSERT INTO erased (digest, erasure_id, at, keyed) VALUES (?, ?, ?, 1) "
+               "ON CONFLICT (digest) DO NOTHING", (t.digest(pseudonym), erasure_id, at))
 
 
-def erased_among(db: Conn, pseudonyms: Iterable[str]) -> set[str]:
-    """Which of ``pseudonyms`` were erased (their tombstone is kept)."""
-    by_digest = {erased_digest(x): x for x in pseudonyms}
+def erased_among(db: Conn, t: Tombstones, pseudonyms: Iterable[str]) -> set[str]:
+    """Which of ``pseudonyms`` were erased (their tombstone is kept): keyed, or one of
+    schema 2's unkeyed digests (kept as they were: they cannot be re-keyed)."""
+    by_digest = {d: x for x in pseudonyms for d in t.forms(x)}
     keys = list(by_digest)
     out: set[str] = set()
     for k in range(0, len(keys), 500):
@@ -286,12 +290,68 @@ def seal_keys(db: Conn, store: str) -> dict[str, str]:
         (store,)).fetchall()}
 
 
-def stores_to_sync(db: Conn) -> list[str]:
-    """Stores with a gateway whose seal key central has not synced the registry to
-    (a new gateway, or a new key after the box was replaced)."""
-    return [r[0] for r in db.execute(
-        "SELECT DISTINCT store FROM gateways WHERE seal_key IS NOT NULL AND "
-        "(synced_key IS NULL OR synced_key <> seal_key) ORDER BY store").fetchall()]
+def syncs(db: Conn, store: str | None = None) -> list[sync.GatewaySync]:
+    """The last registry sync to each gateway (of ``store``)."""
+    sql = ("SELECT store, gateway, seal_key, commands, state, reason, attempts, sent_at, "
+           "answered_at FROM syncs")
+    params: tuple[Any, ...] = ()
+    if store is not None:
+        sql += " WHERE store = ?"
+        params = (store,)
+    return [sync.GatewaySync(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5],
+                             int(r[6]), float(r[7]),
+                             None if r[8] is None else float(r[8]))
+            for r in db.execute(sql + " ORDER BY store, gateway", params).fetchall()]
+
+
+def record_sync(db: Conn, store: str, keys: dict[str, str], commands: Sequence[str],
+                at: float) -> None:
+    """The registry sent to the store's gateways (``keys``: gateway -> the key it was
+    sealed to): pending until each answers; a send to the same key counts an attempt."""
+    for gateway, key in keys.items():
+        db.execute(
+            "INSERT INTO syncs (store, gateway, seal_key, commands, state, reason, "
+            "attempts, sent_at, answered_at) VALUES (?, ?, ?, ?, 'pending', NULL, 1, ?, "
+            "NULL) ON CONFLICT (store, gateway) DO UPDATE SET seal_key = "
+            "excluded.seal_key, commands = excluded.commands, state = 'pending', "
+            "reason = NULL, answered_at = NULL, sent_at = excluded.sent_at, attempts = "
+            "CASE WHEN syncs.seal_key = excluded.seal_key THEN syncs.attempts + 1 "
+            "ELSE 1 END", (store, gateway, key, dumps(list(commands)), at))
+
+
+def settle_syncs(db: Conn, store: str | None = None) -> list[sync.GatewaySync]:
+    """Each pending sync's state from its gateway's answers (synced on the gateway's
+    ``customers_applied``, failed on a refusal), saved; returns them all."""
+    out = []
+    for s in syncs(db, store):
+        new = s
+        if s.state == "pending":
+            answers = {cid: [a for a in answers_to(db, cid) if a["gateway"] == s.gateway]
+                       for cid in s.commands}
+            new = sync.settle(s, answers)
+            if new != s:
+                db.execute("UPDATE syncs SET state = ?, reason = ?, answered_at = ? WHERE "
+                           "store = ? AND gateway = ? AND state = 'pending' AND "
+                           "commands = ?", (new.state, new.reason, new.answered_at,
+                                            s.store, s.gateway, dumps(list(s.commands))))
+        out.append(new)
+    return out
+
+
+def stores_to_sync(db: Conn, now: float, *, first_s: float = sync.RETRY_FIRST_S,
+                   max_s: float = sync.RETRY_MAX_S) -> list[str]:
+    """Stores with a gateway due the registry (core/central/sync.due): one central
+    has not sent it for its seal key (a new gateway, or a new key after the box was
+    replaced), or whose sync failed or went unanswered past its backoff."""
+    last = {(s.store, s.gateway): s for s in settle_syncs(db)}
+    out = set()
+    for store, gateway, key, state in db.execute(
+            "SELECT store, gateway, seal_key, state FROM gateways WHERE seal_key IS NOT "
+            "NULL").fetchall():
+        if sync.due(key, state == "online", last.get((store, gateway)), now,
+                    first_s=first_s, max_s=max_s):
+            out.add(store)
+    return sorted(out)
 
 
 def claim_sync(db: Conn, store: str, now: float, lease_s: float) -> bool:
@@ -307,12 +367,6 @@ def claim_sync(db: Conn, store: str, now: float, lease_s: float) -> bool:
 
 def release_sync(db: Conn, store: str) -> None:
     db.execute("DELETE FROM meta WHERE key = ?", (f"sync:{store}",))
-
-
-def mark_synced(db: Conn, store: str, keys: dict[str, str]) -> None:
-    for gateway, key in keys.items():
-        db.execute("UPDATE gateways SET synced_key = ? WHERE store = ? AND gateway = ?",
-                   (key, store, gateway))
 
 
 def stores(db: Conn) -> list[str]:

@@ -26,12 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
+from storegate.adapters.central.tombstones import (
+    TombstoneKeyError,
+    Tombstones,
+    create_key,
+    new_key,
+    read_key,
+)
 from storegate.errors import StoregateError
 
 log = logging.getLogger(__name__)
 
 Dialect = Literal["sqlite", "postgresql"]
-SCHEMA_VERSION: Final = 2  # 2: events keyed by (store, gateway, id); erased tombstones
+# 2: events keyed by (store, gateway, id); erased tombstones. 3: tombstones keyed
+# (HMAC under central's tombstone key; adapters/central/tombstones.py): ``erased.keyed``;
+# a registry sync is done on the gateway's answer: ``syncs`` (``gateways.synced_key``
+# is read once, by the migration)
+SCHEMA_VERSION: Final = 3
 SCHEMA_LOCK: Final = 0x5347_4345  # "SGCE": the advisory lock around schema creation
 
 # {serial}: an auto-increment key; {float}: a double; {blob}: bytes.
@@ -64,6 +75,11 @@ CREATE TABLE IF NOT EXISTS gateways (
     store TEXT NOT NULL, gateway TEXT NOT NULL, watermark BIGINT NOT NULL DEFAULT 0,
     state TEXT, session BIGINT, seal_key TEXT, status_at {float},
     synced_key TEXT, PRIMARY KEY (store, gateway));
+CREATE TABLE IF NOT EXISTS syncs (
+    store TEXT NOT NULL, gateway TEXT NOT NULL, seal_key TEXT NOT NULL,
+    commands TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, sent_at {float} NOT NULL, answered_at {float},
+    PRIMARY KEY (store, gateway));
 CREATE TABLE IF NOT EXISTS heads (
     store TEXT NOT NULL, gateway TEXT NOT NULL, announced BIGINT NOT NULL,
     PRIMARY KEY (store, gateway));
@@ -113,7 +129,8 @@ CREATE TABLE IF NOT EXISTS erasures (
 CREATE TABLE IF NOT EXISTS command_customers (
     command_id TEXT NOT NULL, customer TEXT NOT NULL, PRIMARY KEY (customer, command_id));
 CREATE TABLE IF NOT EXISTS erased (
-    digest TEXT PRIMARY KEY, erasure_id TEXT NOT NULL, at {float} NOT NULL);
+    digest TEXT PRIMARY KEY, erasure_id TEXT NOT NULL, at {float} NOT NULL,
+    keyed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS erasure_stores (
     erasure_id TEXT NOT NULL, store TEXT NOT NULL, command_id TEXT NOT NULL,
     PRIMARY KEY (erasure_id, store));
@@ -183,9 +200,15 @@ class Target:
 
 
 class Database:
-    """One connection in one dialect; ``tx()`` is one committed transaction."""
+    """One connection in one dialect; ``tx()`` is one committed transaction.
 
-    def __init__(self, target: Target, *, synchronous: str = "FULL") -> None:
+    ``tombstone_key``: the file of the key erasure tombstones are kept under
+    (adapters/central/tombstones.py), made on first use; default: beside a SQLite
+    file (``<file>.tombstone-key``); for PostgreSQL without one, the key is kept in
+    the database itself (a warning: give every instance the same file instead)."""
+
+    def __init__(self, target: Target, *, synchronous: str = "FULL",
+                 tombstone_key: Path | None = None) -> None:
         self.target = target
         self.dialect: Dialect = target.dialect
         self._lock = threading.Lock()
@@ -193,6 +216,7 @@ class Database:
         self._conn: Conn = self._open(synchronous)
         try:
             self._create_schema()
+            self.tombstones = self._open_tombstones(tombstone_key)
         except StorageError:
             self._conn.close()
             raise
@@ -228,8 +252,12 @@ class Database:
             if row is None:
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
                            ("schema_version", str(SCHEMA_VERSION)))
-            elif int(row[0]) == 1:
-                self._migrate_1_to_2(db, types)
+            elif int(row[0]) in (1, 2):
+                if int(row[0]) == 1:
+                    self._migrate_1_to_2(db, types)
+                self._migrate_2_to_3(db)
+                db.execute("UPDATE meta SET value = ? WHERE key = ?",
+                           (str(SCHEMA_VERSION), "schema_version"))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StorageConfigError(f"central storage {target.redacted()} has schema "
                                          f"{row[0]}, this storegate writes "
@@ -247,8 +275,121 @@ class Database:
         for statement in EVENTS_INDEXES.split(";"):
             if statement.strip():
                 db.execute(statement)
-        db.execute("UPDATE meta SET value = ? WHERE key = ?",
-                   (str(SCHEMA_VERSION), "schema_version"))
+
+    @staticmethod
+    def _migrate_2_to_3(db: Conn) -> None:
+        """Schema 2's tombstones are unkeyed SHA-256 digests: marked ``keyed = 0``
+        (the column's default), recognised in that form from now on; those of an
+        erasure under way are re-keyed once the key exists (:meth:`_open_tombstones`)."""
+        def columns(table: str) -> list[str]:
+            return [d[0] for d in db.execute(
+                f"SELECT * FROM {table} WHERE 1 = 0").description]  # noqa: S608 - fixed names
+
+        if "keyed" not in columns("erased"):  # a schema-1 database got it as written now
+            db.execute("ALTER TABLE erased ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0")
+        if "synced_key" not in columns("gateways"):
+            return
+        # schema 2 marked a gateway synced on the broker's acknowledgement: kept as
+        # synced (not sent again), with no commands to wait for
+        db.execute("INSERT INTO syncs (store, gateway, seal_key, commands, state, reason, "
+                   "attempts, sent_at) SELECT store, gateway, seal_key, '[]', 'synced', "
+                   "NULL, 1, 0 FROM gateways WHERE seal_key IS NOT NULL AND synced_key = "
+                   "seal_key ON CONFLICT (store, gateway) DO NOTHING")
+
+    def _open_tombstones(self, key_file: Path | None) -> Tombstones:
+        """The tombstone key: read (or made, the first time) and checked against the
+        one this database's tombstones were made with (``meta.tombstone_check``)."""
+        if key_file is None and self.dialect == "sqlite":
+            key_file = Path(f"{self.target.where}.tombstone-key")
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?",
+                             ("tombstone_check",)).fetchone()
+        expected = None if row is None else str(row[0])
+        created = False
+        try:
+            if key_file is None:
+                key = self._key_in_database(expected)
+            elif key_file.exists():
+                key = read_key(key_file)
+            elif expected is not None:
+                raise StorageConfigError(
+                    f"central storage {self.target.redacted()}: its erasure tombstones "
+                    f"are kept under a key, and the key file {key_file} does not exist: "
+                    "restore it (every instance sharing the database uses the same "
+                    "file)")
+            else:
+                key, created = create_key(key_file)
+        except TombstoneKeyError as exc:
+            raise StorageConfigError(f"central storage {self.target.redacted()}: "
+                                     f"{exc}") from exc
+        t = Tombstones(key)
+        with self.tx() as db:
+            if self.dialect == "postgresql":  # instances starting together: one sets it
+                db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            row = db.execute("SELECT value FROM meta WHERE key = ?",
+                             ("tombstone_check",)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+                           ("tombstone_check", t.check()))
+                self._rekey_pending(db, t)
+            elif str(row[0]) != t.check():
+                where = "kept in the database" if key_file is None else str(key_file)
+                if created and key_file is not None:
+                    key_file.unlink(missing_ok=True)
+                raise StorageConfigError(
+                    f"central storage {self.target.redacted()}: its erasure tombstones "
+                    f"were made with another key than the one {where} (key check "
+                    f"{row[0]}, this one {t.check()}): give every instance the same "
+                    "--tombstone-key file")
+        return t
+
+    def _key_in_database(self, expected: str | None) -> bytes:
+        """PostgreSQL without a key file: the key in ``meta`` (the same for every
+        instance; but whoever reads the database reads the key too)."""
+        with self.tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            row = db.execute("SELECT value FROM meta WHERE key = ?",
+                             ("tombstone_key",)).fetchone()
+            if row is None and expected is not None:
+                raise StorageConfigError(
+                    f"central storage {self.target.redacted()}: its erasure tombstones "
+                    "are kept under a key file: give it with --tombstone-key")
+            if row is None:
+                key = new_key()
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+                           ("tombstone_key", key.hex()))
+            else:
+                key = bytes.fromhex(str(row[0]))
+        log.warning("central storage %s: the erasure tombstones' key is kept in the "
+                    "database itself; give --tombstone-key FILE (the same file to every "
+                    "instance) to keep it out of it", self.target.redacted())
+        return key
+
+    @staticmethod
+    def _rekey_pending(db: Conn, t: Tombstones) -> None:
+        """The key's first use on this database: schema 2's SHA-256 tombstones of an
+        erasure under way (its ids still kept) become keyed ones; those of finished
+        erasures cannot (a digest cannot be inverted) and stay, recognised as they
+        are."""
+        rekeyed = 0
+        for customers, loyalty in db.execute(
+                "SELECT customers, loyalty_ids FROM erasures WHERE done_at IS NULL "
+                "ORDER BY id").fetchall():
+            for pseudonym in [*json.loads(customers), *json.loads(loyalty)]:
+                old = t.legacy_digest(pseudonym)
+                row = db.execute("SELECT erasure_id, at FROM erased WHERE digest = ? AND "
+                                 "keyed = 0", (old,)).fetchone()
+                if row is None:
+                    continue
+                db.execute("INSERT INTO erased (digest, erasure_id, at, keyed) VALUES "
+                           "(?, ?, ?, 1) ON CONFLICT (digest) DO NOTHING",
+                           (t.digest(pseudonym), row[0], row[1]))
+                db.execute("DELETE FROM erased WHERE digest = ?", (old,))
+                rekeyed += 1
+        left = int(db.execute("SELECT COUNT(*) FROM erased WHERE keyed = 0").fetchone()[0])
+        if rekeyed or left:
+            log.info("erasure tombstones: %d re-keyed; %d of finished erasures kept as "
+                     "unkeyed digests (recognised; they cannot be re-keyed)", rekeyed, left)
 
     def _open(self, synchronous: str) -> Conn:
         if self.dialect == "sqlite":

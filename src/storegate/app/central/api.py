@@ -151,8 +151,19 @@ def build_app(service: CentralService, tokens: Iterable[str],
               responses=ERRORS)
     def sync(store: Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")],
              ) -> dict[str, str | None]:
-        """Send the store the whole registry (customers replace)."""
+        """Send the store the whole registry (customers replace); it is synced when
+        its gateways answer (``GET /stores/{store}/sync``)."""
         return {"command_id": call(service.sync_store, store)}
+
+    @app.get("/stores/{store}/sync", tags=["stores"], dependencies=secured,
+             responses=ERRORS)
+    def sync_state(store: Annotated[str, Path(
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]) -> m.StoreSyncOut:
+        """Where the store's registry sync stands: per gateway pending (sent, not
+        answered), synced (the gateway answered applied) or failed (its reason; sent
+        again after a backoff)."""
+        out: m.StoreSyncOut = call(service.store_sync, store)
+        return out
 
     @app.put("/campaigns/{campaign_id}", tags=["campaigns"], dependencies=secured,
              responses=ERRORS)

@@ -61,6 +61,11 @@ def add_parser(sub: Any, add_config: Callable[[argparse.ArgumentParser], None],
                    help="central's Ed25519 signing key (storegate keys new-central); "
                    "without it no command is sent (ingest only)")
     p.add_argument("--kid", default="central", help="the key's id in gateways' [trust]")
+    p.add_argument("--tombstone-key", metavar="FILE", default=None,
+                   help="the secret erasure tombstones are keyed under (made on first "
+                   "start, mode 0600; the same file for every instance of one database). "
+                   "Default: beside a SQLite file (<file>.tombstone-key); for PostgreSQL "
+                   "without it, kept in the database (a warning)")
     p.add_argument("--http-host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=8090, help="0: no HTTP API")
     p.add_argument("--categories", metavar="FILE", default=None,
@@ -111,7 +116,8 @@ def run_central(args: argparse.Namespace) -> int:
                          "or --http-port 0")
     categories = _categories(args.categories)
     key = _signing_key(args.key) if args.key else None
-    db = Database(Target.parse(args.storage), synchronous=args.synchronous)
+    db = Database(Target.parse(args.storage), synchronous=args.synchronous,
+                  tombstone_key=Path(args.tombstone_key) if args.tombstone_key else None)
     ingest = Ingest(db)
     client_id = args.client_id or f"central-{socket.gethostname()}-{os.getpid()}"
     settings = MqttSettings(host=args.mqtt_host, port=args.mqtt_port, client_id=client_id,

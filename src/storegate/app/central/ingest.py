@@ -51,6 +51,7 @@ from typing import Any, Final, Literal
 
 from storegate.adapters.central import records
 from storegate.adapters.central.storage import Conn, Database, StorageError, Target
+from storegate.adapters.central.tombstones import Tombstones
 from storegate.core import events as ev
 from storegate.core.central.envelope import Event, Rejection, Status, clean_text, read
 from storegate.core.personal.erasure import redact_event
@@ -206,8 +207,7 @@ class Ingest:
                                   .replace("\x00", ""), r, payload, received_at)
         return IngestOutcome("rejected", safe_id, store, gateway, None, r.reason, r.detail)
 
-    @staticmethod
-    def _write(db: Conn, parsed: list[tuple[str, bytes, Event | Status | Rejection]],
+    def _write(self, db: Conn, parsed: list[tuple[str, bytes, Event | Status | Rejection]],
                received_at: float) -> list[IngestOutcome | None]:
         """One batch in one transaction. Events go in id order, whatever order they
         came in: two instances writing overlapping batches (a redelivery) then take
@@ -220,7 +220,7 @@ class Ingest:
                 first[records.key_of(item)] = n
                 unique.append(item)
         unique.sort(key=records.key_of)
-        unique = Ingest._without_erased(db, unique)
+        unique = Ingest._without_erased(db, self.db.tombstones, unique)
         stored = records.insert_events(db, unique, received_at)
         for store, gateway in sorted({(e.store, e.gateway) for e in unique
                                       if records.key_of(e) in stored}):
@@ -239,7 +239,8 @@ class Ingest:
         return slots
 
     @staticmethod
-    def _without_erased(db: Conn, events: list[Event]) -> list[Event]:
+    def _without_erased(db: Conn, tombstones: Tombstones,
+                        events: list[Event]) -> list[Event]:
         """A late or replayed event naming an erased customer or card (its tombstone
         is kept) is stored redacted, never bringing them back."""
         named: dict[int, set[str]] = {}
@@ -252,7 +253,7 @@ class Ingest:
                 named[n] = found
         if not named:
             return events
-        erased = records.erased_among(db, set().union(*named.values()))
+        erased = records.erased_among(db, tombstones, set().union(*named.values()))
         if not erased:
             return events
         out = list(events)

@@ -194,6 +194,30 @@ class CommandOut(BaseModel):
     answers: list[dict[str, Any]]
 
 
+class GatewaySyncOut(BaseModel):
+    """The last registry sync to one gateway: ``pending`` (sent, not answered),
+    ``synced`` (the gateway answered every command applied) or ``failed`` (it refused
+    one: ``reason``; sent again at ``retry_at``)."""
+
+    gateway: str
+    state: Literal["pending", "synced", "failed"]
+    reason: str | None
+    attempts: int
+    sent_at: float
+    answered_at: float | None
+    retry_at: float | None
+    commands: list[str]
+
+
+class StoreSyncOut(BaseModel):
+    """A store's registry sync: ``synced`` when every gateway with a seal key answered
+    applied; ``failed`` if one refused; ``none`` before any sync."""
+
+    store: str
+    state: Literal["none", "pending", "synced", "failed"]
+    gateways: list[GatewaySyncOut]
+
+
 class GatewayOut(BaseModel):
     store: str
     gateway: str
@@ -204,6 +228,7 @@ class GatewayOut(BaseModel):
     events: int
     open_gaps: list[list[int]]
     lost: list[list[int]]
+    sync: GatewaySyncOut | None = None
 
 
 class CampaignIn(_In):

@@ -37,7 +37,7 @@ from storegate.adapters.central import records
 from storegate.adapters.central.storage import Database, dumps
 from storegate.app.central import models as m
 from storegate.app.central.commands import Commands
-from storegate.core.central import outbound
+from storegate.core.central import outbound, sync
 from storegate.core.central.profile import (
     CategoryMap,
     Profile,
@@ -101,19 +101,20 @@ SYNC_LEASE_S = 60.0  # one instance syncs a new gateway's store; another after t
 ERASE_RESEND_S = 3600.0  # an unconfirmed erase is sent again after this
 
 
-erased_digest = records.erased_digest
-
-
 class CentralService:
     def __init__(self, db: Database, commands: Commands | None, *,
                  categories: CategoryMap | None = None,
                  clock: Callable[[], float] = time.time,
-                 rand: Callable[[int], bytes] = os.urandom) -> None:
+                 rand: Callable[[int], bytes] = os.urandom,
+                 sync_retry_first_s: float = sync.RETRY_FIRST_S,
+                 sync_retry_max_s: float = sync.RETRY_MAX_S) -> None:
         self.db = db
         self.commands = commands
         self.categories = categories or CategoryMap()
         self._clock = clock
         self._rand = rand
+        self.sync_retry_first_s = sync_retry_first_s
+        self.sync_retry_max_s = sync_retry_max_s
 
     # --- customers ----------------------------------------------------------------
 
@@ -365,9 +366,11 @@ class CentralService:
         otherwise ``upsert`` commands of that many each (a replace cannot be split;
         central forgets a customer only by erasure, which has its own command). Each
         chunk is built in its own transaction (the lock is not held for the whole
-        registry). The gateways are marked synced only when the broker acknowledged
-        every command; otherwise the next pass tries again. Returns the last command
-        id."""
+        registry). Once the broker acknowledged every command, each gateway's sync is
+        pending until that gateway answers them all (``customers_applied``: synced; a
+        refusal: failed, sent again after a backoff; core/central/sync.py); not
+        acknowledged, nothing is recorded and the next pass tries again. Returns the
+        last command id."""
         with self.db.tx() as db:
             if store not in records.stores(db):
                 raise NotFoundError(store)
@@ -377,23 +380,45 @@ class CentralService:
         chunks = [customers[k:k + SYNC_CHUNK]
                   for k in range(0, len(customers), SYNC_CHUNK)] or [[]]
         op = "replace" if len(chunks) == 1 else "upsert"
-        command_id, all_acked = None, True
+        command_id, all_acked, sent = None, True, []
         for chunk in chunks:
             command_id, acked = self._send_customers_acked(store, op, chunk)
             all_acked &= acked
+            if command_id is not None:
+                sent.append(command_id)
         if command_id is not None and all_acked:
             with self.db.tx() as db:
-                records.mark_synced(db, store, keys)
+                records.record_sync(db, store, keys, sent, self._clock())
         return command_id
+
+    def store_sync(self, store: str) -> m.StoreSyncOut:
+        """Where the store's registry sync stands, per gateway, from the answers in
+        hand (a pending one settled first)."""
+        with self.db.tx() as db:
+            if store not in records.stores(db):
+                raise NotFoundError(store)
+            found = records.settle_syncs(db, store)
+        return m.StoreSyncOut(store=store, state=sync.store_state(found),
+                              gateways=[self._gateway_sync(s) for s in found])
+
+    def _gateway_sync(self, s: sync.GatewaySync) -> m.GatewaySyncOut:
+        return m.GatewaySyncOut(
+            gateway=s.gateway, state=s.state, reason=s.reason, attempts=s.attempts,
+            sent_at=s.sent_at, answered_at=s.answered_at, commands=list(s.commands),
+            retry_at=sync.retry_at(s, first_s=self.sync_retry_first_s,
+                                   max_s=self.sync_retry_max_s))
 
     def sync_new_gateways(self) -> dict[str, str]:
         """A store with a gateway central has not synced to (new, or a new seal key:
-        identities sealed to the old key cannot open there) gets the whole registry.
-        Called by the scanner's pass: store -> command id."""
+        identities sealed to the old key cannot open there), or whose sync it refused
+        or left unanswered past the backoff, gets the whole registry. Called by the
+        scanner's pass: store -> command id."""
         if self.commands is None:
             return {}
         with self.db.tx() as db:
-            stores = records.stores_to_sync(db)
+            stores = records.stores_to_sync(db, self._clock(),
+                                            first_s=self.sync_retry_first_s,
+                                            max_s=self.sync_retry_max_s)
         out = {}
         for store in stores:
             with self.db.tx() as db:
@@ -538,9 +563,7 @@ class CentralService:
             self._redact_events(db, customers, loyalty)
             self._redact_copies(db, customers, loyalty)
             for pseudonym in [*customers, *loyalty]:
-                db.execute("INSERT INTO erased (digest, erasure_id, at) VALUES (?, ?, ?) "
-                           "ON CONFLICT (digest) DO NOTHING",
-                           (erased_digest(pseudonym), erasure_id, now))
+                records.bury(db, self.db.tombstones, pseudonym, erasure_id, now)
             db.execute("INSERT INTO erasures (id, customers, loyalty_ids, requested_at) "
                        "VALUES (?, ?, ?, ?)",
                        (erasure_id, dumps(customers), dumps(loyalty), now))
@@ -655,11 +678,11 @@ class CentralService:
             if done and done_at is None:
                 done_at = now
                 # done: the ids are needed no more (nothing to re-send); the tombstones
-                # ('erased' digests) recognise them from now on
+                # ('erased', keyed digests) recognise them from now on
                 db.execute("UPDATE erasures SET done_at = ?, customers = ?, "
                            "loyalty_ids = '[]' WHERE id = ?",
-                           (now, dumps([erased_digest(c) for c in json.loads(row[0])]),
-                            erasure_id))
+                           (now, dumps([self.db.tombstones.digest(c)
+                                        for c in json.loads(row[0])]), erasure_id))
         return m.ErasureOut(
             id=erasure_id, customers=json.loads(row[0]), requested_at=float(row[1]),
             done=done, done_at=done_at,
@@ -689,6 +712,7 @@ class CentralService:
     def gateways(self) -> list[m.GatewayOut]:
         out = []
         with self.db.tx() as db:
+            syncs = {(s.store, s.gateway): s for s in records.settle_syncs(db)}
             for store, gateway, watermark in records.gateways(db):
                 row = db.execute("SELECT state, session FROM gateways WHERE store = ? AND "
                                  "gateway = ?", (store, gateway)).fetchone()
@@ -697,10 +721,13 @@ class CentralService:
                 gaps = [[x.range.first, x.range.last]
                         for x in records.open_gaps(db, store, gateway)]
                 lost = [[r.first, r.last] for r in records.lost_ranges(db, store, gateway)]
+                last = syncs.get((store, gateway))
                 out.append(m.GatewayOut(store=store, gateway=gateway, state=row[0],
                                         session=row[1], watermark=watermark,
                                         highest=agg[0], events=int(agg[1]),
-                                        open_gaps=gaps, lost=lost))
+                                        open_gaps=gaps, lost=lost,
+                                        sync=None if last is None
+                                        else self._gateway_sync(last)))
         return out
 
     def command(self, command_id: str) -> m.CommandOut:
