@@ -10,6 +10,11 @@ issue's targets, and says which seed set it ran: tune on ``--set tune``, report 
     .venv/bin/python bench/bench_presence_family.py                  # 20 held-out, ~1.5 min
     .venv/bin/python bench/bench_presence_family.py --set tune --stores 30
     .venv/bin/python bench/bench_presence_family.py --seed-from 42 --stores 5 --small
+    .venv/bin/python bench/bench_presence_family.py --family alt   # the independent family
+
+``--family alt`` draws the stores from ``sim/stores_alt.py`` instead: a radio and
+behaviour model written independently of the one the engine was tuned on (same seed
+sets, same report; files named ``presence_family-alt...``).
 
 Writes ``bench/results/presence_family[-tune].md`` and ``.json``.
 """
@@ -27,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from storegate.sim.family_report import (  # noqa: E402
+    FAMILIES,
     HELD_OUT_SEEDS,
     TUNE_SEEDS,
     StoreResult,
@@ -50,6 +56,9 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="markdown report (json beside it)")
     ap.add_argument("--uncalibrated", action="store_true",
                     help="no self-calibration from the zone beacons (the engine without it)")
+    ap.add_argument("--family", choices=FAMILIES, default="main",
+                    help="main: sim/stores.py (default); alt: sim/stores_alt.py, the "
+                         "independently written family")
     args = ap.parse_args()
     if not 1 <= args.stores <= 100:
         ap.error("--stores: 1..100")
@@ -69,16 +78,18 @@ def main() -> int:
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     print(f"{len(seeds)} stores, {which} seeds {seeds[0]}-{seeds[-1]}")
-    results = run(seeds, size, progress, calibrated=not args.uncalibrated)
+    results = run(seeds, size, progress, calibrated=not args.uncalibrated, family=args.family)
     secs = time.perf_counter() - started
     cal = "uncalibrated" if args.uncalibrated else "self-calibrated"
+    fam = "" if args.family == "main" else f", {args.family} family"
     report = table(results, f"## Presence accuracy across {len(results)} stores ({which}, "
-                            f"{cal})")
+                            f"{cal}{fam})")
     report += f"\n({secs:.0f} s, {'small' if args.small else 'full-size'} stores)\n\n"
     report += per_store(results)
     print()
     print(report)
-    default = f"presence_family{'' if which == 'held-out' else '-' + which.replace(' ', '-')}"
+    default = "presence_family" + ("" if args.family == "main" else f"-{args.family}")
+    default += "" if which == "held-out" else "-" + which.replace(" ", "-")
     default += "-uncalibrated" if args.uncalibrated else ""
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"{default}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +98,8 @@ def main() -> int:
              "worst_seed": r.worst_seed, "target": r.metric.target, "meets": r.meets}
             for r in summarise(results)]
     out.with_suffix(".json").write_text(json.dumps(
-        {"set": which, "seeds": seeds, "size": dataclasses.asdict(size), "seconds": secs,
+        {"family": args.family, "set": which, "seeds": seeds,
+         "size": dataclasses.asdict(size), "seconds": secs,
          "summary": rows, "stores": [dataclasses.asdict(r) for r in results]},
         indent=1, default=str))
     print(f"written: {out} and {out.with_suffix('.json').name}")

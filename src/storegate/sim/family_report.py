@@ -24,11 +24,15 @@ from typing import Final
 
 from storegate.core import events as ev
 from storegate.core.presence.infrastructure import Infrastructure
+from storegate.sim import stores_alt
 from storegate.sim.accuracy import Accuracy, evaluate, predicted_visits, replay
 from storegate.sim.stores import FULL, LINGERER, FamilyStore, StoreSize, adverts, generate
 
 TUNE_SEEDS: Final = range(1000, 1100)
 HELD_OUT_SEEDS: Final = range(9000, 9100)
+# "main": sim/stores.py, the family the engine is tuned on; "alt": sim/stores_alt.py, an
+# independent radio and behaviour model, to show overfitting to the first one
+FAMILIES: Final = ("main", "alt")
 
 
 def seed_set(seeds: Iterable[int]) -> str:
@@ -115,7 +119,9 @@ def run_pipeline(store: FamilyStore, advert_seed: int | None = None, *,
     beacons, their positions) with every other setting at its default; events with
     emission times. ``calibrated=False``: no self-calibration (the engine as it was
     before it used one)."""
-    return replay(store.sim, store.plan.settings(), adverts(store, advert_seed),
+    stream = stores_alt.adverts(store, advert_seed) if isinstance(store, stores_alt.AltStore) \
+        else adverts(store, advert_seed)
+    return replay(store.sim, store.plan.settings(), stream,
                   Infrastructure(store.plan.infrastructure()),
                   store.plan.calibrator() if calibrated else None)
 
@@ -140,8 +146,11 @@ def _timestamp_errors(store: FamilyStore, events: list[tuple[float, ev.EventDraf
     return enter, exit_
 
 
-def run_store(seed: int, size: StoreSize = FULL, *, calibrated: bool = True) -> StoreResult:
-    store = generate(seed, size)
+def run_store(seed: int, size: StoreSize = FULL, *, calibrated: bool = True,
+              family: str = "main") -> StoreResult:
+    if family not in FAMILIES:
+        raise ValueError(f"family: one of {', '.join(FAMILIES)}")
+    store = stores_alt.generate(seed, size) if family == "alt" else generate(seed, size)
     events, n = run_pipeline(store, calibrated=calibrated)
     acc = evaluate(store.sim, events, n)
     enter, exit_ = _timestamp_errors(store, events)
@@ -166,10 +175,10 @@ def _share(counted: set[str], ids: list[str]) -> float:
 
 def run(seeds: Sequence[int], size: StoreSize = FULL,
         progress: Callable[[StoreResult], None] | None = None, *,
-        calibrated: bool = True) -> list[StoreResult]:
+        calibrated: bool = True, family: str = "main") -> list[StoreResult]:
     out = []
     for seed in seeds:
-        r = run_store(seed, size, calibrated=calibrated)
+        r = run_store(seed, size, calibrated=calibrated, family=family)
         if progress is not None:
             progress(r)
         out.append(r)
