@@ -359,12 +359,13 @@ class AppChannelStatus:
     errors_total: int
     streams: int  # phones connected now (SSE and WebSocket)
     hub_cut_off_total: int  # slow streams cut off (they resume from their cursor)
+    staged_busy_total: int = 0  # staging found the inbox file locked: written in a thread
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> AppChannelStatus:
         return cls(**{k: int(d.get(k, 0)) for k in (
             "inbox_messages", "queued", "published_total", "queued_dropped_total",
-            "errors_total", "streams", "hub_cut_off_total")})
+            "errors_total", "streams", "hub_cut_off_total", "staged_busy_total")})
 
 
 @dataclass(frozen=True, slots=True)

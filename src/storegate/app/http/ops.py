@@ -132,6 +132,13 @@ def readiness(status: GatewayStatusView) -> Readiness:
 # --- metrics ------------------------------------------------------------------------
 
 
+class FastCounts(Protocol):
+    """The HTTP fast path's counters (app/http/fast.py ``FastReads``)."""
+
+    answered_total: int
+    failed_total: int
+
+
 class StatusCollector(Collector):
     """Prometheus samples from the typed status, built at scrape time."""
 
@@ -139,6 +146,7 @@ class StatusCollector(Collector):
         self.gateway = gateway
         self.auth = auth
         self.outbox_figures: OutboxFigures | None = None  # set by the handler, per scrape
+        self.fast: FastCounts | None = None  # set by build_app: the fast path's counters
 
     def collect(self) -> Iterator[Metric]:
         s = self.gateway.status()
@@ -205,6 +213,14 @@ class StatusCollector(Collector):
         yield from self._pos(s)
         yield from self._personal(s)
         yield from self._people(s)
+        fast = self.fast
+        if fast is not None:
+            yield CounterMetricFamily("storegate_app_fast_offers_answered", "GET "
+                                      "/app/offers answered by the fast path.",
+                                      value=fast.answered_total)
+            yield CounterMetricFamily("storegate_app_fast_offers_failed", "GET /app/offers "
+                                      "failed on the fast path (passed to the route).",
+                                      value=fast.failed_total)
         rejected = CounterMetricFamily("storegate_http_auth_rejected", "HTTP requests "
                                        "refused by the security layer, by reason.",
                                        labels=["reason"])
@@ -303,6 +319,9 @@ class StatusCollector(Collector):
             yield CounterMetricFamily("storegate_app_streams_cut_off", "Slow streams cut "
                                       "off (they resume from their cursor).",
                                       value=a.hub_cut_off_total)
+            yield CounterMetricFamily("storegate_app_staged_busy", "Inbox commits staged "
+                                      "while the file was locked (written in a thread).",
+                                      value=a.staged_busy_total)
         sc = s.screens
         if sc is not None:
             yield GaugeMetricFamily("storegate_staff_screens", "Till and floor screens "

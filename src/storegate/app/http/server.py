@@ -168,6 +168,7 @@ def build_app(gateway_like: GatewayLike, settings: HttpConfig, clock: Clock = ti
                            allow_headers=["Authorization", "Content-Type",
                                           "Last-Event-ID"], max_age=600)
     app.state.fast = fast = FastReads(app.state, enabled=fast_paths)
+    metrics.status.fast = fast  # its counters in /metrics
     app.add_middleware(_Latency, metrics=metrics, fast=fast)
     app.add_middleware(BoundedBody, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecureHeaders, tls=settings.tls)  # outermost: every response
