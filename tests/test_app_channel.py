@@ -347,7 +347,7 @@ def test_since_query_and_keep_alives(world: World) -> None:
         reader = threading.Thread(target=get)
         reader.start()
         wait_for(lambda: world.hub.subscribers(topic(ALICE)) == 1, 10, "the subscription")
-        wait_for(lambda: world.app.state.auth is not None, 1, "app")
+        wait_for(lambda: world.app.state.auth is not None, 10, "app")
         client.portal.call(asyncio.sleep, 0.1)  # time for a few keep-alives
         client.portal.call(world.hub.close_all)
         reader.join(10)
@@ -498,6 +498,37 @@ def test_erasure_leaves_no_byte_of_the_customer_in_the_inbox(tmp_path: Path) -> 
     box.close()
     inbox.close()
     assert scan(tmp_path, needles) == []
+
+
+def test_a_stop_while_a_batch_is_being_written_still_ends_the_writer(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop's wake-up came while the writer was inside a write (nothing idle to
+    wake): it then went idle for good, and the gateway hung at SIGTERM until killed
+    (the demo's "gateway did not stop"). The write finishes, the writer ends."""
+    channel = world.channel
+    real_write = channel._write
+    writing, release = threading.Event(), threading.Event()
+
+    async def slow_write(batch: list[OfferEntry]) -> int:
+        writing.set()
+        await asyncio.to_thread(release.wait, 30)
+        return await real_write(batch)
+
+    monkeypatch.setattr(channel, "_write", slow_write)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(channel.run(stop))
+        channel._put(offer(ALICE, 1))
+        await asyncio.to_thread(writing.wait, 30)
+        stop.set()
+        for _ in range(10):  # the stop's wake-up runs now, while the write is on
+            await asyncio.sleep(0)
+        release.set()
+        await asyncio.wait_for(task, 20)
+
+    asyncio.run(main())
+    assert channel.published_total == 1  # the batch in hand was written, then it ended
 
 
 def test_erase_drops_queued_entries_too(world: World) -> None:

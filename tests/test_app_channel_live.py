@@ -174,7 +174,7 @@ def test_offers_arrive_live_and_a_reconnect_gets_exactly_the_missed_ones(
 
     wait_for(lambda: len(users()) == 6, 30, "the simulated app users known")
     customers = users()
-    page = httpx.get(f"{base}/app/demo", timeout=2).text
+    page = httpx.get(f"{base}/app/demo", timeout=10).text
     demo_token = page.split("/app#token=", 1)[1].split('"', 1)[0]
     me = httpx.get(f"{base}/app/me", headers={"Authorization": f"Bearer {demo_token}"})
     assert me.status_code == 200 and me.json()["customer"] in customers

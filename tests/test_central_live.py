@@ -24,6 +24,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from storegate.adapters.central.mqtt_source import MqttSource
 from storegate.adapters.central.storage import Database, Target
@@ -340,6 +342,35 @@ def test_a_central_killed_mid_stream_loses_nothing(tmp_path: Path, broker: Mosqu
         assert gw["lost"] == []
     finally:
         assert c.stop() == 0, c.log.read_text()
+
+
+class _Subscribing:
+    """What the source's ``_on_connect`` needs of paho's client: ``subscribe``."""
+
+    def subscribe(self, topics: Any, qos: int = 0) -> tuple[int, int]:
+        return mqtt.MQTT_ERR_SUCCESS, 5
+
+
+def test_the_source_is_connected_once_its_subscription_is_granted() -> None:
+    """"connected" (central's /status, what tests and the demo wait for before
+    publishing) means the broker granted the subscriptions: at CONNACK alone, messages
+    published at once matched no subscription and were lost (a flaky CI run)."""
+    source = MqttSource(MqttSettings("127.0.0.1", 1, "central-unit"), lambda b, t: None)
+    client = _Subscribing()
+    source._on_connect(client, None, None,  # type: ignore[arg-type]
+                       ReasonCode(PacketTypes.CONNACK, "Success"), None)
+    assert not source.connected.is_set()
+    granted = [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")] * 2
+    source._on_subscribe(client, None, 5, granted, None)  # type: ignore[arg-type]
+    assert source.connected.is_set()
+
+    refused = MqttSource(MqttSettings("127.0.0.1", 1, "central-unit-2"), lambda b, t: None)
+    refused._on_connect(client, None, None,  # type: ignore[arg-type]
+                        ReasonCode(PacketTypes.CONNACK, "Success"), None)
+    refused._on_subscribe(client, None, 5, [  # type: ignore[arg-type]
+        ReasonCode(PacketTypes.SUBACK, "Not authorized"), granted[0]], None)
+    assert not refused.connected.is_set()
+    assert refused.last_error is not None and "Not authorized" in refused.last_error
 
 
 def test_the_source_acks_only_what_was_stored(broker: Mosquitto) -> None:

@@ -56,6 +56,14 @@ class Gw:
     def start(self) -> None:
         self.proc = start_run(self.config, stderr=self.log)
         wait_for(lambda: self.status().get("commands") is not None, 20, "gateway up")
+        # a tap flushes the port's input when it opens it (pyserial): bytes a test
+        # writes to a lane before then are lost
+        wait_for(self.taps_open, 20, "the lanes' serial taps open")
+
+    def taps_open(self) -> bool:
+        lanes = (self.status().get("pos") or {}).get("lanes") or {}
+        return all(d["tap"]["state"] == "open" for lane in lanes.values()
+                   for d in lane["devices"] if d.get("tap"))
 
     def status(self) -> dict[str, Any]:
         try:

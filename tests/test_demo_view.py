@@ -8,15 +8,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from rich.console import Console
 
 from storegate.app.cli import main
 from storegate.app.demo.broker import DemoError
 from storegate.app.demo.central import CentralFigures
 from storegate.app.demo.run import Demo, DemoOptions, DemoResult, GatewayFigures, Snapshot
-from storegate.app.demo.tally import StatusSeen, TallyCounts
+from storegate.app.demo.tally import StatusSeen, Tally, TallyCounts
 from storegate.app.demo.tills import TokenBox
 from storegate.app.demo.view import render
+from storegate.core.topics import Topics
 
 
 def _snapshot(central: CentralFigures, shutdown: list[str] | None = None) -> Snapshot:
@@ -97,6 +100,26 @@ def test_token_box_hands_out_tokens_in_order_once() -> None:
     assert len(box) == 2
     assert [box.take(), box.take(), box.take()] == ["SGO1.A", "SGO1.B", None]
     assert box.scanned_total == 2
+
+
+class _Subscribing:
+    """What the tally's ``_on_connect`` needs of paho's client: ``subscribe``."""
+
+    def subscribe(self, topics: object, qos: int = 0) -> tuple[int, int]:
+        return 0, 3
+
+
+def test_the_tally_is_connected_once_its_subscription_is_granted() -> None:
+    """The demo starts the gateway once the tally is connected; an event published
+    before the SUBACK would never be seen and the counts would not add up."""
+    tally = Tally(1, Topics("demo-store", "gw-1"))
+    client = _Subscribing()
+    tally._on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"),  # type: ignore[arg-type]
+                      None)
+    assert not tally.counts().connected
+    tally._on_subscribe(client, None, 3,  # type: ignore[arg-type]
+                        [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")] * 2, None)
+    assert tally.counts().connected
 
 
 def test_a_state_dir_the_demo_did_not_make_is_never_emptied(tmp_path: Path) -> None:

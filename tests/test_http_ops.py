@@ -296,9 +296,9 @@ def test_storegate_run_serves_ops_over_real_http(tmp_path: Path, broker: Mosquit
         assert r.json() == {"status": "ok"}
         assert r.headers["x-content-type-options"] == "nosniff"
         assert "server" not in r.headers  # no server banner
-        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 30,
+        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200, 30,
                  "/readyz ready (broker connected)")
-        assert httpx.get(f"{base}/metrics", timeout=2).status_code == 401
+        assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
         metrics = httpx.get(f"{base}/metrics", headers=bearer(ADMIN_TOKEN), timeout=5)
         assert metrics.status_code == 200
         m = _samples(metrics.text)
@@ -321,7 +321,7 @@ def test_storegate_run_serves_ops_over_real_http(tmp_path: Path, broker: Mosquit
         r = httpx.post(f"{base}/admin/config/reload", headers=bearer(ADMIN_TOKEN))
         assert r.json()["restart_needed"] == ["storage.shutdown_drain_s"], r.text
         broker.kill()  # the broker gone: not ready, with the reason
-        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 503, 30,
+        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 503, 30,
                  "/readyz not ready without the broker")
         assert "broker: not connected" in httpx.get(f"{base}/readyz").json()["reasons"]
     finally:

@@ -169,6 +169,48 @@ def test_a_refused_connection_is_reported_not_raised() -> None:
     assert src.last_error == "broker refused: Not authorized"
 
 
+class SubscribingClient:
+    """What ``_on_connect`` needs of paho's client: ``subscribe``, recorded."""
+
+    def __init__(self) -> None:
+        self.subscribed: list[Any] = []
+
+    def subscribe(self, topics: Any, qos: int = 0) -> tuple[int, int]:
+        self.subscribed.append(topics)
+        return mqtt.MQTT_ERR_SUCCESS, 7
+
+
+def test_connected_means_the_subscription_was_granted_not_just_the_connection() -> None:
+    """A node's message published between CONNACK and SUBACK matches no subscription
+    and is dropped by the broker: "connected" (the status a test or an operator waits
+    for before relying on the nodes) comes with the SUBACK."""
+    src = source(1883, Heard())
+    client = SubscribingClient()
+    granted = ReasonCode(PacketTypes.CONNACK, "Success")
+    src._on_connect(client, None, None, granted, None)  # type: ignore[arg-type]
+    assert client.subscribed == [[(RAW, 0), (ESPRESENSE, 0)]]
+    assert not src.connected  # CONNACK only
+    ok = [ReasonCode(PacketTypes.SUBACK, "Granted QoS 0")] * 2
+    src._on_subscribe(client, None, 6, ok, None)  # type: ignore[arg-type]
+    assert not src.connected  # another subscription's SUBACK
+    src._on_subscribe(client, None, 7, ok, None)  # type: ignore[arg-type]
+    assert src.connected and src.last_error is None
+    assert src.status().state == "connected"
+
+
+def test_a_refused_subscription_is_reported_and_never_connected() -> None:
+    src = source(1883, Heard())
+    client = SubscribingClient()
+    src._on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"),
+                    None)  # type: ignore[arg-type]
+    src._on_subscribe(client, None, 7, [  # type: ignore[arg-type]
+        ReasonCode(PacketTypes.SUBACK, "Granted QoS 0"),
+        ReasonCode(PacketTypes.SUBACK, "Not authorized")], None)
+    assert not src.connected
+    assert src.last_error == "subscription refused: Not authorized"
+    assert src.status().state == "connecting"
+
+
 # --- e2e: a real mosquitto --------------------------------------------------------------
 
 
@@ -195,8 +237,8 @@ async def publish(probe: Probe, topic: str, payload: bytes | dict[str, Any]) -> 
 
 
 async def subscribed(probe: Probe, heard: Heard) -> None:
-    """Connected is not yet subscribed: publish until a report comes through (the
-    ESPresense filter is subscribed last, so the raw one is in place too)."""
+    """Publish until a report comes through, then forget the warm-up (for a retained
+    replay or a reconnect, where the test needs to know adverts flow again)."""
     async with asyncio.timeout(20):
         while not heard.adverts:
             await publish(probe, "espresense/devices/x/warmup", ibeacon_report(1))
@@ -215,7 +257,11 @@ def test_published_node_messages_become_adverts(broker_session: Mosquitto) -> No
     async def main() -> None:
         async with Running(src):
             assert src.connected and src.last_error is None
-            await subscribed(probe, heard)
+            # connected is subscribed: the first message is heard, no warm-up needed
+            await publish(probe, "espresense/devices/ibeacon-x/checkout",
+                          ibeacon_report(1))
+            await until(lambda: len(heard.adverts) == 1, "the first message")
+            heard.adverts.clear()
             await publish(probe, "storegate/v1/s1/scanners/esp-door/adverts",
                           {"adverts": [raw_advert("5A:00:00:00:00:01", -50)]})
             await publish(probe, "espresense/devices/ibeacon-x/checkout",

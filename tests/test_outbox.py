@@ -9,11 +9,13 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
-from storegate.adapters.outbox import OutboxReader, purge
+from storegate.adapters.outbox import Accepted, Outbox, OutboxReader, purge
 from storegate.core.retention import RetentionBudget
 from storegate.errors import (
     OutboxClosedError,
@@ -21,7 +23,14 @@ from storegate.errors import (
     OutboxNotOursError,
     OutboxUnavailableError,
 )
-from tests.support.outbox import FakeClock, make_outbox, purchase, telemetry, visit
+from tests.support.outbox import (
+    TOPICS,
+    FakeClock,
+    make_outbox,
+    purchase,
+    telemetry,
+    visit,
+)
 from tests.support.tmpfs import tmpfs
 from tests.support.waiting import wait_for
 
@@ -53,6 +62,34 @@ def test_accept_commits_with_monotonic_sequences_that_survive_restarts(tmp_path:
     box.close()
     assert again[0].sequence == 7  # never reused, even though every row was deleted
     assert box.session == 2
+
+
+def test_the_commit_is_announced_before_the_producer_hears_accepted(tmp_path: Path) -> None:
+    """``on_commit`` (the publisher's ``notify_committed``) runs before the producer's
+    accept returns. The other way round, the gateway's shutdown (last events accepted,
+    then the publisher stopped at once) found the publisher "drained" while it had not
+    yet heard of them: they stayed in the outbox ("reported drained but 17 event(s) are
+    still pending"), seen under load in the demo."""
+    submitted: list[Future[list[Accepted]]] = []
+    handed = threading.Event()
+    resolved_when_announced: list[bool] = []
+
+    def on_commit(sequence: int) -> None:
+        assert handed.wait(10)
+        resolved_when_announced.append(submitted[0].done())
+
+    outbox = Outbox(tmp_path / "outbox.db", source=TOPICS.source,
+                    topic_for=lambda t: TOPICS.events(t.kind), budget=RetentionBudget(),
+                    clock=FakeClock(), on_commit=on_commit)
+    outbox.open()
+    try:
+        submitted.append(outbox.submit([purchase(1)]))
+        handed.set()
+        [accepted] = submitted[0].result(10)
+    finally:
+        outbox.close()
+    assert resolved_when_announced == [False]
+    assert accepted.sequence == 1
 
 
 def test_async_accept_from_many_tasks(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_lane_purchases_scans_unplug_and_garbage(tmp_path: Path, broker: Mosquit
                  "three purchases")
         # the printer's cable is pulled and plugged back; garbage comes first (wrong baud)
         printer.unplug()
-        wait_for(lambda: tap_states(storage).get("printer") != "open", 5, "unplug noticed")
+        wait_for(lambda: tap_states(storage).get("printer") != "open", 15, "unplug noticed")
         printer.replug()
         wait_for(lambda: tap_states(storage).get("printer") == "open", 15, "printer reopened")
         printer.write(bytes(rng.randrange(256) for _ in range(3000)))

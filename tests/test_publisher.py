@@ -3,7 +3,9 @@ TLS, the in-flight bound, paho's message-id wrap, replay and bad commands, SIGTE
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
 import subprocess
 import threading
@@ -14,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from storegate.adapters.outbox import OutboxReader
+from storegate.app import collector
+from storegate.app import gateway as gateway_module
 from storegate.app.gateway import Gateway
 from storegate.config import Config, load
 from storegate.errors import OutboxUnavailableError
@@ -70,6 +74,27 @@ def test_events_arrive_in_order_between_birth_and_death(
     assert subscriber.by_topic["storegate/v1/s1/g1/events/purchase"] == 300
     # CloudEvents MQTT binding, structured mode, MQTT 5: the content type says so
     assert set(subscriber.content_types) == {"application/cloudevents+json; charset=UTF-8"}
+
+
+def test_the_birth_follows_the_command_subscription(tmp_path: Path) -> None:
+    """Whoever sees the birth may command the gateway at once (central answers a birth
+    with commands): the broker handles a connection's packets in order, so the
+    SUBSCRIBE goes first, or a command on a first connection matches no subscription
+    and is dropped."""
+    broker = Mosquitto(tmp_path / "broker", extra="log_type debug\n")
+    broker.start()
+    try:
+        with running(config(tmp_path, broker.port)):
+            wait_for(lambda: "Received PUBLISH from storegate-s1-g1" in broker.log.read_text(),
+                     10, "the birth at the broker")
+    finally:
+        broker.kill()
+    lines = broker.log.read_text().splitlines()
+    subscribe = next(i for i, ln in enumerate(lines)
+                     if "Received SUBSCRIBE from storegate-s1-g1" in ln)
+    birth = next(i for i, ln in enumerate(lines)
+                 if "Received PUBLISH from storegate-s1-g1" in ln and "/g1/status'" in ln)
+    assert subscribe < birth, "\n".join(lines)
 
 
 def test_mqtt_311_is_selectable(tmp_path: Path, broker: Mosquitto,
@@ -312,6 +337,39 @@ def test_replay_of_events_past_the_window_reports_them_unavailable(
         wait_for(answer, 10, "replay answer")
     assert answer() == {"request_id": "r2", "command_id": "cmd-r2", "from_sequence": 1,
                         "to_sequence": 4, "republished": 0, "unavailable": [[1, 4]]}
+
+
+def test_a_task_that_ignores_the_stop_is_cancelled_and_the_gateway_still_drains(
+    tmp_path: Path, broker: Mosquitto, subscriber: Subscriber,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One of the gateway's tasks not ending on the stop (the app channel's writer did,
+    after a lost wake-up) kept it from ever reaching the drain: the process hung until
+    killed. Now it is cancelled, named in the log, and the shutdown goes on."""
+    async def deaf(stop: asyncio.Event, **_: object) -> None:
+        await asyncio.Event().wait()  # never looks at ``stop``
+
+    monkeypatch.setattr(collector, "tend", deaf)
+    monkeypatch.setattr(gateway_module, "STOP_TASKS_S", 0.5)
+    gw = Gateway(config(tmp_path, broker.port))
+
+    async def main() -> bool:
+        stop = asyncio.Event()
+        run = asyncio.create_task(gw.run(stop))
+        while not (gw.publisher is not None and gw.publisher.connected):
+            assert not run.done(), run
+            await asyncio.sleep(0.02)
+        await gw.accept(purchase(1))
+        stop.set()
+        return await asyncio.wait_for(run, 60)
+
+    with caplog.at_level(logging.ERROR, logger=gateway_module.__name__):
+        assert asyncio.run(main()) is True  # drained
+    assert any("deaf did not end within 0.5 s of the stop; cancelled" in r.getMessage()
+               for r in caplog.records), caplog.text
+    wait_for(lambda: subscriber.retained_state() == "offline", 10, "death certificate")
+    assert subscriber.status[-1]["data"]["reason"] == "shutdown"
+    assert len(subscriber.of_type("storegate.purchase.completed.v1")) == 1
 
 
 def test_sigterm_drains_pending_events_and_closes_cleanly(

@@ -32,17 +32,30 @@ class Subscriber:
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(0.01, 0.05)
+        # set by the SUBACK: from then on every matching publish reaches this session
+        self.subscribed = threading.Event()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, keepalive=10, clean_start=False,
                             properties=props)
         self.client.loop_start()
+        # A test publishes (or starts a gateway) right after: before the SUBACK its
+        # messages would match no subscription and be dropped.
+        if not self.subscribed.wait(30):
+            self.close()
+            raise AssertionError(f"subscriber: no SUBACK for {topic} within 30 s")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:
         self.connects += 1
         client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      props: Any) -> None:
+        if not any(r.is_failure for r in reasons):
+            self.subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:

@@ -107,7 +107,8 @@ class ScannerNodesSource:
         self._backlog_warn = LogOnce(log)  # its own budget: never crowded out
         self._lock = threading.Lock()  # guards nodes
         self._handoff: LoopHandoff[Advert] = LoopHandoff(self._drain, max_size=MAX_BACKLOG)
-        self.connected = False
+        self.connected = False  # subscribed: the broker granted the subscriptions
+        self._sub_mid: int | None = None
         self.last_error: str | None = None
         self.adverts_total = 0
         self.rejected_total = 0
@@ -124,13 +125,28 @@ class ScannerNodesSource:
         if reason.is_failure:
             self.last_error = f"broker refused: {reason}"
             return
-        self.connected = True
         self.last_error = None
-        for topic in (self._raw_topic, self._espresense_topic):
-            if topic:
-                client.subscribe(topic, qos=0)
-        log.info("scanner nodes: listening on %s",
-                 ", ".join(t for t in (self._raw_topic, self._espresense_topic) if t))
+        topics = [t for t in (self._raw_topic, self._espresense_topic) if t]
+        if not topics:
+            self.connected = True
+            return
+        # "connected" waits for the SUBACK: before it, a node's message matches no
+        # subscription and is dropped by the broker
+        _, self._sub_mid = client.subscribe([(t, 0) for t in topics])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reasons: list[ReasonCode], properties: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        topics = ", ".join(t for t in (self._raw_topic, self._espresense_topic) if t)
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self.last_error = f"subscription refused: {', '.join(refused)}"
+            self._warn("sub", "scanner nodes: broker refused the subscription to %s (%s); "
+                       "no adverts are read", topics, ", ".join(refused))
+            return
+        self.connected = True
+        log.info("scanner nodes: listening on %s", topics)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                        reason: ReasonCode, properties: Any) -> None:
@@ -218,6 +234,7 @@ class ScannerNodesSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         client.suppress_exceptions = True  # a callback bug is logged by paho, not fatal
         client.loop_start()

@@ -556,14 +556,18 @@ class MqttPublisher:
         self.last_error = None
         self.connect_failures = 0
         self._status_acked = False
+        # Commands first: the broker handles one connection's packets in order, so once
+        # anyone sees this birth, the command subscription is in place (central may
+        # answer a birth with commands; on a first connection they would otherwise
+        # match no subscription and be dropped).
+        for topic in self._subscriptions:
+            self._client.subscribe(topic, qos=1)
         birth = self._status_msgs.birth()
         info = self._client.publish(
             self._status_msgs.topic, birth, qos=1, retain=True,
             properties=self._publish_props,
         )
         self._status_mid = info.mid
-        for topic in self._subscriptions:
-            self._client.subscribe(topic, qos=1)
         if self.settings.protocol == "3.1.1":
             # 3.1.1 PUBACKs carry no reason code, and mosquitto acknowledges a publish
             # its ACL denied. The one check the protocol allows: a retained message we

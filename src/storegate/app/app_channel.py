@@ -172,7 +172,9 @@ class AppChannel:
         try:
             while not stop.is_set():
                 await self.flush()
-                if self._queue:
+                # the stop may have come during the flush, when there was no idle
+                # future for its wake-up to complete: look again before idling
+                if self._queue or stop.is_set():
                     continue
                 self._idle = loop.create_future()
                 try:
@@ -366,7 +368,8 @@ class AppChannel:
             published_total=self.published_total,
             queued_dropped_total=self.queued_dropped_total, errors_total=self.errors_total,
             streams=self.hub.subscribers_under(TOPIC_PREFIX),
-            hub_cut_off_total=self.hub.cut_off_total)
+            hub_cut_off_total=self.hub.cut_off_total,
+            staged_busy_total=self.staged_busy_total)
 
 
 def _retrieved(job: asyncio.Future[int]) -> None:

@@ -83,6 +83,10 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE_INTERVAL_S = 2.0
 CONSENT_WAIT_S = 10.0  # at shutdown, for a consent change being applied (100k: ~3 s)
+# After the stop, the gateway's tasks end on their own (the longest: the HTTP server's
+# graceful 5 s, a lane's quiet 2.5 s plus its taps' joins); one still running then is
+# cancelled (:func:`_ended_or_cancelled`).
+STOP_TASKS_S = 15.0
 # A removed customer's tombstone outlives any command still in flight (trust.max_age_s
 # plus skew) by a day: an older upsert can never bring them back.
 TOMBSTONE_EXTRA_S = 86_400.0
@@ -107,6 +111,21 @@ def mqtt_settings(config: Config) -> MqttSettings:
         backoff=Backoff(m.reconnect_min_s, m.reconnect_max_s),
         tls=tls,
     )
+
+
+async def _ended_or_cancelled(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    """Every task ends on the stop event. One that does not (a lost wake-up: the app
+    channel's writer once went idle for good when the stop came during a write) would
+    keep the gateway from ever draining, until SIGKILL: after ``timeout_s`` it is
+    cancelled and named in the log, and the shutdown goes on."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        name = getattr(task.get_coro(), "__qualname__", task.get_name())
+        log.error("stopping: %s did not end within %g s of the stop; cancelled", name,
+                  timeout_s)
+        task.cancel()
 
 
 class Gateway:
@@ -737,29 +756,35 @@ class Gateway:
                     self.config, mqtt_settings(self.config), on_advert=self.presence.feed,
                     enroll=self._enroll_local, beacons=self._beacons)
             async with asyncio.TaskGroup() as tg:
+                tasks: list[asyncio.Task[None]] = []
+
+                def spawn(coro: Coroutine[Any, Any, None]) -> None:
+                    tasks.append(tg.create_task(coro))
+
                 if self.presence is not None:
-                    tg.create_task(self.presence.run(stop))
+                    spawn(self.presence.run(stop))
                 if self.pos is not None:
-                    tg.create_task(self.pos.run(stop))
+                    spawn(self.pos.run(stop))
                 if self.personal is not None:
-                    tg.create_task(self.personal.run(stop))
+                    spawn(self.personal.run(stop))
                 if self.app_channel is not None and self.config.http.enabled:
-                    tg.create_task(self.app_channel.run(stop))
-                tg.create_task(self._status_loop(stop))
-                tg.create_task(self.intake.run(stop))
-                tg.create_task(collector.tend(stop))  # issue 12: short GC pauses
-                tg.create_task(systemd.keep_alive(stop))  # from this loop: it must turn
+                    spawn(self.app_channel.run(stop))
+                spawn(self._status_loop(stop))
+                spawn(self.intake.run(stop))
+                spawn(collector.tend(stop))  # issue 12: short GC pauses
+                spawn(systemd.keep_alive(stop))  # from this loop: it must turn
                 if self.config.sources.telemetry.enabled:
-                    tg.create_task(self._telemetry_loop(stop))
+                    spawn(self._telemetry_loop(stop))
                 if self.config.http.enabled:  # the HTTP surface, in this loop (issue 12)
                     from storegate.app.http.server import serve  # noqa: PLC0415 - optional
 
-                    tg.create_task(serve(self, self.config.http, stop, clock=self._wall))
+                    spawn(serve(self, self.config.http, stop, clock=self._wall))
                     if self.config.http.demo_app_tokens:
                         h = self.config.http
                         log.info("demo app users (loopback only): %s://%s:%d/app/demo",
                                  "https" if h.tls else "http", h.host, h.port)
                 await stop.wait()
+                await _ended_or_cancelled(tasks, STOP_TASKS_S)
         finally:
             systemd.stopping("draining the outbox")
             log.info("stopping: no new events accepted; draining the outbox")

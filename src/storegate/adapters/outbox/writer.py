@@ -482,14 +482,20 @@ class Outbox:
         self.last_error = None
         self._rows, self._bytes, self._pending = c.rows, c.bytes, c.pending
         self.accepted_total += len(rows)
+        # The publisher hears of the commit before the producers hear "accepted": the
+        # gateway's shutdown stops the publisher right after its last accept, and a
+        # publisher not yet told would call itself drained with those events pending.
+        if rows and self._on_commit is not None:
+            try:
+                self._on_commit(self._next_seq - 1)
+            except Exception:  # committed all the same: the producers still hear so
+                log.exception("outbox on_commit callback failed")
         self._resolve(subs, results)
         for rq, requeued, missing in replies:
             try:
                 rq.done(requeued, missing)
             except Exception:
                 log.exception("replay callback failed")
-        if rows and self._on_commit is not None:
-            self._on_commit(self._next_seq - 1)
 
     def _redact(self, rd: _Redact) -> None:
         conn = self._conn

@@ -72,6 +72,8 @@ class Tally:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._sub_mid: int | None = None
         self._client.reconnect_delay_set(1, 2)
         self._host, self._port = host, port
 
@@ -98,10 +100,16 @@ class Tally:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:
-        client.subscribe([(f"{self._topics.prefix}/events/#", 1),
-                          (self._topics.status, 1)])
-        with self._lock:
-            self._c.connected = True
+        _, self._sub_mid = client.subscribe([(f"{self._topics.prefix}/events/#", 1),
+                                             (self._topics.status, 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      props: Any) -> None:
+        # connected once subscribed: an event published before the SUBACK would match
+        # no subscription, and the counts would not add up (events_seen < events_acked)
+        if mid == self._sub_mid and not any(r.is_failure for r in reasons):
+            with self._lock:
+                self._c.connected = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                        props: Any) -> None:
