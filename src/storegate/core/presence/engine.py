@@ -86,8 +86,15 @@ class _Samples:
         if n:
             del self.ts[:n], self.rssi[:n]
 
-    def median(self) -> float:
-        values = sorted(self.rssi)
+    def median(self, since: float = float("-inf"), least: int = 1) -> float | None:
+        """The median of the samples since ``since``; None with fewer than ``least``."""
+        n = len(self.ts)
+        k = 0
+        while k < n and self.ts[n - 1 - k] >= since:
+            k += 1
+        if k < least or k == 0:
+            return None
+        values = sorted(self.rssi[n - k:])
         mid = len(values) // 2
         return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
@@ -118,6 +125,11 @@ class _Track:
     # lowers it, or silences it, for a few seconds; that is no evidence of being inside
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
+    # door mode: the last time the phone was heard at the door or outside (the entrance
+    # scanner the strongest, nothing inside as strong), and the last time any zone placed
+    # it: without either since the last evidence, the phone is silent, not gone
+    outside_ts: float = float("-inf")
+    placed_ts: float = float("-inf")
 
 
 class PresenceEngine:
@@ -223,8 +235,14 @@ class PresenceEngine:
             # scanner look the stronger. Someone really inside stays so beyond it.
             at_door = track.door_held if at_door is None else max(at_door, track.door_held)
         margin = st.interior_margin_db if store is None else st.stay_margin_db
+        # Relative evidence: a zone beyond the shop front heard clearly stronger than the
+        # entrance (or the entrance not hearing the phone at all) is inside, however weak
+        # the phone (body, bag, shelves): the absolute floor alone loses weak phones.
+        clear = (interior is not None and interior_zone is not None
+                 and interior_zone not in st.fronts
+                 and (at_door is None or interior >= at_door + st.clear_of_door_db))
         inside = (interior is not None and interior_zone is not None
-                  and interior >= self._inside[interior_zone]
+                  and (interior >= self._inside[interior_zone] or clear)
                   and (at_door is None or interior >= at_door - margin))
         lag = st.window_s / 2  # a window's median describes its middle, not its end
         if inside and interior is not None and store is None \
@@ -266,6 +284,8 @@ class PresenceEngine:
                              default=st.inside_min_rssi_dbm)
             passing = at_door is not None and at_door >= door_floor \
                 and (interior is None or at_door > interior)
+            if at_door is not None and (interior is None or at_door >= interior):
+                track.outside_ts = ts  # heard at the door or outside: not silent
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
@@ -283,24 +303,33 @@ class PresenceEngine:
             return
         # zones as always once in the store (pending a visit: candidates, from interior
         # evidence only)
-        levels = {z: v for z, v in medians.items() if v >= self._floors[z]}
+        levels = {z: v for z, v in medians.items()
+                  if v >= self._floors[z] or (clear and z == interior_zone)}
         if levels:
+            track.placed_ts = ts
             self._assign_zone(customer, track, levels, ts, out)
 
     def _door_exit(self, customer: str, track: _Track, now: float,
                    out: list[ev.EventDraft]) -> None:
         """Door mode: end the store visit once interior evidence is gone long enough (a
-        zone visit without its zone's evidence ends as it always did)."""
+        zone visit without its zone's evidence ends as it always did). Silence is not an
+        exit: a phone not heard at the door or outside since its last interior evidence
+        (and not placed in another zone since its zone's) is held for ``silence_hold_s``."""
         store = track.store
         st = self.settings
         zv = track.zone
         if zv is not None and store is not None and now - zv.last >= st.exit_after_s \
-                and now >= zv.held_until:
+                and now >= zv.held_until and (
+                    track.placed_ts > zv.last or track.outside_ts > track.last_inside
+                    or now - zv.last >= st.silence_hold_s):
             self._close(customer, zv, out)
             track.zone = None
         if store is None or now - track.last_inside < st.outside_after_s \
                 or now < store.held_until:
             return
+        left = track.outside_ts > track.last_inside or track.door_peak_ts > track.last_inside
+        if not left and now - track.last_inside < st.silence_hold_s:
+            return  # last placed inside and silent since: not gone
         if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
             store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
         if track.zone is not None:
@@ -313,16 +342,28 @@ class PresenceEngine:
         track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
 
     def _strength(self, track: _Track, now: float) -> dict[str, float]:
-        """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
-        horizon = now - self.settings.window_s
+        """Robust RSSI per zone (best of its scanners' medians), over the recent window.
+        A phone that advertises slowly gets a longer one: it reaches back (up to
+        ``sparse_window_s``) until the scanner hearing it best has ``2 * min_samples``
+        samples. The phone's own rate decides, not one scanner's: a scanner that hears
+        few of a fast phone's adverts is far from it, and stays uncounted."""
+        st = self.settings
+        horizon = now - max(st.window_s, st.sparse_window_s)
+        enough = 2 * st.min_samples
+        filled = horizon
+        for q in track.samples.values():
+            q.expire(horizon)
+            if len(q.ts) >= enough:
+                filled = max(filled, q.ts[-enough])
+        since = min(now - st.window_s, filled)
         best: dict[str, float] = {}
         offsets = self._correction.offsets_db
         for scanner, q in track.samples.items():
-            q.expire(horizon)
-            zone = self.settings.scanner_zone.get(scanner)
-            if len(q.ts) < self.settings.min_samples or zone is None:
+            zone = st.scanner_zone.get(scanner)
+            median = q.median(since, st.min_samples)
+            if median is None or zone is None:
                 continue  # a lone reflection is not a position
-            level = q.median() - offsets.get(scanner, 0.0)  # as a mean scanner hears it
+            level = median - offsets.get(scanner, 0.0)  # as a mean scanner hears it
             if level > best.get(zone, -999.0):
                 best[zone] = level
         return best
