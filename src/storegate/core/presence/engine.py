@@ -318,28 +318,29 @@ class PresenceEngine:
         store = track.store
         st = self.settings
         zv = track.zone
+        left = track.outside_ts > track.last_inside or track.door_peak_ts > track.last_inside
+        if store is not None and now - track.last_inside >= st.outside_after_s \
+                and now >= store.held_until \
+                and (left or now - track.last_inside >= st.silence_hold_s):
+            # out, or silent for too long (not heard since: then dated to the last evidence)
+            if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
+                store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
+            if zv is not None:
+                zv.last = max(zv.first, min(zv.last, store.last))
+                self._close(customer, zv, out)
+                track.zone = None
+            self._close(customer, store, out)
+            track.store = None
+            track.interior_since = None
+            track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
+            return
         if zv is not None and store is not None and now - zv.last >= st.exit_after_s \
                 and now >= zv.held_until and (
                     track.placed_ts > zv.last or track.outside_ts > track.last_inside
                     or now - zv.last >= st.silence_hold_s):
+            # placed elsewhere (or out) since its evidence: the zone visit ends
             self._close(customer, zv, out)
             track.zone = None
-        if store is None or now - track.last_inside < st.outside_after_s \
-                or now < store.held_until:
-            return
-        left = track.outside_ts > track.last_inside or track.door_peak_ts > track.last_inside
-        if not left and now - track.last_inside < st.silence_hold_s:
-            return  # last placed inside and silent since: not gone
-        if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
-            store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
-        if track.zone is not None:
-            track.zone.last = max(track.zone.first, min(track.zone.last, store.last))
-            self._close(customer, track.zone, out)
-            track.zone = None
-        self._close(customer, store, out)
-        track.store = None
-        track.interior_since = None
-        track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
 
     def _strength(self, track: _Track, now: float) -> dict[str, float]:
         """Robust RSSI per zone (best of its scanners' medians), over the recent window.
@@ -414,6 +415,7 @@ class PresenceEngine:
                     self._close(customer, prev, out)
                 track.prev = old  # ends once the new zone's visit is entered
         track.zone = self._new_visit(leader, start)
+        track.zone.last = ts  # heard there now (its start may be dated back further)
         track.challenger = None
         self._progress(customer, track.zone, self.settings.zone_min_presence_s, out)
 

@@ -1,0 +1,139 @@
+"""Presence that survives phones and stores it was not tuned on (issue 13): phones that
+go silent for tens of seconds, advertise slowly, or are heard weakly everywhere (a bag,
+a body in the way). Judged as a person at the door would: silence is not an exit, a pass
+at the door is; scanners compared with each other, not with absolute floors.
+
+Timings come from the settings (fractions and multiples of them); levels are scripted."""
+
+from __future__ import annotations
+
+from storegate.core import events as ev
+from tests.test_presence_door import (
+    SETTINGS,
+    STEP,
+    T0,
+    Script,
+    at,
+    engine,
+    run,
+    shopper,
+    store_events,
+    stretch,
+)
+
+S = SETTINGS
+
+
+def zone_events(out: list[tuple[float, ev.EventDraft]], t: ev.EventType, zone: str) -> (
+    list[tuple[float, ev.EventDraft]]
+):
+    return [(a, d) for a, d in out if d.type is t and d.data.zone == zone]  # type: ignore[attr-defined]
+
+
+def test_a_silence_deep_inside_does_not_split_the_visit() -> None:
+    """Placed in produce, then not a single advert for longer than any exit timeout
+    (a background phone), then heard in produce again: one visit, one zone visit."""
+    silence = 0.5 * S.silence_hold_s
+    assert silence > 2 * max(S.outside_after_s, S.exit_after_s)
+    script, _, last_inside = shopper(inside_s=3 * S.entry_confirm_s)
+    resume = last_inside + silence
+    script += stretch(resume, 2 * S.zone_min_presence_s, {"s-prod": -60, "s-door": -75})
+    out = run(engine(), script, until=resume + 2 * S.zone_min_presence_s + S.silence_hold_s + 60)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert len(store_events(out, ev.VISIT_EXITED)) == 1
+    assert len(zone_events(out, ev.VISIT_ENTERED, "produce")) == 1
+    assert len(zone_events(out, ev.VISIT_EXITED, "produce")) == 1
+    (_, exited), = store_events(out, ev.VISIT_EXITED)
+    exited_at = at(exited.data.exited_at) - T0  # type: ignore[attr-defined]
+    assert exited_at > resume  # the visit went on through the silence
+
+
+def test_a_silence_that_outlasts_the_hold_exits_at_the_last_evidence() -> None:
+    script, _, last_inside = shopper(inside_s=3 * S.entry_confirm_s)
+    out = run(engine(), script, until=last_inside + 2 * S.silence_hold_s)
+    (emitted, exited), = store_events(out, ev.VISIT_EXITED)
+    exited_at = at(exited.data.exited_at) - T0  # type: ignore[attr-defined]
+    assert abs(exited_at - last_inside) <= S.window_s  # dated to the last evidence
+    assert emitted - T0 >= last_inside + S.silence_hold_s - S.window_s  # held, not dropped
+    (_, zone_exit), = zone_events(out, ev.VISIT_EXITED, "produce")
+    assert at(zone_exit.data.exited_at) - T0 <= exited_at  # type: ignore[attr-defined]
+
+
+def test_heard_at_the_door_then_silent_exits_quickly() -> None:
+    """After interior evidence, a pass under the entrance scanner, then nothing: gone."""
+    doorway = stretch(0, S.window_s / 2, {"s-door": -55, "s-prod": -78, "s-c1": -75})
+    doorway += stretch(S.window_s / 2, S.window_s / 2, {"s-door": -70, "s-c1": -80})
+    script, _, last_inside = shopper(inside_s=3 * S.entry_confirm_s, after=doorway)
+    out = run(engine(), script, until=last_inside + 2 * S.silence_hold_s)
+    (emitted, exited), = store_events(out, ev.VISIT_EXITED)
+    exited_at = at(exited.data.exited_at) - T0  # type: ignore[attr-defined]
+    assert abs(exited_at - last_inside) <= S.window_s
+    assert emitted - T0 <= last_inside + S.window_s + S.outside_after_s + S.window_s
+    assert emitted - T0 < last_inside + S.silence_hold_s  # not held as a silence
+
+
+def test_heard_from_the_pavement_after_leaving_exits_quickly() -> None:
+    """Not silent: heard strongest by the entrance scanner (outside) after the interior
+    evidence, without a recorded pass under it (lost in a fade)."""
+    pavement = stretch(0, 120, {"s-door": -84, "s-prod": -90})
+    script, _, last_inside = shopper(inside_s=3 * S.entry_confirm_s, after=pavement)
+    out = run(engine(), script, until=last_inside + 2 * S.silence_hold_s)
+    (emitted, _), = store_events(out, ev.VISIT_EXITED)
+    assert emitted - T0 <= last_inside + S.outside_after_s + 2 * S.window_s
+
+
+def test_a_weak_phone_deep_inside_is_still_inside_and_in_its_zone() -> None:
+    """A phone in a bag: every scanner hears it below the absolute floors, the zone's
+    own scanner clearly stronger than the entrance's. Inside, and in that zone."""
+    door = S.store_min_rssi_dbm  # the entrance scanner hears it, just
+    weak = door + S.clear_of_door_db
+    assert weak < S.inside_min_rssi_dbm  # below the absolute floor
+    script = stretch(0, 8, {"s-door": -80, "s-c1": -85})
+    script += stretch(8, 3, {"s-door": -60, "s-prod": -85})
+    inside_s = 2 * S.zone_min_presence_s
+    script += stretch(11, inside_s, {"s-prod": int(weak), "s-door": int(door)})
+    script += stretch(11 + inside_s, 3, {"s-door": -60, "s-prod": -85})  # out
+    script += stretch(14 + inside_s, 30, {"s-door": -80, "s-c1": -86})
+    out = run(engine(), script, until=14 + inside_s + 30 + S.silence_hold_s)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    (_, exited), = store_events(out, ev.VISIT_EXITED)
+    assert abs(at(exited.data.exited_at) - T0 - (11 + inside_s)) <= S.window_s  # type: ignore[attr-defined]
+    assert len(zone_events(out, ev.VISIT_ENTERED, "produce")) == 1
+
+
+def test_a_weak_phone_outside_the_shop_window_is_no_visit() -> None:
+    """The relative rule is for zones beyond the shop front: someone standing at the
+    window, heard weakly by a window checkout's scanner and not by the entrance, for
+    minutes, is not placed inside."""
+    weak = S.store_min_rssi_dbm + S.clear_of_door_db
+    assert weak < S.inside_min_rssi_dbm
+    script = stretch(0, 300, {"s-c1": int(weak)})
+    assert run(engine(), script, until=300 + S.silence_hold_s) == []
+
+
+def test_a_slow_phone_is_placed() -> None:
+    """A phone advertising once per half window gives each scanner fewer than
+    min_samples per window; its window reaches back and it is placed all the same."""
+    interval = S.window_s / 2
+    assert S.window_s / interval < S.min_samples
+    assert 2 * S.min_samples * interval <= S.sparse_window_s
+    fast, _, _ = shopper(inside_s=0)  # walking in, as always
+    n = round(3 * S.zone_min_presence_s / interval)
+    start = fast[-1][0] + STEP
+    slow = [(start + i * interval, {"s-prod": -60, "s-door": -75}) for i in range(n)]
+    out = run(engine(), fast + slow, until=start + n * interval + 2 * S.silence_hold_s)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert len(zone_events(out, ev.VISIT_ENTERED, "produce")) == 1
+
+
+def test_a_scanner_hearing_few_adverts_of_a_fast_phone_does_not_count() -> None:
+    """The reach-back follows the phone's own rate: a phone heard often by the entrance
+    scanner, and only now and then (below min_samples per window) by produce's, stays
+    outside however strong those few readings are."""
+    script: Script = []
+    for i in range(round(120 / STEP)):
+        levels = {"s-door": -70}
+        if i % round(S.window_s / STEP) == 0:  # one reading per window
+            levels["s-prod"] = -55
+        script.append((i * STEP, levels))
+    assert run(engine(), script, until=120 + S.silence_hold_s) == []
