@@ -137,3 +137,19 @@ def test_a_scanner_hearing_few_adverts_of_a_fast_phone_does_not_count() -> None:
             levels["s-prod"] = -55
         script.append((i * STEP, levels))
     assert run(engine(), script, until=120 + S.silence_hold_s) == []
+
+
+def test_a_lone_weak_entrance_reading_after_a_silence_is_not_an_exit() -> None:
+    """Back from a silence, the first readings are a few weak ones at the entrance
+    scanner only (far, through shelves): no evidence of being at the door."""
+    silence = 0.3 * S.silence_hold_s
+    weak_door = {"s-door": int(S.store_min_rssi_dbm) + 1}
+    assert weak_door["s-door"] < S.inside_min_rssi_dbm
+    script, _, last_inside = shopper(inside_s=3 * S.entry_confirm_s)
+    back = last_inside + silence
+    script += [(back + i * STEP, weak_door) for i in range(round(S.window_s / STEP))]
+    script += stretch(back + S.window_s, 2 * S.zone_min_presence_s,
+                      {"s-prod": -60, "s-door": -75})
+    out = run(engine(), script, until=back + 2 * S.zone_min_presence_s + 2 * S.silence_hold_s)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert len(store_events(out, ev.VISIT_EXITED)) == 1

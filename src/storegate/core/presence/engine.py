@@ -284,8 +284,11 @@ class PresenceEngine:
                              default=st.inside_min_rssi_dbm)
             passing = at_door is not None and at_door >= door_floor \
                 and (interior is None or at_door > interior)
-            if at_door is not None and (interior is None or at_door >= interior):
-                track.outside_ts = ts  # heard at the door or outside: not silent
+            if at_door is not None and (at_door >= door_floor if interior is None
+                                        else at_door >= interior):
+                # heard at the door or outside, not silent: the entrance the strongest
+                # (alone: as strongly as at the door; a lone weak reading says nothing)
+                track.outside_ts = ts
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
