@@ -153,3 +153,20 @@ def test_a_lone_weak_entrance_reading_after_a_silence_is_not_an_exit() -> None:
     out = run(engine(), script, until=back + 2 * S.zone_min_presence_s + 2 * S.silence_hold_s)
     assert len(store_events(out, ev.VISIT_ENTERED)) == 1
     assert len(store_events(out, ev.VISIT_EXITED)) == 1
+
+
+def test_a_weak_phone_passing_the_door_is_a_door_pass() -> None:
+    """A weak phone is heard at the entrance below the absolute floor, but clearly
+    stronger than anything inside: a pass under the entrance scanner all the same, so
+    the entry is confirmed as quickly as anyone's and dated to it."""
+    door_level = int(S.inside_min_rssi_dbm) - 2
+    faint = int(S.store_min_rssi_dbm)
+    assert door_level >= faint + S.clear_of_door_db
+    script = stretch(0, S.window_s, {"s-door": door_level, "s-prod": faint})  # the doorway
+    door_pass = S.window_s / 2
+    inside = {"s-prod": faint + int(S.clear_of_door_db), "s-door": faint}
+    script += stretch(S.window_s, 3 * S.front_confirm_s, inside)
+    out = run(engine(), script, until=S.window_s + 3 * S.front_confirm_s + S.silence_hold_s)
+    (emitted, entered), = store_events(out, ev.VISIT_ENTERED)
+    assert emitted - T0 < S.window_s + S.front_confirm_s  # the quick confirmation
+    assert door_pass - at(entered.data.entered_at) + T0 <= S.window_s  # type: ignore[attr-defined]

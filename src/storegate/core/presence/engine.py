@@ -282,12 +282,18 @@ class PresenceEngine:
             # at the door: the entrance scanner strongest of all (no interior one as strong)
             door_floor = min((self._inside[z] for z in medians if z in st.entrances),
                              default=st.inside_min_rssi_dbm)
-            passing = at_door is not None and at_door >= door_floor \
-                and (interior is None or at_door > interior)
-            if at_door is not None and (at_door >= door_floor if interior is None
-                                        else at_door >= interior):
-                # heard at the door or outside, not silent: the entrance the strongest
-                # (alone: as strongly as at the door; a lone weak reading says nothing)
+            # (as strong as at the door, or clearly stronger than anything inside: a weak
+            # phone passing the door)
+            passing = at_door is not None and (interior is None or at_door > interior) \
+                and (at_door >= door_floor
+                     or (interior is not None and at_door >= interior + st.clear_of_door_db))
+            if at_door is not None and (
+                    at_door >= door_floor if interior is None
+                    else at_door >= interior + (0.0 if at_door >= door_floor
+                                                else st.stay_margin_db)):
+                # heard at the door or outside, not silent: the entrance the strongest, as
+                # strongly as at the door or clearly; weak readings a dB apart (or a lone
+                # weak one at the entrance) say nothing
                 track.outside_ts = ts
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
