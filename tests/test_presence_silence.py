@@ -170,3 +170,15 @@ def test_a_weak_phone_passing_the_door_is_a_door_pass() -> None:
     (emitted, entered), = store_events(out, ev.VISIT_ENTERED)
     assert emitted - T0 < S.window_s + S.front_confirm_s  # the quick confirmation
     assert door_pass - at(entered.data.entered_at) + T0 <= S.window_s  # type: ignore[attr-defined]
+
+
+def test_a_silence_while_the_entry_is_being_confirmed_does_not_restart_it() -> None:
+    """Interior evidence after a door pass, a silence (every sample ages out), then the
+    first adverts again, too few for any scanner to count: no evidence either way, so
+    the confirmation goes on from the first interior evidence instead of restarting."""
+    script, _, _ = shopper(inside_s=0.6 * S.entry_confirm_s)
+    resume = script[-1][0] + max(S.window_s, S.sparse_window_s) + 1
+    script += stretch(resume, 3 * S.entry_confirm_s, {"s-prod": -60, "s-door": -75})
+    out = run(engine(), script, until=resume + 3 * S.entry_confirm_s + S.silence_hold_s)
+    (emitted, _), = store_events(out, ev.VISIT_ENTERED)
+    assert emitted - T0 < resume + S.min_samples * STEP + S.entry_confirm_s

@@ -220,6 +220,8 @@ class PresenceEngine:
         the last interior evidence, dated to the pass under the entrance scanner on the
         way out if there was one, else to that last evidence."""
         st = self.settings
+        if not medians:
+            return  # no scanner has enough of the phone yet: no evidence either way
         at_door = max((v for z, v in medians.items() if z in st.entrances), default=None)
         inner = {z: v for z, v in medians.items() if z not in st.entrances}
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
@@ -481,9 +483,14 @@ class PresenceEngine:
         for customer, track in self._tracks.items():
             if door:
                 self._door_exit(customer, track, now, out)
+                # silent: dropped, unless it was being confirmed (placed beyond the shop
+                # front, not at the door since) recently enough to count once heard again
                 if track.store is None and all(
                         not q.ts or now - q.ts[-1] >= self.settings.exit_after_s
-                        for q in track.samples.values()):
+                        for q in track.samples.values()) \
+                        and not (now - track.last_inside <= DOOR_LOOKBACK_S
+                                 and track.door_peak_ts < track.last_inside
+                                 and track.interior_zone not in self.settings.fronts):
                     gone.append(customer)
                 continue
             if track.zone is not None and now - track.zone.last >= self.settings.exit_after_s \
