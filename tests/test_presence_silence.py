@@ -7,7 +7,13 @@ Timings come from the settings (fractions and multiples of them); levels are scr
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
+from storegate.app.presence_files import presence_settings
+from storegate.config import PresenceConfig
 from storegate.core import events as ev
+from storegate.core.presence.settings import PresenceSettings
 from tests.test_presence_door import (
     SETTINGS,
     STEP,
@@ -182,3 +188,17 @@ def test_a_silence_while_the_entry_is_being_confirmed_does_not_restart_it() -> N
     out = run(engine(), script, until=resume + 3 * S.entry_confirm_s + S.silence_hold_s)
     (emitted, _), = store_events(out, ev.VISIT_ENTERED)
     assert emitted - T0 < resume + S.min_samples * STEP + S.entry_confirm_s
+
+
+def test_the_new_settings_come_from_the_toml_with_one_default() -> None:
+    keys = ("silence_hold_s", "sparse_window_s", "clear_of_door_db")
+    defaults = presence_settings(PresenceConfig())
+    engine_defaults = PresenceSettings(zones=())
+    for key in keys:
+        assert getattr(defaults, key) == getattr(engine_defaults, key), key
+    s = presence_settings(PresenceConfig.model_validate(
+        {"silence_hold_s": 60, "sparse_window_s": 12, "clear_of_door_db": 9}))
+    assert (s.silence_hold_s, s.sparse_window_s, s.clear_of_door_db) == (60, 12, 9)
+    for bad in ({"silence_hold_s": -1}, {"sparse_window_s": 121}, {"clear_of_door_db": -3}):
+        with pytest.raises(ValidationError):
+            PresenceConfig.model_validate(bad)

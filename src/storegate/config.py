@@ -276,6 +276,14 @@ class PresenceConfig(Section):
                                    "or without a door pass: in one zone for this long.")
     outside_after_s: float = Field(default=12.0, gt=0, le=600, description="No interior "
                                    "evidence for this long: outside (exit dated back).")
+    silence_hold_s: float = Field(default=180.0, ge=0, le=3600, description="A phone last "
+                                  "placed inside and not heard at the door since keeps its "
+                                  "visit through a silence this long (exit dated back).")
+    sparse_window_s: float = Field(default=20.0, ge=0, le=120, description="A slow phone's "
+                                   "RSSI window reaches back this far for enough samples.")
+    clear_of_door_db: float = Field(default=6.0, ge=0, le=40, description="A zone beyond "
+                                    "the front heard this much stronger than the entrance: "
+                                    "inside, and in that zone, below the floors.")
 
     @model_validator(mode="after")
     def _door(self) -> PresenceConfig:

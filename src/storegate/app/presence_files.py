@@ -231,6 +231,9 @@ def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
         entry_confirm_s=cfg.entry_confirm_s,
         front_confirm_s=cfg.front_confirm_s,
         outside_after_s=cfg.outside_after_s,
+        silence_hold_s=cfg.silence_hold_s,
+        sparse_window_s=cfg.sparse_window_s,
+        clear_of_door_db=cfg.clear_of_door_db,
     )
 
 
