@@ -202,3 +202,21 @@ def test_the_new_settings_come_from_the_toml_with_one_default() -> None:
     for bad in ({"silence_hold_s": -1}, {"sparse_window_s": 121}, {"clear_of_door_db": -3}):
         with pytest.raises(ValidationError):
             PresenceConfig.model_validate(bad)
+
+
+def test_heard_but_placed_nowhere_ends_the_zone_visit_not_the_store_visit() -> None:
+    """Only a silence holds a zone visit: heard weakly by a front zone's scanner alone
+    (placed in no zone, no evidence of the door) for longer than exit_after_s, the
+    produce visit ends; the store visit goes on (nothing says the phone left)."""
+    weak = {"s-c1": int(S.store_min_rssi_dbm) + 2}
+    assert weak["s-c1"] < S.inside_min_rssi_dbm
+    away = 3 * S.exit_after_s
+    assert away < S.silence_hold_s
+    script, _, last_inside = shopper(inside_s=2 * S.zone_min_presence_s)
+    script += stretch(last_inside + STEP, away, weak)
+    back = last_inside + STEP + away
+    script += stretch(back, 2 * S.zone_min_presence_s, {"s-prod": -60, "s-door": -75})
+    out = run(engine(), script, until=back + 2 * S.zone_min_presence_s + 2 * S.silence_hold_s)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert len(zone_events(out, ev.VISIT_ENTERED, "produce")) == 2
+    assert len(zone_events(out, ev.VISIT_EXITED, "produce")) == 2

@@ -126,10 +126,10 @@ class _Track:
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
     # door mode: the last time the phone was heard at the door or outside (the entrance
-    # scanner the strongest, nothing inside as strong), and the last time any zone placed
-    # it: without either since the last evidence, the phone is silent, not gone
+    # scanner the strongest, nothing inside as strong), and the last time it was heard
+    # at all (a scanner with enough of it): without either since, it is silent, not gone
     outside_ts: float = float("-inf")
-    placed_ts: float = float("-inf")
+    heard_ts: float = float("-inf")
 
 
 class PresenceEngine:
@@ -222,6 +222,7 @@ class PresenceEngine:
         st = self.settings
         if not medians:
             return  # no scanner has enough of the phone yet: no evidence either way
+        track.heard_ts = ts
         at_door = max((v for z, v in medians.items() if z in st.entrances), default=None)
         inner = {z: v for z, v in medians.items() if z not in st.entrances}
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
@@ -317,7 +318,6 @@ class PresenceEngine:
         levels = {z: v for z, v in medians.items()
                   if v >= self._floors[z] or (clear and z == interior_zone)}
         if levels:
-            track.placed_ts = ts
             self._assign_zone(customer, track, levels, ts, out)
 
     def _door_exit(self, customer: str, track: _Track, now: float,
@@ -325,7 +325,8 @@ class PresenceEngine:
         """Door mode: end the store visit once interior evidence is gone long enough (a
         zone visit without its zone's evidence ends as it always did). Silence is not an
         exit: a phone not heard at the door or outside since its last interior evidence
-        (and not placed in another zone since its zone's) is held for ``silence_hold_s``."""
+        (a zone visit: not heard at all since its zone's evidence) is held for
+        ``silence_hold_s``."""
         store = track.store
         st = self.settings
         zv = track.zone
@@ -347,9 +348,10 @@ class PresenceEngine:
             return
         if zv is not None and store is not None and now - zv.last >= st.exit_after_s \
                 and now >= zv.held_until and (
-                    track.placed_ts > zv.last or track.outside_ts > track.last_inside
+                    track.heard_ts > zv.last or track.outside_ts > track.last_inside
                     or now - zv.last >= st.silence_hold_s):
-            # placed elsewhere (or out) since its evidence: the zone visit ends
+            # heard since without its zone's evidence (or out): the zone visit ends; only
+            # a silence holds it
             self._close(customer, zv, out)
             track.zone = None
 
