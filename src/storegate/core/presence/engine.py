@@ -238,10 +238,12 @@ class PresenceEngine:
             # scanner look the stronger. Someone really inside stays so beyond it.
             at_door = track.door_held if at_door is None else max(at_door, track.door_held)
         margin = st.interior_margin_db if store is None else st.stay_margin_db
-        # Relative evidence: a zone beyond the shop front heard clearly stronger than the
-        # entrance (or the entrance not hearing the phone at all) is inside, however weak
-        # the phone (body, bag, shelves): the absolute floor alone loses weak phones.
-        clear = (interior is not None and interior_zone is not None
+        # Relative evidence: once inside, a zone beyond the shop front heard clearly
+        # stronger than the entrance (or the entrance not hearing the phone at all) is
+        # still inside, however weak the phone (body, bag, shelves): the absolute floor
+        # alone loses weak phones. Not to open a visit: someone outside a window by an
+        # inner zone is heard that way too.
+        clear = (store is not None and interior is not None and interior_zone is not None
                  and interior_zone not in st.fronts
                  and (at_door is None or interior >= at_door + st.clear_of_door_db))
         inside = (interior is not None and interior_zone is not None
