@@ -22,6 +22,7 @@ anonymously; nothing about them is kept here.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class VisitState:
 DOOR_LOOKBACK_S = 120.0
 PENDING_ZONES = 4  # zone stays kept while a visit is being confirmed
 DEFAULT_ZONE_FLOOR_DBM = -80.0  # a zone's floor with no calibration and none configured
+MAD_TO_SIGMA = 1.4826  # a normal sample's sigma from its median absolute deviation
+MEDIAN_SE = 1.2533  # a median's standard error, in sigma / sqrt(n) (normal samples)
 
 
 class _Samples:
@@ -87,9 +90,21 @@ class _Samples:
             del self.ts[:n], self.rssi[:n]
 
     def median(self) -> float:
-        values = sorted(self.rssi)
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        return _median(sorted(self.rssi))
+
+    def median_se(self, median: float) -> float:
+        """The standard error of :meth:`median`, from the samples' own spread (their
+        median absolute deviation, a robust sigma; at least one whole dBm, what a reading
+        is rounded to): how far this window's median may be from the phone's true level
+        here. A phone on the move spreads its samples too, and is judged less sure."""
+        n = len(self.rssi)
+        sigma = max(MAD_TO_SIGMA * _median(sorted(abs(v - median) for v in self.rssi)), 1.0)
+        return MEDIAN_SE * sigma / math.sqrt(n)
+
+
+def _median(values: list[float] | list[int]) -> float:
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 @dataclass(slots=True)
@@ -118,6 +133,8 @@ class _Track:
     # lowers it, or silences it, for a few seconds; that is no evidence of being inside
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
+    door_held_se: float = 0.0  # that level's standard error
+    clear_since: float | None = None  # clear interior evidence since (pending a visit)
 
 
 class PresenceEngine:
@@ -177,9 +194,10 @@ class PresenceEngine:
                 track.store.last = max(track.store.last, ts)
             return out
         track.evaluated = ts
-        medians = self._strength(track, ts)
+        se: dict[str, float] | None = {} if door and track.store is None else None
+        medians = self._strength(track, ts, se)
         if door:
-            self._door(customer, track, medians, ts, out)
+            self._door(customer, track, medians, ts, out, se=se or {})
             return out
         if not any(v >= self._inside[z] for z, v in medians.items()):
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
@@ -196,7 +214,7 @@ class PresenceEngine:
         return out
 
     def _door(self, customer: str, track: _Track, medians: dict[str, float], ts: float,
-              out: list[ev.EventDraft]) -> None:
+              out: list[ev.EventDraft], *, se: dict[str, float]) -> None:
         """The store visit as a person at the door would judge it. The entrance scanner
         hears the pavement as well as the doorway, so it never places a phone inside on
         its own: inside means an interior zone heard about as strongly as the entrance
@@ -216,6 +234,8 @@ class PresenceEngine:
         if at_door is not None and (at_door >= track.door_held
                                     or ts - track.door_held_ts > st.window_s):
             track.door_held, track.door_held_ts = at_door, ts
+            track.door_held_se = max((se.get(z, 0.0) for z in st.entrances
+                                      if medians.get(z) == at_door), default=0.0)
         if store is None and ts - track.door_held_ts <= st.window_s:
             # Pending a visit, the entrance counts at its strongest of the last window:
             # a fade (one link, seconds) that drags its median down, or loses the phone
@@ -227,6 +247,7 @@ class PresenceEngine:
                   and interior >= self._inside[interior_zone]
                   and (at_door is None or interior >= at_door - margin))
         lag = st.window_s / 2  # a window's median describes its middle, not its end
+        opened = False
         if inside and interior is not None and store is None \
                 and interior_zone != track.interior_zone:
             # Pending a visit, evidence in front zones must be one place: someone walking
@@ -237,7 +258,7 @@ class PresenceEngine:
             held = track.interior_zone
             if held is None or held not in inner or inner[held] + st.switch_margin_db <= interior:
                 if held is None or held in st.fronts or interior_zone in st.fronts:
-                    track.interior_since = None
+                    track.interior_since = track.clear_since = None
                 track.interior_zone = interior_zone
         if inside:
             if track.interior_since is None:
@@ -248,19 +269,39 @@ class PresenceEngine:
             # window is placed there too), or without a pass under the entrance scanner
             # (lost in a fade, or someone at the store's side): the longer confirmation.
             passed = track.door_peak_ts >= track.interior_since - DOOR_LOOKBACK_S
-            quick = passed and track.interior_zone not in st.fronts \
-                and interior_zone not in st.fronts
-            confirm = st.entry_confirm_s if quick else st.front_confirm_s
+            front = track.interior_zone in st.fronts or interior_zone in st.fronts
+            quick = passed and not front
+            # Evidence only on the shop front, and no pass under the entrance scanner:
+            # what someone walking along the window gives (at the end of the front, or
+            # along a wide front zone, one zone leads for as long as a shopper's stop).
+            # It never opens a visit; evidence beyond the front, or a door pass, does.
+            confirm = st.entry_confirm_s if quick else (
+                st.front_confirm_s if passed or not front else math.inf)
+            if store is None and quick and interior is not None:
+                # clear evidence: the interior above the entrance beyond both estimates'
+                # noise (the entrance at its strongest of the pending window; or, no
+                # longer heard, at the last level it had)
+                ref = at_door if at_door is not None else track.door_held
+                need = st.entry_clear_z * math.hypot(se.get(interior_zone or "", math.inf),
+                                                     track.door_held_se)
+                if interior - ref >= need:
+                    if track.clear_since is None:
+                        track.clear_since = ts
+                    if ts - track.clear_since >= st.entry_clear_s:
+                        confirm = 0.0
+                else:
+                    track.clear_since = None
             if store is None and ts - track.interior_since >= confirm:
                 first = track.interior_since - lag
                 if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
                 store = track.store = self._new_visit(None, first)
+                opened = True
             if store is not None:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
         else:
-            track.interior_since = None
+            track.interior_since = track.clear_since = None
             # at the door: the entrance scanner strongest of all (no interior one as strong)
             door_floor = min((self._inside[z] for z in medians if z in st.entrances),
                              default=st.inside_min_rssi_dbm)
@@ -274,6 +315,10 @@ class PresenceEngine:
             self._progress(customer, store, 0.0, out)
             if store.entered and track.pending_zones:
                 self._flush_pending(customer, track, out)
+            if opened and track.zone is not None:
+                # a stay the confirmation overtook (clear evidence elsewhere while the
+                # switch to there is still held): long enough, it is a visit
+                self._progress(customer, track.zone, st.zone_min_presence_s, out)
         elif not inside:
             if track.zone is not None:  # nothing said yet: kept if a visit opens after all
                 self._stash(track, track.zone)
@@ -312,8 +357,10 @@ class PresenceEngine:
         track.interior_since = None
         track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
 
-    def _strength(self, track: _Track, now: float) -> dict[str, float]:
-        """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
+    def _strength(self, track: _Track, now: float,
+                  se: dict[str, float] | None = None) -> dict[str, float]:
+        """Robust RSSI per zone (best of its scanners' medians), over the recent window;
+        ``se``: filled with each of those medians' standard error."""
         horizon = now - self.settings.window_s
         best: dict[str, float] = {}
         offsets = self._correction.offsets_db
@@ -322,9 +369,12 @@ class PresenceEngine:
             zone = self.settings.scanner_zone.get(scanner)
             if len(q.ts) < self.settings.min_samples or zone is None:
                 continue  # a lone reflection is not a position
-            level = q.median() - offsets.get(scanner, 0.0)  # as a mean scanner hears it
+            median = q.median()
+            level = median - offsets.get(scanner, 0.0)  # as a mean scanner hears it
             if level > best.get(zone, -999.0):
                 best[zone] = level
+                if se is not None:
+                    se[zone] = q.median_se(median)
         return best
 
     def _assign_zone(self, customer: str, track: _Track, levels: dict[str, float], ts: float,
