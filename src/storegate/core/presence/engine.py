@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.ids import Uuid7Generator
+from storegate.core.presence.calibration import EXPONENT_PRIOR
 from storegate.core.presence.correction import NONE, Correction
 from storegate.core.presence.settings import PresenceSettings
 
@@ -134,6 +135,11 @@ class _Track:
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
     door_held_se: float = 0.0  # that level's standard error
+    # the entrance's strongest level over a longer memory (entry_confirm_s): what clear
+    # evidence must beat; a deep fade hides the entrance for seconds, not for that long
+    door_mem: float = float("-inf")
+    door_mem_ts: float = float("-inf")
+    door_mem_se: float = 0.0
     clear_since: float | None = None  # clear interior evidence since (pending a visit)
 
 
@@ -236,6 +242,11 @@ class PresenceEngine:
             track.door_held, track.door_held_ts = at_door, ts
             track.door_held_se = max((se.get(z, 0.0) for z in st.entrances
                                       if medians.get(z) == at_door), default=0.0)
+        if at_door is not None and (at_door >= track.door_mem
+                                    or ts - track.door_mem_ts > st.entry_confirm_s):
+            track.door_mem, track.door_mem_ts = at_door, ts
+            track.door_mem_se = max((se.get(z, 0.0) for z in st.entrances
+                                     if medians.get(z) == at_door), default=0.0)
         if store is None and ts - track.door_held_ts <= st.window_s:
             # Pending a visit, the entrance counts at its strongest of the last window:
             # a fade (one link, seconds) that drags its median down, or loses the phone
@@ -278,12 +289,14 @@ class PresenceEngine:
             confirm = st.entry_confirm_s if quick else (
                 st.front_confirm_s if passed or not front else math.inf)
             if store is None and quick and interior is not None:
-                # clear evidence: the interior above the entrance beyond both estimates'
-                # noise (the entrance at its strongest of the pending window; or, no
-                # longer heard, at the last level it had)
-                ref = at_door if at_door is not None else track.door_held
-                need = st.entry_clear_z * math.hypot(se.get(interior_zone or "", math.inf),
-                                                     track.door_held_se)
+                # clear evidence: the phone nearer the interior scanner than the entrance
+                # by entry_clear_ratio (in dB through the store's path-loss exponent),
+                # beyond both estimates' noise; the entrance at its strongest over the
+                # last entry_confirm_s (a fade hides it for seconds)
+                ref, ref_se = track.door_mem, track.door_mem_se
+                n = self._correction.exponent or EXPONENT_PRIOR  # uncalibrated: typical
+                need = 10 * n * math.log10(st.entry_clear_ratio) + st.entry_clear_z * \
+                    math.hypot(se.get(interior_zone or "", math.inf), ref_se)
                 if interior - ref >= need:
                     if track.clear_since is None:
                         track.clear_since = ts

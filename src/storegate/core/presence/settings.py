@@ -58,6 +58,7 @@ class PresenceSettings:
     # measured from the phone's own samples) for entry_clear_s opens the visit without
     # waiting entry_confirm_s. Weak evidence (within the noise) still waits.
     entry_clear_z: float = 2.33  # one-sided 1 %: the entrance is not really as strong
+    entry_clear_ratio: float = 1.25  # and the phone this much nearer the interior scanner
     entry_clear_s: float = 1.0  # a few evaluation steps, not one lucky median
     # no interior evidence for this long: outside (the exit is dated back to the last
     # evidence); long enough to ride out a deep fade without splitting the visit
