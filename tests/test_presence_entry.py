@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+from pydantic import ValidationError
+
+from storegate.app.presence_files import presence_settings
+from storegate.config import PresenceConfig
 from storegate.core import events as ev
 from storegate.core.presence.correction import Correction
+from storegate.core.presence.settings import PresenceSettings
 from tests.test_presence_door import (
     SETTINGS,
     STEP,
@@ -129,3 +135,16 @@ def test_a_fade_on_the_entrance_link_is_no_clear_evidence() -> None:
     script += stretch(30, fade, {"s-door": -85, "s-prod": -76})
     script += stretch(30 + fade, 30, {"s-door": -62, "s-prod": -76})
     assert run(engine(), script, until=200) == []
+
+
+def test_the_clear_evidence_settings_come_from_the_toml() -> None:
+    defaults = presence_settings(PresenceConfig())
+    engine_defaults = PresenceSettings(zones=())
+    for key in ("entry_clear_z", "entry_clear_ratio", "entry_clear_s"):
+        assert getattr(defaults, key) == getattr(engine_defaults, key), key  # one default
+    s = presence_settings(PresenceConfig.model_validate(
+        {"entry_clear_z": 3, "entry_clear_ratio": 2, "entry_clear_s": 0.5}))
+    assert (s.entry_clear_z, s.entry_clear_ratio, s.entry_clear_s) == (3, 2, 0.5)
+    for bad in ({"entry_clear_ratio": 0.5}, {"entry_clear_z": -1}, {"entry_clear_s": -1}):
+        with pytest.raises(ValidationError):
+            PresenceConfig.model_validate(bad)
