@@ -135,11 +135,10 @@ class _Track:
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
     door_held_se: float = 0.0  # that level's standard error
-    # the entrance's strongest level over a longer memory (entry_confirm_s): what clear
-    # evidence must beat; a deep fade hides the entrance for seconds, not for that long
-    door_mem: float = float("-inf")
-    door_mem_ts: float = float("-inf")
-    door_mem_se: float = 0.0
+    # the entrance's levels of the last entry_confirm_s, (ts, level, standard error),
+    # as a running maximum (each entry stronger than every later one): clear evidence
+    # must beat the strongest; a deep fade hides the entrance for seconds, not that long
+    door_mem: list[tuple[float, float, float]] = field(default_factory=list)
     clear_since: float | None = None  # clear interior evidence since (pending a visit)
 
 
@@ -242,11 +241,14 @@ class PresenceEngine:
             track.door_held, track.door_held_ts = at_door, ts
             track.door_held_se = max((se.get(z, 0.0) for z in st.entrances
                                       if medians.get(z) == at_door), default=0.0)
-        if at_door is not None and (at_door >= track.door_mem
-                                    or ts - track.door_mem_ts > st.entry_confirm_s):
-            track.door_mem, track.door_mem_ts = at_door, ts
-            track.door_mem_se = max((se.get(z, 0.0) for z in st.entrances
-                                     if medians.get(z) == at_door), default=0.0)
+        mem = track.door_mem
+        if store is None and at_door is not None:
+            while mem and mem[-1][1] <= at_door:
+                mem.pop()
+            mem.append((ts, at_door, max((se.get(z, 0.0) for z in st.entrances
+                                          if medians.get(z) == at_door), default=0.0)))
+        while mem and (store is not None or ts - mem[0][0] > st.entry_confirm_s):
+            del mem[0]
         if store is None and ts - track.door_held_ts <= st.window_s:
             # Pending a visit, the entrance counts at its strongest of the last window:
             # a fade (one link, seconds) that drags its median down, or loses the phone
@@ -293,7 +295,7 @@ class PresenceEngine:
                 # by entry_clear_ratio (in dB through the store's path-loss exponent),
                 # beyond both estimates' noise; the entrance at its strongest over the
                 # last entry_confirm_s (a fade hides it for seconds)
-                ref, ref_se = track.door_mem, track.door_mem_se
+                _, ref, ref_se = mem[0] if mem else (ts, track.door_held, track.door_held_se)
                 n = self._correction.exponent or EXPONENT_PRIOR  # uncalibrated: typical
                 need = 10 * n * math.log10(st.entry_clear_ratio) + st.entry_clear_z * \
                     math.hypot(se.get(interior_zone or "", math.inf), ref_se)
