@@ -49,8 +49,9 @@ class PresenceSettings:
     # ...beyond the shop front, after a pass under the entrance scanner, for this long
     # opens a visit (dated back to the door pass, emitted at once)...
     entry_confirm_s: float = 10.0
-    # ...or, in a front zone or without a door pass, in one zone for this long: longer
-    # than walking past a front zone or glancing in; it delays the event, not its time
+    # ...or, in a front zone after a door pass, or beyond the front without one, in one
+    # zone for this long: longer than walking past a front zone or glancing in; it
+    # delays the event, not its time (front zones alone, without a door pass: never)
     front_confirm_s: float = 30.0
     # Clear evidence confirms at once: after a pass under the entrance scanner, an
     # interior zone beyond the shop front heard stronger than the entrance by more than
