@@ -53,13 +53,22 @@ def walk_past_the_end_of_the_front(seconds: float) -> Script:
 
 def test_a_walker_along_one_front_zone_is_not_counted_under_a_calibration() -> None:
     """Placed in the one front zone for longer than the front confirmation (the end of
-    the front, or a wide checkout), never at the door: no visit, calibrated or not."""
-    script = walk_past_the_end_of_the_front(2 * S.front_confirm_s)
+    the front, or a wide checkout), never at the door: no visit, calibrated or not; a
+    phone there for longer than ``front_only_confirm_s`` is someone at the checkout."""
+    walk = (S.front_confirm_s + S.front_only_confirm_s) / 2
+    assert walk > S.front_confirm_s
+    script = walk_past_the_end_of_the_front(walk)
     for correction in (GENEROUS, None):
         e = engine()
         if correction is not None:
             e.use(correction)
-        assert run(e, script, until=3 * S.front_confirm_s) == []
+        assert run(e, script, until=3 * S.front_only_confirm_s) == []
+    stay = stretch(0, 2 * S.front_only_confirm_s, {"s-c1": -66, "s-c2": -74, "s-prod": -76})
+    e = engine()
+    e.use(GENEROUS)
+    (emitted, _), = store_events(run(e, stay, until=4 * S.front_only_confirm_s),
+                                 ev.VISIT_ENTERED)
+    assert emitted - T0 >= S.front_only_confirm_s
 
 
 def test_evidence_beyond_the_front_without_a_door_pass_still_opens_a_visit() -> None:
@@ -140,7 +149,7 @@ def test_a_fade_on_the_entrance_link_is_no_clear_evidence() -> None:
 def test_the_clear_evidence_settings_come_from_the_toml() -> None:
     defaults = presence_settings(PresenceConfig())
     engine_defaults = PresenceSettings(zones=())
-    for key in ("entry_clear_z", "entry_clear_ratio", "entry_clear_s"):
+    for key in ("entry_clear_z", "entry_clear_ratio", "entry_clear_s", "front_only_confirm_s"):
         assert getattr(defaults, key) == getattr(engine_defaults, key), key  # one default
     s = presence_settings(PresenceConfig.model_validate(
         {"entry_clear_z": 3, "entry_clear_ratio": 2, "entry_clear_s": 0.5}))

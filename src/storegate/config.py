@@ -274,6 +274,9 @@ class PresenceConfig(Section):
     front_confirm_s: float = Field(default=30.0, ge=0, le=600, description="The same for "
                                    "evidence in a front zone (people walk along the window) "
                                    "or without a door pass: in one zone for this long.")
+    front_only_confirm_s: float = Field(default=60.0, ge=0, le=600, description="Evidence "
+                                        "on the shop front alone, with no door pass: in "
+                                        "one zone for this long.")
     entry_clear_z: float = Field(default=2.33, ge=0, le=10, description="Clear interior "
                                  "evidence confirms at once: stronger than the entrance by "
                                  "this many standard errors of the two medians...")

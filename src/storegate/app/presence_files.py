@@ -230,6 +230,7 @@ def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
         stay_margin_db=cfg.stay_margin_db,
         entry_confirm_s=cfg.entry_confirm_s,
         front_confirm_s=cfg.front_confirm_s,
+        front_only_confirm_s=cfg.front_only_confirm_s,
         entry_clear_z=cfg.entry_clear_z,
         entry_clear_ratio=cfg.entry_clear_ratio,
         entry_clear_s=cfg.entry_clear_s,

@@ -139,6 +139,7 @@ class _Track:
     # as a running maximum (each entry stronger than every later one): clear evidence
     # must beat the strongest; a deep fade hides the entrance for seconds, not that long
     door_mem: list[tuple[float, float, float]] = field(default_factory=list)
+    in_visit: float = float("-inf")  # the last evaluation with a store visit open
     clear_since: float | None = None  # clear interior evidence since (pending a visit)
 
 
@@ -288,10 +289,13 @@ class PresenceEngine:
             quick = passed and not front
             # Evidence only on the shop front, and no pass under the entrance scanner:
             # what someone walking along the window gives (at the end of the front, or
-            # along a wide front zone, one zone leads for as long as a shopper's stop).
-            # It never opens a visit; evidence beyond the front, or a door pass, does.
+            # along a wide front zone, one zone leads for as long as a shopper's stop):
+            # front_only_confirm_s, longer than walking past it. (A visit that ended
+            # moments ago and resumes at a checkout: front_confirm_s, as before.)
+            resumed = ts - track.in_visit <= DOOR_LOOKBACK_S
             confirm = st.entry_confirm_s if quick else (
-                st.front_confirm_s if passed or not front else math.inf)
+                st.front_confirm_s if passed or resumed or not front
+                else st.front_only_confirm_s)
             if store is None and quick and interior is not None:
                 # clear evidence: the phone nearer the interior scanner than the entrance
                 # by entry_clear_ratio (in dB through the store's path-loss exponent),
@@ -328,6 +332,7 @@ class PresenceEngine:
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
         if store is not None:
+            track.in_visit = ts
             # the confirmation was the minimum presence: entered as soon as it is made
             self._progress(customer, store, 0.0, out)
             if store.entered and track.pending_zones:

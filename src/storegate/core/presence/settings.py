@@ -53,6 +53,9 @@ class PresenceSettings:
     # zone for this long: longer than walking past a front zone or glancing in; it
     # delays the event, not its time (front zones alone, without a door pass: never)
     front_confirm_s: float = 30.0
+    # ...and evidence on the shop front alone, never at the door, this long: longer than
+    # walking along the end of the front (a front zone and the pavement beyond the store)
+    front_only_confirm_s: float = 60.0
     # Clear evidence confirms at once: after a pass under the entrance scanner, an
     # interior zone beyond the shop front heard stronger than the entrance by more than
     # the noise of the two estimates (this many standard errors of their difference,
