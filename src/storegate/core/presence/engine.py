@@ -229,7 +229,7 @@ class PresenceEngine:
         of that beyond the shop front following a pass under the entrance scanner, at
         once on clear evidence (``entry_clear_*``), after ``front_confirm_s`` in one zone
         on the shop front following a pass or beyond it without one (on the shop front
-        without one: never); it is said at once, dated back to that pass (the
+        without one: ``front_only_confirm_s``); it is said at once, dated back to that pass (the
         phone's strongest moment there); it ends ``outside_after_s`` after
         the last interior evidence, dated to the pass under the entrance scanner on the
         way out if there was one, else to that last evidence."""

@@ -51,7 +51,7 @@ class PresenceSettings:
     entry_confirm_s: float = 10.0
     # ...or, in a front zone after a door pass, or beyond the front without one, in one
     # zone for this long: longer than walking past a front zone or glancing in; it
-    # delays the event, not its time (front zones alone, without a door pass: never)
+    # delays the event, not its time
     front_confirm_s: float = 30.0
     # ...and evidence on the shop front alone, never at the door, this long: longer than
     # walking along the end of the front (a front zone and the pavement beyond the store)
