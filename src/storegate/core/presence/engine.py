@@ -22,6 +22,7 @@ anonymously; nothing about them is kept here.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.ids import Uuid7Generator
+from storegate.core.presence.calibration import EXPONENT_PRIOR
 from storegate.core.presence.correction import NONE, Correction
 from storegate.core.presence.settings import PresenceSettings
 
@@ -61,6 +63,8 @@ class VisitState:
 DOOR_LOOKBACK_S = 120.0
 PENDING_ZONES = 4  # zone stays kept while a visit is being confirmed
 DEFAULT_ZONE_FLOOR_DBM = -80.0  # a zone's floor with no calibration and none configured
+MAD_TO_SIGMA = 1.4826  # a normal sample's sigma from its median absolute deviation
+MEDIAN_SE = 1.2533  # a median's standard error, in sigma / sqrt(n) (normal samples)
 
 
 class _Samples:
@@ -86,17 +90,36 @@ class _Samples:
         if n:
             del self.ts[:n], self.rssi[:n]
 
-    def median(self, since: float = float("-inf"), least: int = 1) -> float | None:
-        """The median of the samples since ``since``; None with fewer than ``least``."""
+    def recent(self, since: float) -> int:
+        """How many of the samples are since ``since`` (the newest ones)."""
         n = len(self.ts)
         k = 0
         while k < n and self.ts[n - 1 - k] >= since:
             k += 1
+        return k
+
+    def median(self, since: float = float("-inf"), least: int = 1) -> float | None:
+        """The median of the samples since ``since``; None with fewer than ``least``."""
+        k = self.recent(since)
         if k < least or k == 0:
             return None
-        values = sorted(self.rssi[n - k:])
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        return _median(sorted(self.rssi[len(self.rssi) - k:]))
+
+    def median_se(self, median: float, since: float = float("-inf")) -> float:
+        """The standard error of :meth:`median` (of the samples since ``since``), from
+        the samples' own spread (their median absolute deviation, a robust sigma; at
+        least one whole dBm, what a reading is rounded to): how far this window's median
+        may be from the phone's true level here. A phone on the move spreads its samples
+        too, and is judged less sure."""
+        k = max(self.recent(since), 1)
+        values = self.rssi[len(self.rssi) - k:]
+        sigma = max(MAD_TO_SIGMA * _median(sorted(abs(v - median) for v in values)), 1.0)
+        return MEDIAN_SE * sigma / math.sqrt(k)
+
+
+def _median(values: list[float] | list[int]) -> float:
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 @dataclass(slots=True)
@@ -130,6 +153,13 @@ class _Track:
     # at all (a scanner with enough of it): without either since, it is silent, not gone
     outside_ts: float = float("-inf")
     heard_ts: float = float("-inf")
+    door_held_se: float = 0.0  # that level's standard error
+    # the entrance's levels of the last entry_confirm_s, (ts, level, standard error),
+    # as a running maximum (each entry stronger than every later one): clear evidence
+    # must beat the strongest; a deep fade hides the entrance for seconds, not that long
+    door_mem: list[tuple[float, float, float]] = field(default_factory=list)
+    in_visit: float = float("-inf")  # the last evaluation with a store visit open
+    clear_since: float | None = None  # clear interior evidence since (pending a visit)
 
 
 class PresenceEngine:
@@ -189,9 +219,10 @@ class PresenceEngine:
                 track.store.last = max(track.store.last, ts)
             return out
         track.evaluated = ts
-        medians = self._strength(track, ts)
+        se: dict[str, float] | None = {} if door and track.store is None else None
+        medians = self._strength(track, ts, se)
         if door:
-            self._door(customer, track, medians, ts, out)
+            self._door(customer, track, medians, ts, out, se=se or {})
             return out
         if not any(v >= self._inside[z] for z, v in medians.items()):
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
@@ -208,14 +239,16 @@ class PresenceEngine:
         return out
 
     def _door(self, customer: str, track: _Track, medians: dict[str, float], ts: float,
-              out: list[ev.EventDraft]) -> None:
+              out: list[ev.EventDraft], *, se: dict[str, float]) -> None:
         """The store visit as a person at the door would judge it. The entrance scanner
         hears the pavement as well as the doorway, so it never places a phone inside on
         its own: inside means an interior zone heard about as strongly as the entrance
         (both heard by the same phone: its unknown transmit power cancels; both corrected
         by their scanners' calibrated offsets). A visit opens after ``entry_confirm_s``
-        of that beyond the shop front following a pass under the entrance scanner (else
-        ``front_confirm_s`` in one zone), is said at once, dated back to that pass (the
+        of that beyond the shop front following a pass under the entrance scanner, at
+        once on clear evidence (``entry_clear_*``), after ``front_confirm_s`` in one zone
+        on the shop front following a pass or beyond it without one (on the shop front
+        without one: ``front_only_confirm_s``); it is said at once, dated back to that pass (the
         phone's strongest moment there); it ends ``outside_after_s`` after
         the last interior evidence, dated to the pass under the entrance scanner on the
         way out if there was one, else to that last evidence."""
@@ -231,6 +264,16 @@ class PresenceEngine:
         if at_door is not None and (at_door >= track.door_held
                                     or ts - track.door_held_ts > st.window_s):
             track.door_held, track.door_held_ts = at_door, ts
+            track.door_held_se = max((se.get(z, 0.0) for z in st.entrances
+                                      if medians.get(z) == at_door), default=0.0)
+        mem = track.door_mem
+        if store is None and at_door is not None:
+            while mem and mem[-1][1] <= at_door:
+                mem.pop()
+            mem.append((ts, at_door, max((se.get(z, 0.0) for z in st.entrances
+                                          if medians.get(z) == at_door), default=0.0)))
+        while mem and (store is not None or ts - mem[0][0] > st.entry_confirm_s):
+            del mem[0]
         if store is None and ts - track.door_held_ts <= st.window_s:
             # Pending a visit, the entrance counts at its strongest of the last window:
             # a fade (one link, seconds) that drags its median down, or loses the phone
@@ -243,13 +286,14 @@ class PresenceEngine:
         # still inside, however weak the phone (body, bag, shelves): the absolute floor
         # alone loses weak phones. Not to open a visit: someone outside a window by an
         # inner zone is heard that way too.
-        clear = (store is not None and interior is not None and interior_zone is not None
-                 and interior_zone not in st.fronts
-                 and (at_door is None or interior >= at_door + st.clear_of_door_db))
+        relative = (store is not None and interior is not None
+                    and interior_zone is not None and interior_zone not in st.fronts
+                    and (at_door is None or interior >= at_door + st.clear_of_door_db))
         inside = (interior is not None and interior_zone is not None
-                  and (interior >= self._inside[interior_zone] or clear)
+                  and (interior >= self._inside[interior_zone] or relative)
                   and (at_door is None or interior >= at_door - margin))
         lag = st.window_s / 2  # a window's median describes its middle, not its end
+        opened = False
         if inside and interior is not None and store is None \
                 and interior_zone != track.interior_zone:
             # Pending a visit, evidence in front zones must be one place: someone walking
@@ -260,7 +304,7 @@ class PresenceEngine:
             held = track.interior_zone
             if held is None or held not in inner or inner[held] + st.switch_margin_db <= interior:
                 if held is None or held in st.fronts or interior_zone in st.fronts:
-                    track.interior_since = None
+                    track.interior_since = track.clear_since = None
                 track.interior_zone = interior_zone
         if inside:
             if track.interior_since is None:
@@ -271,19 +315,44 @@ class PresenceEngine:
             # window is placed there too), or without a pass under the entrance scanner
             # (lost in a fade, or someone at the store's side): the longer confirmation.
             passed = track.door_peak_ts >= track.interior_since - DOOR_LOOKBACK_S
-            quick = passed and track.interior_zone not in st.fronts \
-                and interior_zone not in st.fronts
-            confirm = st.entry_confirm_s if quick else st.front_confirm_s
+            front = track.interior_zone in st.fronts or interior_zone in st.fronts
+            quick = passed and not front
+            # Evidence only on the shop front, and no pass under the entrance scanner:
+            # what someone walking along the window gives (at the end of the front, or
+            # along a wide front zone, one zone leads for as long as a shopper's stop):
+            # front_only_confirm_s, longer than walking past it. (A visit that ended
+            # moments ago and resumes at a checkout: front_confirm_s, as before.)
+            resumed = ts - track.in_visit <= DOOR_LOOKBACK_S
+            confirm = st.entry_confirm_s if quick else (
+                st.front_confirm_s if passed or resumed or not front
+                else st.front_only_confirm_s)
+            if store is None and quick and interior is not None:
+                # clear evidence: the phone nearer the interior scanner than the entrance
+                # by entry_clear_ratio (in dB through the store's path-loss exponent),
+                # beyond both estimates' noise; the entrance at its strongest over the
+                # last entry_confirm_s (a fade hides it for seconds)
+                _, ref, ref_se = mem[0] if mem else (ts, track.door_held, track.door_held_se)
+                n = self._correction.exponent or EXPONENT_PRIOR  # uncalibrated: typical
+                need = 10 * n * math.log10(st.entry_clear_ratio) + st.entry_clear_z * \
+                    math.hypot(se.get(interior_zone or "", math.inf), ref_se)
+                if interior - ref >= need:
+                    if track.clear_since is None:
+                        track.clear_since = ts
+                    if ts - track.clear_since >= st.entry_clear_s:
+                        confirm = 0.0
+                else:
+                    track.clear_since = None
             if store is None and ts - track.interior_since >= confirm:
                 first = track.interior_since - lag
                 if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
                 store = track.store = self._new_visit(None, first)
+                opened = True
             if store is not None:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
         else:
-            track.interior_since = None
+            track.interior_since = track.clear_since = None
             # at the door: the entrance scanner strongest of all (no interior one as strong)
             door_floor = min((self._inside[z] for z in medians if z in st.entrances),
                              default=st.inside_min_rssi_dbm)
@@ -304,10 +373,15 @@ class PresenceEngine:
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
         if store is not None:
+            track.in_visit = ts
             # the confirmation was the minimum presence: entered as soon as it is made
             self._progress(customer, store, 0.0, out)
             if store.entered and track.pending_zones:
                 self._flush_pending(customer, track, out)
+            if opened and track.zone is not None:
+                # a stay the confirmation overtook (clear evidence elsewhere while the
+                # switch to there is still held): long enough, it is a visit
+                self._progress(customer, track.zone, st.zone_min_presence_s, out)
         elif not inside:
             if track.zone is not None:  # nothing said yet: kept if a visit opens after all
                 self._stash(track, track.zone)
@@ -318,7 +392,7 @@ class PresenceEngine:
         # zones as always once in the store (pending a visit: candidates, from interior
         # evidence only)
         levels = {z: v for z, v in medians.items()
-                  if v >= self._floors[z] or (clear and z == interior_zone)}
+                  if v >= self._floors[z] or (relative and z == interior_zone)}
         if levels:
             self._assign_zone(customer, track, levels, ts, out)
 
@@ -357,9 +431,11 @@ class PresenceEngine:
             self._close(customer, zv, out)
             track.zone = None
 
-    def _strength(self, track: _Track, now: float) -> dict[str, float]:
-        """Robust RSSI per zone (best of its scanners' medians), over the recent window.
-        A phone that advertises slowly gets a longer one: it reaches back (up to
+    def _strength(self, track: _Track, now: float,
+                  se: dict[str, float] | None = None) -> dict[str, float]:
+        """Robust RSSI per zone (best of its scanners' medians), over the recent window;
+        ``se``: filled with each of those medians' standard error. A phone that
+        advertises slowly gets a longer window: it reaches back (up to
         ``sparse_window_s``) until the scanner hearing it best has ``2 * min_samples``
         samples. The phone's own rate decides, not one scanner's: a scanner that hears
         few of a fast phone's adverts is far from it, and stays uncounted."""
@@ -382,6 +458,8 @@ class PresenceEngine:
             level = median - offsets.get(scanner, 0.0)  # as a mean scanner hears it
             if level > best.get(zone, -999.0):
                 best[zone] = level
+                if se is not None:
+                    se[zone] = q.median_se(median, since)
         return best
 
     def _assign_zone(self, customer: str, track: _Track, levels: dict[str, float], ts: float,

@@ -57,9 +57,21 @@ class PresenceSettings:
     # ...beyond the shop front, after a pass under the entrance scanner, for this long
     # opens a visit (dated back to the door pass, emitted at once)...
     entry_confirm_s: float = 10.0
-    # ...or, in a front zone or without a door pass, in one zone for this long: longer
-    # than walking past a front zone or glancing in; it delays the event, not its time
+    # ...or, in a front zone after a door pass, or beyond the front without one, in one
+    # zone for this long: longer than walking past a front zone or glancing in; it
+    # delays the event, not its time
     front_confirm_s: float = 30.0
+    # ...and evidence on the shop front alone, never at the door, this long: longer than
+    # walking along the end of the front (a front zone and the pavement beyond the store)
+    front_only_confirm_s: float = 60.0
+    # Clear evidence confirms at once: after a pass under the entrance scanner, an
+    # interior zone beyond the shop front heard stronger than the entrance by more than
+    # the noise of the two estimates (this many standard errors of their difference,
+    # measured from the phone's own samples) for entry_clear_s opens the visit without
+    # waiting entry_confirm_s. Weak evidence (within the noise) still waits.
+    entry_clear_z: float = 2.33  # one-sided 1 %: the entrance is not really as strong
+    entry_clear_ratio: float = 1.25  # and the phone this much nearer the interior scanner
+    entry_clear_s: float = 1.0  # a few evaluation steps, not one lucky median
     # no interior evidence for this long: outside (the exit is dated back to the last
     # evidence); long enough to ride out a deep fade without splitting the visit
     outside_after_s: float = 12.0
