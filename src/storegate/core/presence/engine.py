@@ -213,6 +213,18 @@ class PresenceEngine:
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
         interior = inner[interior_zone] if interior_zone is not None else None
         store = track.store
+        if store is not None and track.door_peak_ts > track.last_inside \
+                and interior is not None and interior_zone in st.fronts \
+                and interior < track.door_peak - st.stay_margin_db:
+            # Leaving: out under the entrance scanner (it heard the phone strongest of
+            # all) since the last interior evidence, and now a front zone (a checkout by
+            # the window) leads, weaker than the entrance heard the pass. That is the
+            # pavement: the front's scanners hear it there about as well as the
+            # entrance's, so no margin between them tells it from the counter; the level
+            # does. Someone back at the counter is about as close to its scanner as the
+            # pass was to the door's (the same phone: its transmit power cancels), the
+            # pavement is farther from both. A zone beyond the front is inside as ever.
+            interior = None
         if at_door is not None and (at_door >= track.door_held
                                     or ts - track.door_held_ts > st.window_s):
             track.door_held, track.door_held_ts = at_door, ts
@@ -302,9 +314,12 @@ class PresenceEngine:
                 or now < store.held_until:
             return
         if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
+            # out under the entrance scanner: dated to that pass, not to the pavement
             store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
+        for v in (track.prev, track.zone):  # no zone visit outlasts the store visit
+            if v is not None:
+                v.last = max(v.first, min(v.last, store.last))
         if track.zone is not None:
-            track.zone.last = max(track.zone.first, min(track.zone.last, store.last))
             self._close(customer, track.zone, out)
             track.zone = None
         self._close(customer, store, out)
