@@ -347,3 +347,31 @@ def test_a_fade_at_a_checkout_by_the_door_does_not_end_the_visit() -> None:
     checkout = zone_events(out, "checkout-1")
     assert [d.type for _, d in checkout] == [ev.VISIT_ENTERED, ev.VISIT_EXITED]
     assert at(checkout[1][1].data.exited_at) - T0 >= final_pass - S.window_s  # type: ignore[attr-defined]
+
+
+def test_standing_outside_the_window_after_leaving_opens_no_new_visit() -> None:
+    """Out through the door from the checkout, then standing on the pavement by the
+    window for longer than a front zone's confirmation, heard by the checkout more
+    strongly than by the entrance (an arrival's test alone would let that in) but far
+    weaker than the entrance heard the pass: the pavement. One visit, ended at the pass."""
+    outside = stretch(0, 3 * S.front_confirm_s, {"s-c1": -76, "s-door": -80})
+    script, door_pass, _ = via_checkout(outside)
+    out = run(engine(), script, until=600)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    (_, exited), = store_events(out, ev.VISIT_EXITED)
+    assert abs(at(exited.data.exited_at) - T0 - door_pass) <= S.window_s / 2  # type: ignore[attr-defined]
+
+
+def test_coming_back_in_after_leaving_is_a_new_visit() -> None:
+    """Out through the door, a while on the pavement, then back in under the door and to
+    the checkout, heard there about as strongly as at the door: a second visit (the
+    pavement rule is about levels below the pass, not a ban on coming back)."""
+    outside = stretch(0, 2 * S.outside_after_s, {"s-c1": -80, "s-door": -78})
+    t = 2 * S.outside_after_s
+    outside += stretch(t, S.window_s, {"s-door": -55, "s-c1": -74})  # in again
+    t += S.window_s
+    outside += stretch(t, 3 * S.front_confirm_s, {"s-c1": -57, "s-door": -70})
+    script, _, _ = via_checkout(outside)
+    out = run(engine(), script, until=900)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 2
+    assert len(store_events(out, ev.VISIT_EXITED)) == 2

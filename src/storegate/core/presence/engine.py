@@ -118,6 +118,9 @@ class _Track:
     # lowers it, or silences it, for a few seconds; that is no evidence of being inside
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
+    # the entrance's level at the pass a visit ended through: until the phone is gone,
+    # the pavement it stays on is told from the counter against it, as while leaving
+    left_level: float = float("-inf")
 
 
 class PresenceEngine:
@@ -206,16 +209,21 @@ class PresenceEngine:
         ``front_confirm_s`` in one zone), is said at once, dated back to that pass (the
         phone's strongest moment there); it ends ``outside_after_s`` after
         the last interior evidence, dated to the pass under the entrance scanner on the
-        way out if there was one, else to that last evidence."""
+        way out if there was one, else to that last evidence; after that pass, a front
+        zone heard weaker than the entrance heard the pass is the pavement."""
         st = self.settings
         at_door = max((v for z, v in medians.items() if z in st.entrances), default=None)
         inner = {z: v for z, v in medians.items() if z not in st.entrances}
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
         interior = inner[interior_zone] if interior_zone is not None else None
         store = track.store
-        if store is not None and track.door_peak_ts > track.last_inside \
-                and interior is not None and interior_zone in st.fronts \
-                and interior < track.door_peak - st.stay_margin_db:
+        if store is None:
+            out_level = track.left_level
+        else:
+            out_level = track.door_peak if track.door_peak_ts > track.last_inside \
+                else float("-inf")
+        if interior is not None and interior_zone in st.fronts \
+                and interior < out_level - st.stay_margin_db:
             # Leaving: out under the entrance scanner (it heard the phone strongest of
             # all) since the last interior evidence, and now a front zone (a checkout by
             # the window) leads, weaker than the entrance heard the pass. That is the
@@ -268,6 +276,7 @@ class PresenceEngine:
                 if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
                 store = track.store = self._new_visit(None, first)
+                track.left_level = float("-inf")
             if store is not None:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
@@ -316,6 +325,7 @@ class PresenceEngine:
         if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
             # out under the entrance scanner: dated to that pass, not to the pavement
             store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
+            track.left_level = track.door_peak
         for v in (track.prev, track.zone):  # no zone visit outlasts the store visit
             if v is not None:
                 v.last = max(v.first, min(v.last, store.last))
