@@ -160,6 +160,9 @@ class _Track:
     door_mem: list[tuple[float, float, float]] = field(default_factory=list)
     in_visit: float = float("-inf")  # the last evaluation with a store visit open
     clear_since: float | None = None  # clear interior evidence since (pending a visit)
+    # the entrance's level at the pass a visit ended through: until the phone is gone,
+    # the pavement it stays on is told from the counter against it, as while leaving
+    left_level: float = float("-inf")
 
 
 class PresenceEngine:
@@ -251,7 +254,8 @@ class PresenceEngine:
         without one: ``front_only_confirm_s``); it is said at once, dated back to that pass (the
         phone's strongest moment there); it ends ``outside_after_s`` after
         the last interior evidence, dated to the pass under the entrance scanner on the
-        way out if there was one, else to that last evidence."""
+        way out if there was one, else to that last evidence; after that pass, a front
+        zone heard weaker than the entrance heard the pass is the pavement."""
         st = self.settings
         if not medians:
             return  # no scanner has enough of the phone yet: no evidence either way
@@ -261,6 +265,22 @@ class PresenceEngine:
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
         interior = inner[interior_zone] if interior_zone is not None else None
         store = track.store
+        if store is None:
+            out_level = track.left_level
+        else:
+            out_level = track.door_peak if track.door_peak_ts > track.last_inside \
+                else float("-inf")
+        if interior is not None and interior_zone in st.fronts \
+                and interior < out_level - st.stay_margin_db:
+            # Leaving: out under the entrance scanner (it heard the phone strongest of
+            # all) since the last interior evidence, and now a front zone (a checkout by
+            # the window) leads, weaker than the entrance heard the pass. That is the
+            # pavement: the front's scanners hear it there about as well as the
+            # entrance's, so no margin between them tells it from the counter; the level
+            # does. Someone back at the counter is about as close to its scanner as the
+            # pass was to the door's (the same phone: its transmit power cancels), the
+            # pavement is farther from both. A zone beyond the front is inside as ever.
+            interior = None
         if at_door is not None and (at_door >= track.door_held
                                     or ts - track.door_held_ts > st.window_s):
             track.door_held, track.door_held_ts = at_door, ts
@@ -348,6 +368,7 @@ class PresenceEngine:
                     first = min(first, track.door_peak_ts - lag)
                 store = track.store = self._new_visit(None, first)
                 opened = True
+                track.left_level = float("-inf")
             if store is not None:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
@@ -412,9 +433,13 @@ class PresenceEngine:
                 and (left or now - track.last_inside >= st.silence_hold_s):
             # out, or silent for too long (not heard since: then dated to the last evidence)
             if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
+                # out under the entrance scanner: dated to that pass, not to the pavement
                 store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
+                track.left_level = track.door_peak
+            for v in (track.prev, zv):  # no zone visit outlasts the store visit
+                if v is not None:
+                    v.last = max(v.first, min(v.last, store.last))
             if zv is not None:
-                zv.last = max(zv.first, min(zv.last, store.last))
                 self._close(customer, zv, out)
                 track.zone = None
             self._close(customer, store, out)
