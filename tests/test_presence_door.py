@@ -256,3 +256,122 @@ def test_a_deep_fade_on_the_entrance_link_does_not_let_a_passer_by_in() -> None:
     inside = stretch(0, 6, {"s-door": -66, "s-prod": -76})
     inside += stretch(6, 60, {"s-door": -86, "s-prod": -60})
     assert store_events(run(engine(settings), inside, until=200), ev.VISIT_ENTERED)
+
+
+def via_checkout(after_door: Script) -> tuple[Script, float, float]:
+    """In through the door, a stay in produce, then at checkout-1 (a front zone, by the
+    window) and out through the door; then ``after_door`` (seconds from the pass's end).
+    Returns the script, the pass under the door scanner (its middle) and when it ended."""
+    script, _, last = shopper(inside_s=2 * S.entry_confirm_s)
+    t = last + STEP
+    stay = 2 * S.zone_min_presence_s
+    script += stretch(t, stay, {"s-c1": -60, "s-door": -74, "s-prod": -76})
+    t += stay
+    # a window long, so every median has turned: the entrance strongest, by far
+    script += stretch(t, S.window_s, {"s-door": -55, "s-c1": -74})
+    door_pass, t = t + S.window_s / 2, t + S.window_s
+    script += [(t + dt, lv) for dt, lv in after_door]
+    return script, door_pass, t
+
+
+def zone_events(out: list[tuple[float, ev.EventDraft]], zone: str) -> (
+    list[tuple[float, ev.EventDraft]]
+):
+    """Its entered and exited events (not the dwell thresholds crossed)."""
+    return [(at_, d) for at_, d in out
+            if d.data.zone == zone and d.type is not ev.VISIT_DWELLED]  # type: ignore[attr-defined]
+
+
+def test_leaving_past_a_front_zone_is_dated_to_the_door_pass_not_the_pavement() -> None:
+    """Out through the door from a checkout by the window, then along the pavement past
+    that checkout: its scanner hears the phone about as well as the entrance's (within
+    the stay margin), then on its own, weakly. That is the way out, not a return: the
+    store visit and the checkout's zone visit end at the pass under the door scanner,
+    not at the last time the checkout heard the phone, and the exit is said once the
+    phone is heard from outside only, not after the pavement walk has timed out."""
+    near = round(-78 - S.stay_margin_db + 1)  # within the stay margin of the entrance
+    assert near >= S.inside_min_rssi_dbm  # at an inside level: only the context tells
+    walk = stretch(0, 2 * S.window_s, {"s-door": -78, "s-c1": near})
+    alone = S.front_confirm_s / 2  # shorter than a front zone's confirmation
+    walk += stretch(2 * S.window_s, alone, {"s-c1": near - 1})  # then the checkout alone
+    script, door_pass, out_at = via_checkout(walk)
+    last_heard = out_at + 2 * S.window_s + alone
+    assert last_heard - door_pass > S.outside_after_s  # the old rule dated it later
+    out = run(engine(), script, until=600)
+    (emitted, exited), = store_events(out, ev.VISIT_EXITED)
+    exited_at = at(exited.data.exited_at) - T0  # type: ignore[attr-defined]
+    assert abs(exited_at - door_pass) <= S.window_s / 2
+    assert emitted - T0 <= last_heard + S.window_s  # a few steps after the last sighting
+    checkout = zone_events(out, "checkout-1")
+    assert [d.type for _, d in checkout] == [ev.VISIT_ENTERED, ev.VISIT_EXITED]
+    assert at(checkout[1][1].data.exited_at) - T0 <= door_pass + S.window_s / 2  # type: ignore[attr-defined]
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1  # the pavement opened nothing
+
+
+def test_heard_from_the_pavement_by_a_front_zone_the_exit_is_said_promptly() -> None:
+    """After the door pass, standing on the pavement by the window for minutes, heard by
+    the checkout about as well as by the entrance: the exit is said within the outside
+    delay of the pass, dated to it, while the phone is still heard."""
+    near = round(-78 - S.stay_margin_db + 1)
+    linger = stretch(0, 120, {"s-door": -78, "s-c1": near})
+    script, door_pass, out_at = via_checkout(linger)
+    out = run(engine(), script, until=600)
+    (emitted, exited), = store_events(out, ev.VISIT_EXITED)
+    assert abs(at(exited.data.exited_at) - T0 - door_pass) <= S.window_s / 2  # type: ignore[attr-defined]
+    assert emitted - T0 <= door_pass + S.outside_after_s + S.window_s
+    assert emitted - T0 < out_at + 60  # long before the phone went silent
+
+
+def test_a_fade_at_a_checkout_by_the_door_does_not_end_the_visit() -> None:
+    """At the checkout by the door, a fade on the checkout's link: for a window the
+    entrance scanner hears the phone strongest, by more than the stay margin (a pass
+    under the door, to the engine). Then the checkout hears it again as strongly as the
+    entrance did: that is the counter, not the pavement. One store visit and one
+    checkout visit, both ending at the real way out, minutes later."""
+    dwell = 2 * S.front_confirm_s
+    script, _, last = shopper(inside_s=2 * S.entry_confirm_s)
+    t = last + STEP
+    script += stretch(t, dwell, {"s-c1": -60, "s-door": -66, "s-prod": -76})
+    t += dwell
+    fade = {"s-c1": -66 - round(S.stay_margin_db) - 2, "s-door": -66, "s-prod": -76}
+    script += stretch(t, S.window_s, fade)
+    t += S.window_s
+    script += stretch(t, dwell, {"s-c1": -60, "s-door": -66, "s-prod": -76})
+    t += dwell
+    script += stretch(t, S.window_s, {"s-door": -55, "s-c1": -74})  # out
+    final_pass = t + S.window_s / 2
+    out = run(engine(), script, until=t + 300)
+    (_, exited), = store_events(out, ev.VISIT_EXITED)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    assert abs(at(exited.data.exited_at) - T0 - final_pass) <= S.window_s  # type: ignore[attr-defined]
+    checkout = zone_events(out, "checkout-1")
+    assert [d.type for _, d in checkout] == [ev.VISIT_ENTERED, ev.VISIT_EXITED]
+    assert at(checkout[1][1].data.exited_at) - T0 >= final_pass - S.window_s  # type: ignore[attr-defined]
+
+
+def test_standing_outside_the_window_after_leaving_opens_no_new_visit() -> None:
+    """Out through the door from the checkout, then standing on the pavement by the
+    window for longer than a front zone's confirmation, heard by the checkout more
+    strongly than by the entrance (an arrival's test alone would let that in) but far
+    weaker than the entrance heard the pass: the pavement. One visit, ended at the pass."""
+    outside = stretch(0, 3 * S.front_confirm_s, {"s-c1": -76, "s-door": -80})
+    script, door_pass, _ = via_checkout(outside)
+    out = run(engine(), script, until=600)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
+    (_, exited), = store_events(out, ev.VISIT_EXITED)
+    assert abs(at(exited.data.exited_at) - T0 - door_pass) <= S.window_s / 2  # type: ignore[attr-defined]
+
+
+def test_coming_back_in_after_leaving_is_a_new_visit() -> None:
+    """Out through the door, a while on the pavement, then back in under the door and to
+    the checkout, heard there about as strongly as at the door: a second visit (the
+    pavement rule is about levels below the pass, not a ban on coming back)."""
+    outside = stretch(0, 2 * S.outside_after_s, {"s-c1": -80, "s-door": -78})
+    t = 2 * S.outside_after_s
+    outside += stretch(t, S.window_s, {"s-door": -55, "s-c1": -74})  # in again
+    t += S.window_s
+    outside += stretch(t, 3 * S.front_confirm_s, {"s-c1": -57, "s-door": -70})
+    script, _, _ = via_checkout(outside)
+    out = run(engine(), script, until=900)
+    assert len(store_events(out, ev.VISIT_ENTERED)) == 2
+    assert len(store_events(out, ev.VISIT_EXITED)) == 2

@@ -274,8 +274,26 @@ class PresenceConfig(Section):
     front_confirm_s: float = Field(default=30.0, ge=0, le=600, description="The same for "
                                    "evidence in a front zone (people walk along the window) "
                                    "or without a door pass: in one zone for this long.")
+    front_only_confirm_s: float = Field(default=60.0, ge=0, le=600, description="Evidence "
+                                        "on the shop front alone, with no door pass: in "
+                                        "one zone for this long.")
+    entry_clear_z: float = Field(default=2.33, ge=0, le=10, description="Clear interior "
+                                 "evidence confirms at once: stronger than the entrance by "
+                                 "this many standard errors of the two medians...")
+    entry_clear_ratio: float = Field(default=1.25, ge=1, le=10, description="...and the "
+                                     "phone this much nearer the interior scanner (via the "
+                                     "path-loss exponent)...")
+    entry_clear_s: float = Field(default=1.0, ge=0, le=600, description="...for this long.")
     outside_after_s: float = Field(default=12.0, gt=0, le=600, description="No interior "
                                    "evidence for this long: outside (exit dated back).")
+    silence_hold_s: float = Field(default=180.0, ge=0, le=3600, description="A phone last "
+                                  "placed inside and not heard at the door since keeps its "
+                                  "visit through a silence this long (exit dated back).")
+    sparse_window_s: float = Field(default=20.0, ge=0, le=120, description="A slow phone's "
+                                   "RSSI window reaches back this far for enough samples.")
+    clear_of_door_db: float = Field(default=6.0, ge=0, le=40, description="A zone beyond "
+                                    "the front heard this much stronger than the entrance: "
+                                    "inside, and in that zone, below the floors.")
 
     @model_validator(mode="after")
     def _door(self) -> PresenceConfig:

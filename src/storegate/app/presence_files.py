@@ -230,7 +230,14 @@ def presence_settings(cfg: PresenceConfig) -> PresenceSettings:
         stay_margin_db=cfg.stay_margin_db,
         entry_confirm_s=cfg.entry_confirm_s,
         front_confirm_s=cfg.front_confirm_s,
+        front_only_confirm_s=cfg.front_only_confirm_s,
+        entry_clear_z=cfg.entry_clear_z,
+        entry_clear_ratio=cfg.entry_clear_ratio,
+        entry_clear_s=cfg.entry_clear_s,
         outside_after_s=cfg.outside_after_s,
+        silence_hold_s=cfg.silence_hold_s,
+        sparse_window_s=cfg.sparse_window_s,
+        clear_of_door_db=cfg.clear_of_door_db,
     )
 
 

@@ -22,6 +22,7 @@ anonymously; nothing about them is kept here.
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from storegate.core import events as ev
 from storegate.core import payloads as p
 from storegate.core.ids import Uuid7Generator
+from storegate.core.presence.calibration import EXPONENT_PRIOR
 from storegate.core.presence.correction import NONE, Correction
 from storegate.core.presence.settings import PresenceSettings
 
@@ -61,6 +63,8 @@ class VisitState:
 DOOR_LOOKBACK_S = 120.0
 PENDING_ZONES = 4  # zone stays kept while a visit is being confirmed
 DEFAULT_ZONE_FLOOR_DBM = -80.0  # a zone's floor with no calibration and none configured
+MAD_TO_SIGMA = 1.4826  # a normal sample's sigma from its median absolute deviation
+MEDIAN_SE = 1.2533  # a median's standard error, in sigma / sqrt(n) (normal samples)
 
 
 class _Samples:
@@ -86,10 +90,36 @@ class _Samples:
         if n:
             del self.ts[:n], self.rssi[:n]
 
-    def median(self) -> float:
-        values = sorted(self.rssi)
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    def recent(self, since: float) -> int:
+        """How many of the samples are since ``since`` (the newest ones)."""
+        n = len(self.ts)
+        k = 0
+        while k < n and self.ts[n - 1 - k] >= since:
+            k += 1
+        return k
+
+    def median(self, since: float = float("-inf"), least: int = 1) -> float | None:
+        """The median of the samples since ``since``; None with fewer than ``least``."""
+        k = self.recent(since)
+        if k < least or k == 0:
+            return None
+        return _median(sorted(self.rssi[len(self.rssi) - k:]))
+
+    def median_se(self, median: float, since: float = float("-inf")) -> float:
+        """The standard error of :meth:`median` (of the samples since ``since``), from
+        the samples' own spread (their median absolute deviation, a robust sigma; at
+        least one whole dBm, what a reading is rounded to): how far this window's median
+        may be from the phone's true level here. A phone on the move spreads its samples
+        too, and is judged less sure."""
+        k = max(self.recent(since), 1)
+        values = self.rssi[len(self.rssi) - k:]
+        sigma = max(MAD_TO_SIGMA * _median(sorted(abs(v - median) for v in values)), 1.0)
+        return MEDIAN_SE * sigma / math.sqrt(k)
+
+
+def _median(values: list[float] | list[int]) -> float:
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 @dataclass(slots=True)
@@ -118,6 +148,21 @@ class _Track:
     # lowers it, or silences it, for a few seconds; that is no evidence of being inside
     door_held: float = float("-inf")
     door_held_ts: float = float("-inf")
+    # door mode: the last time the phone was heard at the door or outside (the entrance
+    # scanner the strongest, nothing inside as strong), and the last time it was heard
+    # at all (a scanner with enough of it): without either since, it is silent, not gone
+    outside_ts: float = float("-inf")
+    heard_ts: float = float("-inf")
+    door_held_se: float = 0.0  # that level's standard error
+    # the entrance's levels of the last entry_confirm_s, (ts, level, standard error),
+    # as a running maximum (each entry stronger than every later one): clear evidence
+    # must beat the strongest; a deep fade hides the entrance for seconds, not that long
+    door_mem: list[tuple[float, float, float]] = field(default_factory=list)
+    in_visit: float = float("-inf")  # the last evaluation with a store visit open
+    clear_since: float | None = None  # clear interior evidence since (pending a visit)
+    # the entrance's level at the pass a visit ended through: until the phone is gone,
+    # the pavement it stays on is told from the counter against it, as while leaving
+    left_level: float = float("-inf")
 
 
 class PresenceEngine:
@@ -177,9 +222,10 @@ class PresenceEngine:
                 track.store.last = max(track.store.last, ts)
             return out
         track.evaluated = ts
-        medians = self._strength(track, ts)
+        se: dict[str, float] | None = {} if door and track.store is None else None
+        medians = self._strength(track, ts, se)
         if door:
-            self._door(customer, track, medians, ts, out)
+            self._door(customer, track, medians, ts, out, se=se or {})
             return out
         if not any(v >= self._inside[z] for z, v in medians.items()):
             # Heard, but not placed in any zone (e.g. on the pavement): no evidence of
@@ -196,26 +242,58 @@ class PresenceEngine:
         return out
 
     def _door(self, customer: str, track: _Track, medians: dict[str, float], ts: float,
-              out: list[ev.EventDraft]) -> None:
+              out: list[ev.EventDraft], *, se: dict[str, float]) -> None:
         """The store visit as a person at the door would judge it. The entrance scanner
         hears the pavement as well as the doorway, so it never places a phone inside on
         its own: inside means an interior zone heard about as strongly as the entrance
         (both heard by the same phone: its unknown transmit power cancels; both corrected
         by their scanners' calibrated offsets). A visit opens after ``entry_confirm_s``
-        of that beyond the shop front following a pass under the entrance scanner (else
-        ``front_confirm_s`` in one zone), is said at once, dated back to that pass (the
+        of that beyond the shop front following a pass under the entrance scanner, at
+        once on clear evidence (``entry_clear_*``), after ``front_confirm_s`` in one zone
+        on the shop front following a pass or beyond it without one (on the shop front
+        without one: ``front_only_confirm_s``); it is said at once, dated back to that pass (the
         phone's strongest moment there); it ends ``outside_after_s`` after
         the last interior evidence, dated to the pass under the entrance scanner on the
-        way out if there was one, else to that last evidence."""
+        way out if there was one, else to that last evidence; after that pass, a front
+        zone heard weaker than the entrance heard the pass is the pavement."""
         st = self.settings
+        if not medians:
+            return  # no scanner has enough of the phone yet: no evidence either way
+        track.heard_ts = ts
         at_door = max((v for z, v in medians.items() if z in st.entrances), default=None)
         inner = {z: v for z, v in medians.items() if z not in st.entrances}
         interior_zone = max(inner, key=lambda z: inner[z]) if inner else None
         interior = inner[interior_zone] if interior_zone is not None else None
         store = track.store
+        if store is None:
+            out_level = track.left_level
+        else:
+            out_level = track.door_peak if track.door_peak_ts > track.last_inside \
+                else float("-inf")
+        if interior is not None and interior_zone in st.fronts \
+                and interior < out_level - st.stay_margin_db:
+            # Leaving: out under the entrance scanner (it heard the phone strongest of
+            # all) since the last interior evidence, and now a front zone (a checkout by
+            # the window) leads, weaker than the entrance heard the pass. That is the
+            # pavement: the front's scanners hear it there about as well as the
+            # entrance's, so no margin between them tells it from the counter; the level
+            # does. Someone back at the counter is about as close to its scanner as the
+            # pass was to the door's (the same phone: its transmit power cancels), the
+            # pavement is farther from both. A zone beyond the front is inside as ever.
+            interior = None
         if at_door is not None and (at_door >= track.door_held
                                     or ts - track.door_held_ts > st.window_s):
             track.door_held, track.door_held_ts = at_door, ts
+            track.door_held_se = max((se.get(z, 0.0) for z in st.entrances
+                                      if medians.get(z) == at_door), default=0.0)
+        mem = track.door_mem
+        if store is None and at_door is not None:
+            while mem and mem[-1][1] <= at_door:
+                mem.pop()
+            mem.append((ts, at_door, max((se.get(z, 0.0) for z in st.entrances
+                                          if medians.get(z) == at_door), default=0.0)))
+        while mem and (store is not None or ts - mem[0][0] > st.entry_confirm_s):
+            del mem[0]
         if store is None and ts - track.door_held_ts <= st.window_s:
             # Pending a visit, the entrance counts at its strongest of the last window:
             # a fade (one link, seconds) that drags its median down, or loses the phone
@@ -223,10 +301,19 @@ class PresenceEngine:
             # scanner look the stronger. Someone really inside stays so beyond it.
             at_door = track.door_held if at_door is None else max(at_door, track.door_held)
         margin = st.interior_margin_db if store is None else st.stay_margin_db
+        # Relative evidence: once inside, a zone beyond the shop front heard clearly
+        # stronger than the entrance (or the entrance not hearing the phone at all) is
+        # still inside, however weak the phone (body, bag, shelves): the absolute floor
+        # alone loses weak phones. Not to open a visit: someone outside a window by an
+        # inner zone is heard that way too.
+        relative = (store is not None and interior is not None
+                    and interior_zone is not None and interior_zone not in st.fronts
+                    and (at_door is None or interior >= at_door + st.clear_of_door_db))
         inside = (interior is not None and interior_zone is not None
-                  and interior >= self._inside[interior_zone]
+                  and (interior >= self._inside[interior_zone] or relative)
                   and (at_door is None or interior >= at_door - margin))
         lag = st.window_s / 2  # a window's median describes its middle, not its end
+        opened = False
         if inside and interior is not None and store is None \
                 and interior_zone != track.interior_zone:
             # Pending a visit, evidence in front zones must be one place: someone walking
@@ -237,7 +324,7 @@ class PresenceEngine:
             held = track.interior_zone
             if held is None or held not in inner or inner[held] + st.switch_margin_db <= interior:
                 if held is None or held in st.fronts or interior_zone in st.fronts:
-                    track.interior_since = None
+                    track.interior_since = track.clear_since = None
                 track.interior_zone = interior_zone
         if inside:
             if track.interior_since is None:
@@ -248,32 +335,74 @@ class PresenceEngine:
             # window is placed there too), or without a pass under the entrance scanner
             # (lost in a fade, or someone at the store's side): the longer confirmation.
             passed = track.door_peak_ts >= track.interior_since - DOOR_LOOKBACK_S
-            quick = passed and track.interior_zone not in st.fronts \
-                and interior_zone not in st.fronts
-            confirm = st.entry_confirm_s if quick else st.front_confirm_s
+            front = track.interior_zone in st.fronts or interior_zone in st.fronts
+            quick = passed and not front
+            # Evidence only on the shop front, and no pass under the entrance scanner:
+            # what someone walking along the window gives (at the end of the front, or
+            # along a wide front zone, one zone leads for as long as a shopper's stop):
+            # front_only_confirm_s, longer than walking past it. (A visit that ended
+            # moments ago and resumes at a checkout: front_confirm_s, as before.)
+            resumed = ts - track.in_visit <= DOOR_LOOKBACK_S
+            confirm = st.entry_confirm_s if quick else (
+                st.front_confirm_s if passed or resumed or not front
+                else st.front_only_confirm_s)
+            if store is None and quick and interior is not None:
+                # clear evidence: the phone nearer the interior scanner than the entrance
+                # by entry_clear_ratio (in dB through the store's path-loss exponent),
+                # beyond both estimates' noise; the entrance at its strongest over the
+                # last entry_confirm_s (a fade hides it for seconds)
+                _, ref, ref_se = mem[0] if mem else (ts, track.door_held, track.door_held_se)
+                n = self._correction.exponent or EXPONENT_PRIOR  # uncalibrated: typical
+                need = 10 * n * math.log10(st.entry_clear_ratio) + st.entry_clear_z * \
+                    math.hypot(se.get(interior_zone or "", math.inf), ref_se)
+                if interior - ref >= need:
+                    if track.clear_since is None:
+                        track.clear_since = ts
+                    if ts - track.clear_since >= st.entry_clear_s:
+                        confirm = 0.0
+                else:
+                    track.clear_since = None
             if store is None and ts - track.interior_since >= confirm:
                 first = track.interior_since - lag
                 if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
                 store = track.store = self._new_visit(None, first)
+                opened = True
+                track.left_level = float("-inf")
             if store is not None:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
         else:
-            track.interior_since = None
+            track.interior_since = track.clear_since = None
             # at the door: the entrance scanner strongest of all (no interior one as strong)
             door_floor = min((self._inside[z] for z in medians if z in st.entrances),
                              default=st.inside_min_rssi_dbm)
-            passing = at_door is not None and at_door >= door_floor \
-                and (interior is None or at_door > interior)
+            # (as strong as at the door, or clearly stronger than anything inside: a weak
+            # phone passing the door)
+            passing = at_door is not None and (interior is None or at_door > interior) \
+                and (at_door >= door_floor
+                     or (interior is not None and at_door >= interior + st.clear_of_door_db))
+            if at_door is not None and (
+                    at_door >= door_floor if interior is None
+                    else at_door >= interior + (0.0 if at_door >= door_floor
+                                                else st.stay_margin_db)):
+                # heard at the door or outside, not silent: the entrance the strongest, as
+                # strongly as at the door or clearly; weak readings a dB apart (or a lone
+                # weak one at the entrance) say nothing
+                track.outside_ts = ts
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
         if store is not None:
+            track.in_visit = ts
             # the confirmation was the minimum presence: entered as soon as it is made
             self._progress(customer, store, 0.0, out)
             if store.entered and track.pending_zones:
                 self._flush_pending(customer, track, out)
+            if opened and track.zone is not None:
+                # a stay the confirmation overtook (clear evidence elsewhere while the
+                # switch to there is still held): long enough, it is a visit
+                self._progress(customer, track.zone, st.zone_min_presence_s, out)
         elif not inside:
             if track.zone is not None:  # nothing said yet: kept if a visit opens after all
                 self._stash(track, track.zone)
@@ -283,48 +412,79 @@ class PresenceEngine:
             return
         # zones as always once in the store (pending a visit: candidates, from interior
         # evidence only)
-        levels = {z: v for z, v in medians.items() if v >= self._floors[z]}
+        levels = {z: v for z, v in medians.items()
+                  if v >= self._floors[z] or (relative and z == interior_zone)}
         if levels:
             self._assign_zone(customer, track, levels, ts, out)
 
     def _door_exit(self, customer: str, track: _Track, now: float,
                    out: list[ev.EventDraft]) -> None:
         """Door mode: end the store visit once interior evidence is gone long enough (a
-        zone visit without its zone's evidence ends as it always did)."""
+        zone visit without its zone's evidence ends as it always did). Silence is not an
+        exit: a phone not heard at the door or outside since its last interior evidence
+        (a zone visit: not heard at all since its zone's evidence) is held for
+        ``silence_hold_s``."""
         store = track.store
         st = self.settings
         zv = track.zone
+        left = track.outside_ts > track.last_inside or track.door_peak_ts > track.last_inside
+        if store is not None and now - track.last_inside >= st.outside_after_s \
+                and now >= store.held_until \
+                and (left or now - track.last_inside >= st.silence_hold_s):
+            # out, or silent for too long (not heard since: then dated to the last evidence)
+            if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
+                # out under the entrance scanner: dated to that pass, not to the pavement
+                store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
+                track.left_level = track.door_peak
+            for v in (track.prev, zv):  # no zone visit outlasts the store visit
+                if v is not None:
+                    v.last = max(v.first, min(v.last, store.last))
+            if zv is not None:
+                self._close(customer, zv, out)
+                track.zone = None
+            self._close(customer, store, out)
+            track.store = None
+            track.interior_since = None
+            track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
+            return
         if zv is not None and store is not None and now - zv.last >= st.exit_after_s \
-                and now >= zv.held_until:
+                and now >= zv.held_until and (
+                    track.heard_ts > zv.last or track.outside_ts > track.last_inside
+                    or now - zv.last >= st.silence_hold_s):
+            # heard since without its zone's evidence (or out): the zone visit ends; only
+            # a silence holds it
             self._close(customer, zv, out)
             track.zone = None
-        if store is None or now - track.last_inside < st.outside_after_s \
-                or now < store.held_until:
-            return
-        if track.door_peak_ts > track.last_inside and track.door_peak > float("-inf"):
-            store.last = max(store.last, track.door_peak_ts - st.window_s / 2)
-        if track.zone is not None:
-            track.zone.last = max(track.zone.first, min(track.zone.last, store.last))
-            self._close(customer, track.zone, out)
-            track.zone = None
-        self._close(customer, store, out)
-        track.store = None
-        track.interior_since = None
-        track.door_peak, track.door_peak_ts = float("-inf"), float("-inf")
 
-    def _strength(self, track: _Track, now: float) -> dict[str, float]:
-        """Robust RSSI per zone (best of its scanners' medians), over the recent window."""
-        horizon = now - self.settings.window_s
+    def _strength(self, track: _Track, now: float,
+                  se: dict[str, float] | None = None) -> dict[str, float]:
+        """Robust RSSI per zone (best of its scanners' medians), over the recent window;
+        ``se``: filled with each of those medians' standard error. A phone that
+        advertises slowly gets a longer window: it reaches back (up to
+        ``sparse_window_s``) until the scanner hearing it best has ``2 * min_samples``
+        samples. The phone's own rate decides, not one scanner's: a scanner that hears
+        few of a fast phone's adverts is far from it, and stays uncounted."""
+        st = self.settings
+        horizon = now - max(st.window_s, st.sparse_window_s)
+        enough = 2 * st.min_samples
+        filled = horizon
+        for q in track.samples.values():
+            q.expire(horizon)
+            if len(q.ts) >= enough:
+                filled = max(filled, q.ts[-enough])
+        since = min(now - st.window_s, filled)
         best: dict[str, float] = {}
         offsets = self._correction.offsets_db
         for scanner, q in track.samples.items():
-            q.expire(horizon)
-            zone = self.settings.scanner_zone.get(scanner)
-            if len(q.ts) < self.settings.min_samples or zone is None:
+            zone = st.scanner_zone.get(scanner)
+            median = q.median(since, st.min_samples)
+            if median is None or zone is None:
                 continue  # a lone reflection is not a position
-            level = q.median() - offsets.get(scanner, 0.0)  # as a mean scanner hears it
+            level = median - offsets.get(scanner, 0.0)  # as a mean scanner hears it
             if level > best.get(zone, -999.0):
                 best[zone] = level
+                if se is not None:
+                    se[zone] = q.median_se(median, since)
         return best
 
     def _assign_zone(self, customer: str, track: _Track, levels: dict[str, float], ts: float,
@@ -373,6 +533,7 @@ class PresenceEngine:
                     self._close(customer, prev, out)
                 track.prev = old  # ends once the new zone's visit is entered
         track.zone = self._new_visit(leader, start)
+        track.zone.last = ts  # heard there now (its start may be dated back further)
         track.challenger = None
         self._progress(customer, track.zone, self.settings.zone_min_presence_s, out)
 
@@ -429,9 +590,14 @@ class PresenceEngine:
         for customer, track in self._tracks.items():
             if door:
                 self._door_exit(customer, track, now, out)
+                # silent: dropped, unless it was being confirmed (placed beyond the shop
+                # front, not at the door since) recently enough to count once heard again
                 if track.store is None and all(
                         not q.ts or now - q.ts[-1] >= self.settings.exit_after_s
-                        for q in track.samples.values()):
+                        for q in track.samples.values()) \
+                        and not (now - track.last_inside <= DOOR_LOOKBACK_S
+                                 and track.door_peak_ts < track.last_inside
+                                 and track.interior_zone not in self.settings.fronts):
                     gone.append(customer)
                 continue
             if track.zone is not None and now - track.zone.last >= self.settings.exit_after_s \
