@@ -44,6 +44,8 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
+RECOVERY_S = 360.0  # after a node is killed: see the comment where it is used
+
 EVENTS_PER_STORE = 1500
 RATE = 150.0  # events/s per store: the stream runs for about 10 s
 
@@ -126,8 +128,11 @@ def test_node_and_central_lost_mid_stream_every_event_stored_once(
         assert cluster.node_of_mqtt_client(f"bridge-{STORES[1]}") is victim
         asyncio.run(move_stream_leader(cluster, victim.name))
         victim.kill()
-        # ... and so does one central instance, with a batch in hand.
-        wait_for(lambda: len(stored_ids(postgres_url)) >= EVENTS_PER_STORE, 120,
+        # ... and so does one central instance, with a batch in hand. (The bridges
+        # reconnect to a surviving node first; under load that CONNECT has waited more
+        # than 2 minutes for its CONNACK with nats-server 2.15 (docs/fleet.md, "Known
+        # limits"): the waits after the kill allow for it; nothing may be lost meanwhile.)
+        wait_for(lambda: len(stored_ids(postgres_url)) >= EVENTS_PER_STORE, RECOVERY_S,
                  "half the events stored")
         survivor = centrals[1]
         centrals[0].kill()
@@ -138,7 +143,7 @@ def test_node_and_central_lost_mid_stream_every_event_stored_once(
         # docs/fleet.md, "Known limits".)
 
         wait_for(lambda: sum(len(read_log(log)) for log in logs)
-                 == EVENTS_PER_STORE * len(STORES), 120, "every purchase accepted")
+                 == EVENTS_PER_STORE * len(STORES), RECOVERY_S, "every purchase accepted")
         accepted: dict[str, int] = {}
         for log in logs:
             accepted.update(read_log(log))
