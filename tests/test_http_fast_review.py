@@ -115,11 +115,9 @@ def test_the_full_erasure_withholds_before_its_first_disk_step(tmp_path: Path) -
         w.inbox.close()
 
 
-# --- 2. a locked inbox file: the loop never waits in SQLite's busy timeout ----------------
-
-
-def test_a_write_lock_held_elsewhere_neither_stalls_the_loop_nor_drops(world: World) -> None:
-    other = sqlite3.connect(world.inbox.path, isolation_level=None)  # another process's
+def recorded_publishes(world: World) -> list[InboxMessage]:
+    """Every batch the app channel publishes, in order, appended to the list returned
+    (the channel still publishes them)."""
     published: list[InboxMessage] = []
     real_publish = world.channel._publish
 
@@ -128,6 +126,15 @@ def test_a_write_lock_held_elsewhere_neither_stalls_the_loop_nor_drops(world: Wo
         real_publish(messages)
 
     world.channel._publish = publish  # type: ignore[method-assign]
+    return published
+
+
+# --- 2. a locked inbox file: the loop never waits in SQLite's busy timeout ----------------
+
+
+def test_a_write_lock_held_elsewhere_neither_stalls_the_loop_nor_drops(world: World) -> None:
+    other = sqlite3.connect(world.inbox.path, isolation_level=None)  # another process's
+    published = recorded_publishes(world)
 
     async def run() -> None:
         other.execute("BEGIN IMMEDIATE")
@@ -242,14 +249,7 @@ def test_a_commit_that_cannot_be_handed_to_a_thread_rolls_back(world: World) -> 
 
 def test_a_cancelled_writer_still_commits_and_publishes_what_it_staged(world: World,
                                                                        ) -> None:
-    published: list[InboxMessage] = []
-    real_publish = world.channel._publish
-
-    def publish(messages: list[InboxMessage]) -> None:
-        published.extend(messages)
-        real_publish(messages)
-
-    world.channel._publish = publish  # type: ignore[method-assign]
+    published = recorded_publishes(world)
 
     async def run() -> None:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
