@@ -111,6 +111,30 @@ def test_clear_interior_evidence_is_said_within_a_few_steps() -> None:
     assert at(entered.data.entered_at) - T0 <= 11  # type: ignore[attr-defined]
 
 
+def test_clear_evidence_must_outlast_half_a_window() -> None:
+    """Consecutive medians share most of their samples, so a second of clear medians is
+    one lucky window (a passer-by's fade at the entrance), not a second look: clear
+    evidence opens the visit only once it has held for ``entry_clear_s``, at least half
+    a window, when the median rests on a majority of samples taken after it first
+    looked clear."""
+    assert S.entry_clear_s >= S.window_s / 2
+    script = doorway() + stretch(11, 3 * S.window_s, {"s-prod": -48, "s-door": -80})
+    e = engine()
+    clear: list[float] = []
+    original = e._door
+
+    def spy(customer, track, medians, ts, out, *, se):  # type: ignore[no-untyped-def]
+        original(customer, track, medians, ts, out, se=se)
+        if track.store is not None and not clear and track.clear_since is not None:
+            clear.append(track.clear_since)
+
+    e._door = spy  # type: ignore[method-assign]
+    (emitted, _), = store_events(run(e, script, until=200), ev.VISIT_ENTERED)
+    assert clear, "opened on clear evidence"
+    assert emitted - clear[0] >= S.entry_clear_s
+    assert emitted - clear[0] < S.entry_confirm_s
+
+
 def test_weak_interior_evidence_waits_for_the_confirmation() -> None:
     """Inside, but only about as strong as the entrance, and noisy (a phone between the
     two): within the noise, no faster entry: ``entry_confirm_s`` of it."""

@@ -283,7 +283,8 @@ class PresenceConfig(Section):
     entry_clear_ratio: float = Field(default=1.25, ge=1, le=10, description="...and the "
                                      "phone this much nearer the interior scanner (via the "
                                      "path-loss exponent)...")
-    entry_clear_s: float = Field(default=1.0, ge=0, le=600, description="...for this long.")
+    entry_clear_s: float = Field(default=3.0, ge=0, le=600, description="...for this "
+                                 "long (half a window: fresh samples).")
     outside_after_s: float = Field(default=12.0, gt=0, le=600, description="No interior "
                                    "evidence for this long: outside (exit dated back).")
     silence_hold_s: float = Field(default=180.0, ge=0, le=3600, description="A phone last "

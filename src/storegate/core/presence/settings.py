@@ -71,7 +71,10 @@ class PresenceSettings:
     # waiting entry_confirm_s. Weak evidence (within the noise) still waits.
     entry_clear_z: float = 2.33  # one-sided 1 %: the entrance is not really as strong
     entry_clear_ratio: float = 1.25  # and the phone this much nearer the interior scanner
-    entry_clear_s: float = 1.0  # a few evaluation steps, not one lucky median
+    # ...for this long: half a window, so that the clear median rests on a majority of
+    # samples taken after it first looked clear (consecutive medians share most of
+    # their samples: a second of them is one lucky window, not a second look)
+    entry_clear_s: float = 3.0
     # no interior evidence for this long: outside (the exit is dated back to the last
     # evidence); long enough to ride out a deep fade without splitting the visit
     outside_after_s: float = 12.0
