@@ -133,6 +133,8 @@ class _Track:
     # door mode (an entrance zone configured): the current run of interior evidence,
     # the last of it, and the entrance's strongest moment (arriving, or leaving)
     interior_since: float | None = None
+    # how much of that run had interior evidence (gaps of more than a window not counted)
+    interior_for: float = 0.0
     interior_zone: str | None = None
     # zone stays that ended while the visit was still being confirmed (a short first
     # stop): said once the visit opens, with their own times (bounded)
@@ -301,13 +303,15 @@ class PresenceEngine:
             # scanner look the stronger. Someone really inside stays so beyond it.
             at_door = track.door_held if at_door is None else max(at_door, track.door_held)
         margin = st.interior_margin_db if store is None else st.stay_margin_db
-        # Relative evidence: once inside, a zone beyond the shop front heard clearly
-        # stronger than the entrance (or the entrance not hearing the phone at all) is
-        # still inside, however weak the phone (body, bag, shelves): the absolute floor
-        # alone loses weak phones. Not to open a visit: someone outside a window by an
-        # inner zone is heard that way too.
+        # Relative evidence: once inside, an interior zone heard clearly stronger than
+        # the entrance (or the entrance not hearing the phone at all) is still inside,
+        # however weak the phone (body, bag, shelves): the absolute floor alone loses
+        # weak phones. A front zone too (a checkout by the window): after a pass under
+        # the entrance scanner it was weighed against that pass above (the pavement),
+        # without one nothing says the phone went out. Not to open a visit: someone
+        # outside a window is heard that way too.
         relative = (store is not None and interior is not None
-                    and interior_zone is not None and interior_zone not in st.fronts
+                    and interior_zone is not None
                     and (at_door is None or interior >= at_door + st.clear_of_door_db))
         inside = (interior is not None and interior_zone is not None
                   and (interior >= self._inside[interior_zone] or relative)
@@ -328,7 +332,9 @@ class PresenceEngine:
                 track.interior_zone = interior_zone
         if inside:
             if track.interior_since is None:
-                track.interior_since = ts
+                track.interior_since, track.interior_for = ts, 0.0
+            elif ts - track.last_inside <= st.window_s:
+                track.interior_for += ts - track.last_inside
             track.last_inside = ts
             # Came in past the entrance scanner, and placed beyond the shop front: a few
             # seconds confirm it. Evidence in a front zone (someone walking along the
@@ -362,7 +368,7 @@ class PresenceEngine:
                         confirm = 0.0
                 else:
                     track.clear_since = None
-            if store is None and ts - track.interior_since >= confirm:
+            if store is None and (confirm == 0.0 or track.interior_for >= confirm):
                 first = track.interior_since - lag
                 if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
@@ -373,7 +379,7 @@ class PresenceEngine:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
         else:
-            track.interior_since = track.clear_since = None
+            track.clear_since = None
             # at the door: the entrance scanner strongest of all (no interior one as strong)
             door_floor = min((self._inside[z] for z in medians if z in st.entrances),
                              default=st.inside_min_rssi_dbm)
@@ -393,6 +399,16 @@ class PresenceEngine:
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
+            # Pending a visit, a run beyond the shop front survives a few seconds without
+            # interior evidence (a weak phone's median dips under the floor; a body turns):
+            # what ends it is the absence that would end a visit (outside_after_s), or the
+            # phone heard at the door or outside meanwhile. Not on the shop front: there
+            # the pavement is heard too. What confirms is the time with evidence
+            # (interior_for): a dip or a silence longer than a window does not count.
+            if store is not None or track.interior_zone in st.fronts \
+                    or ts - track.last_inside > st.outside_after_s \
+                    or track.outside_ts > track.last_inside:
+                track.interior_since = None
         if store is not None:
             track.in_visit = ts
             # the confirmation was the minimum presence: entered as soon as it is made
@@ -412,8 +428,11 @@ class PresenceEngine:
             return
         # zones as always once in the store (pending a visit: candidates, from interior
         # evidence only)
+        # (relative evidence places the phone in a zone beyond the front; at a front zone
+        # it keeps the store visit only: the zone keeps its floor)
         levels = {z: v for z, v in medians.items()
-                  if v >= self._floors[z] or (relative and z == interior_zone)}
+                  if v >= self._floors[z]
+                  or (relative and z == interior_zone and z not in st.fronts)}
         if levels:
             self._assign_zone(customer, track, levels, ts, out)
 
