@@ -256,23 +256,3 @@ def test_dips_under_the_floor_while_the_entry_is_confirmed_do_not_restart_it() -
     (emitted, _), = store_events(out, ev.VISIT_ENTERED)
     assert emitted - T0 <= 3 + S.window_s + S.entry_confirm_s + up_s + down_s
 
-
-def test_a_weak_phone_at_a_checkout_clearly_nearer_than_the_entrance_stays_inside() -> None:
-    """Once inside, a weak phone at a checkout by the window (its median under every
-    floor) that the entrance scanner does not hear at all: the checkout against the
-    entrance says inside, as it does beyond the front; no pass since the last interior
-    evidence, so not the pavement. It stays inside well past the silence hold, and the
-    visit ends at the pass on the way out."""
-    weak_checkout = {"s-c1": int(S.store_min_rssi_dbm) + 4}
-    assert weak_checkout["s-c1"] < S.inside_min_rssi_dbm
-    dwell = 1.5 * S.silence_hold_s
-    script, _, last = shopper(inside_s=2 * S.entry_confirm_s)
-    t = last + STEP
-    script += stretch(t, dwell, weak_checkout)
-    t += dwell
-    script += stretch(t, S.window_s, {"s-door": -55, "s-c1": -80})  # out
-    final_pass = t + S.window_s / 2
-    out = run(engine(), script, until=t + 2 * S.silence_hold_s)
-    assert len(store_events(out, ev.VISIT_ENTERED)) == 1
-    (_, exited), = store_events(out, ev.VISIT_EXITED)
-    assert abs(at(exited.data.exited_at) - T0 - final_pass) <= S.window_s  # type: ignore[attr-defined]

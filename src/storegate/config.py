@@ -291,8 +291,8 @@ class PresenceConfig(Section):
                                   "visit through a silence this long (exit dated back).")
     sparse_window_s: float = Field(default=20.0, ge=0, le=120, description="A slow phone's "
                                    "RSSI window reaches back this far for enough samples.")
-    clear_of_door_db: float = Field(default=6.0, ge=0, le=40, description="Once inside, a "
-                                    "zone heard this much stronger than the entrance: "
+    clear_of_door_db: float = Field(default=6.0, ge=0, le=40, description="A zone beyond "
+                                    "the front heard this much stronger than the entrance: "
                                     "inside, and in that zone, below the floors.")
 
     @model_validator(mode="after")

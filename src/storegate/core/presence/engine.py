@@ -303,15 +303,13 @@ class PresenceEngine:
             # scanner look the stronger. Someone really inside stays so beyond it.
             at_door = track.door_held if at_door is None else max(at_door, track.door_held)
         margin = st.interior_margin_db if store is None else st.stay_margin_db
-        # Relative evidence: once inside, an interior zone heard clearly stronger than
-        # the entrance (or the entrance not hearing the phone at all) is still inside,
-        # however weak the phone (body, bag, shelves): the absolute floor alone loses
-        # weak phones. A front zone too (a checkout by the window): after a pass under
-        # the entrance scanner it was weighed against that pass above (the pavement),
-        # without one nothing says the phone went out. Not to open a visit: someone
-        # outside a window is heard that way too.
+        # Relative evidence: once inside, a zone beyond the shop front heard clearly
+        # stronger than the entrance (or the entrance not hearing the phone at all) is
+        # still inside, however weak the phone (body, bag, shelves): the absolute floor
+        # alone loses weak phones. Not to open a visit: someone outside a window by an
+        # inner zone is heard that way too.
         relative = (store is not None and interior is not None
-                    and interior_zone is not None
+                    and interior_zone is not None and interior_zone not in st.fronts
                     and (at_door is None or interior >= at_door + st.clear_of_door_db))
         inside = (interior is not None and interior_zone is not None
                   and (interior >= self._inside[interior_zone] or relative)
@@ -428,11 +426,8 @@ class PresenceEngine:
             return
         # zones as always once in the store (pending a visit: candidates, from interior
         # evidence only)
-        # (relative evidence places the phone in a zone beyond the front; at a front zone
-        # it keeps the store visit only: the zone keeps its floor)
         levels = {z: v for z, v in medians.items()
-                  if v >= self._floors[z]
-                  or (relative and z == interior_zone and z not in st.fronts)}
+                  if v >= self._floors[z] or (relative and z == interior_zone)}
         if levels:
             self._assign_zone(customer, track, levels, ts, out)
 

@@ -50,11 +50,9 @@ class PresenceSettings:
     # a comparison between scanners cancels the phone's unknown transmit power)...
     interior_margin_db: float = 0.0
     stay_margin_db: float = 3.0  # once inside, the margin widens (no door flapping)
-    # Once inside, an interior zone heard this much stronger than the entrance (or the
+    # A zone beyond the shop front heard this much stronger than the entrance (or the
     # entrance not hearing the phone) places it inside and in that zone even below the
     # floors: a comparison between scanners, robust to a weak phone or a body in the way.
-    # A front zone too, unless the phone passed the entrance since its last interior
-    # evidence (then it is weighed against that pass: the pavement).
     clear_of_door_db: float = 6.0
     # ...beyond the shop front, after a pass under the entrance scanner, for this long
     # opens a visit (dated back to the door pass, emitted at once)...
