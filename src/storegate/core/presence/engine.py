@@ -400,10 +400,13 @@ class PresenceEngine:
             # Pending a visit, a run beyond the shop front survives a few seconds without
             # interior evidence (a weak phone's median dips under the floor; a body turns):
             # what ends it is the absence that would end a visit (outside_after_s), or the
-            # phone heard at the door or outside meanwhile. Not on the shop front: there
-            # the pavement is heard too. What confirms is the time with evidence
-            # (interior_for): a dip or a silence longer than a window does not count.
+            # phone heard at the door or outside meanwhile. Not on the shop front (held
+            # there, or a front zone leading the dip): there the pavement is heard too,
+            # and a walker past the store's side leads there. What confirms is the time
+            # with evidence (interior_for): a dip or a silence longer than a window does
+            # not count.
             if store is not None or track.interior_zone in st.fronts \
+                    or interior_zone in st.fronts \
                     or ts - track.last_inside > st.outside_after_s \
                     or track.outside_ts > track.last_inside:
                 track.interior_since = None
