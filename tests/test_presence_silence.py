@@ -235,3 +235,41 @@ def test_heard_but_placed_nowhere_ends_the_zone_visit_not_the_store_visit() -> N
     assert len(store_events(out, ev.VISIT_ENTERED)) == 1
     assert len(zone_events(out, ev.VISIT_ENTERED, "produce")) == 2
     assert len(zone_events(out, ev.VISIT_EXITED, "produce")) == 2
+
+
+def test_dips_under_the_floor_while_the_entry_is_confirmed_do_not_restart_it() -> None:
+    """After a door pass, a weak phone in produce: its median goes under the floor for a
+    few seconds now and then (a body turns), never heard at the door or outside in
+    between. The run goes on through the dips (each shorter than outside_after_s): the
+    visit opens after entry_confirm_s from the first interior evidence, not never."""
+    up = {"s-prod": int(S.inside_min_rssi_dbm) + 4}
+    down = {"s-prod": int(S.store_min_rssi_dbm) + 3}
+    assert down["s-prod"] < S.inside_min_rssi_dbm
+    up_s = down_s = 0.5 * S.entry_confirm_s
+    assert down_s < min(S.window_s, S.outside_after_s)  # a dip, not an absence
+    script = stretch(0, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})  # the doorway
+    t = 3.0
+    while t < 6 * S.entry_confirm_s:
+        script += stretch(t, up_s, up) + stretch(t + up_s, down_s, down)
+        t += up_s + down_s
+    out = run(engine(), script, until=t + S.silence_hold_s)
+    (emitted, _), = store_events(out, ev.VISIT_ENTERED)
+    assert emitted - T0 <= 3 + S.window_s + S.entry_confirm_s + up_s + down_s
+
+
+
+def test_a_dip_in_which_a_front_zone_leads_restarts_the_confirmation() -> None:
+    """The same dips, but in each a front zone leads (under its floor): that is what a
+    walker going on past the store's side gives (an inner corner zone and the last front
+    zone in turn), not a dip inside. The run restarts each time: no visit."""
+    up = {"s-prod": int(S.inside_min_rssi_dbm) + 4}
+    down = {"s-prod": int(S.store_min_rssi_dbm) + 1, "s-c1": int(S.store_min_rssi_dbm) + 3}
+    assert down["s-c1"] < S.inside_min_rssi_dbm
+    up_s = down_s = 0.5 * S.entry_confirm_s
+    script = stretch(0, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})  # the doorway
+    t = 3.0
+    while t < 6 * S.entry_confirm_s:
+        script += stretch(t, up_s, up) + stretch(t + up_s, down_s, down)
+        t += up_s + down_s
+    out = run(engine(), script, until=t + S.silence_hold_s)
+    assert store_events(out, ev.VISIT_ENTERED) == []

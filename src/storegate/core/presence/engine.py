@@ -133,6 +133,8 @@ class _Track:
     # door mode (an entrance zone configured): the current run of interior evidence,
     # the last of it, and the entrance's strongest moment (arriving, or leaving)
     interior_since: float | None = None
+    # how much of that run had interior evidence (gaps of more than a window not counted)
+    interior_for: float = 0.0
     interior_zone: str | None = None
     # zone stays that ended while the visit was still being confirmed (a short first
     # stop): said once the visit opens, with their own times (bounded)
@@ -328,7 +330,9 @@ class PresenceEngine:
                 track.interior_zone = interior_zone
         if inside:
             if track.interior_since is None:
-                track.interior_since = ts
+                track.interior_since, track.interior_for = ts, 0.0
+            elif ts - track.last_inside <= st.window_s:
+                track.interior_for += ts - track.last_inside
             track.last_inside = ts
             # Came in past the entrance scanner, and placed beyond the shop front: a few
             # seconds confirm it. Evidence in a front zone (someone walking along the
@@ -362,7 +366,7 @@ class PresenceEngine:
                         confirm = 0.0
                 else:
                     track.clear_since = None
-            if store is None and ts - track.interior_since >= confirm:
+            if store is None and (confirm == 0.0 or track.interior_for >= confirm):
                 first = track.interior_since - lag
                 if passed:  # dated to that pass (maybe via a short first stop)
                     first = min(first, track.door_peak_ts - lag)
@@ -373,7 +377,7 @@ class PresenceEngine:
                 store.last = max(store.last, ts - lag)
                 track.door_peak = float("-inf")  # the way out is measured from here
         else:
-            track.interior_since = track.clear_since = None
+            track.clear_since = None
             # at the door: the entrance scanner strongest of all (no interior one as strong)
             door_floor = min((self._inside[z] for z in medians if z in st.entrances),
                              default=st.inside_min_rssi_dbm)
@@ -393,6 +397,19 @@ class PresenceEngine:
             if passing and at_door is not None and (
                     at_door > track.door_peak or ts - track.door_peak_ts > 30.0):
                 track.door_peak, track.door_peak_ts = at_door, ts
+            # Pending a visit, a run beyond the shop front survives a few seconds without
+            # interior evidence (a weak phone's median dips under the floor; a body turns):
+            # what ends it is the absence that would end a visit (outside_after_s), or the
+            # phone heard at the door or outside meanwhile. Not on the shop front (held
+            # there, or a front zone leading the dip): there the pavement is heard too,
+            # and a walker past the store's side leads there. What confirms is the time
+            # with evidence (interior_for): a dip or a silence longer than a window does
+            # not count.
+            if store is not None or track.interior_zone in st.fronts \
+                    or interior_zone in st.fronts \
+                    or ts - track.last_inside > st.outside_after_s \
+                    or track.outside_ts > track.last_inside:
+                track.interior_since = None
         if store is not None:
             track.in_visit = ts
             # the confirmation was the minimum presence: entered as soon as it is made
