@@ -131,3 +131,27 @@ def test_a_switch_that_holds_ends_the_visit_before_at_the_switch() -> None:
                      ("exited", "aisle-b")]  # in order: A ends before B is said entered
     a_exit = next(d for d in out if d.type is ev.VISIT_EXITED and d.data.zone == "aisle-a")  # type: ignore[attr-defined]
     assert abs(a_exit.data.dwell_s - 40) <= SETTINGS.window_s  # type: ignore[attr-defined]
+
+
+def test_a_slow_crossing_is_dated_to_where_the_levels_crossed() -> None:
+    """Walking slowly from aisle A to aisle B: their levels cross half way, aisle B is
+    clearly ahead (by the switch margin) only seconds later. The switch is dated to the
+    crossing (less the median's lag), not to the margin; the minimum presence of the
+    new visit still counts from the clear evidence, so the event comes no sooner."""
+    e = engine()
+    ramp = 60.0  # s: A falls -55 -> -75 while B rises -75 -> -55
+    sightings = [(T0 + i / 2, "sa", -55) for i in range(80)]
+    for i in range(round(2 * ramp)):
+        t = i / 2
+        sightings.append((T0 + 40 + t, "sa", round(-55 - 20 * t / ramp)))
+        sightings.append((T0 + 40 + t + 0.25, "sb", round(-75 + 20 * t / ramp)))
+    sightings += [(T0 + 40 + ramp + i / 2, "sb", -55) for i in range(120)]
+    sightings += [(T0 + 40 + ramp + i / 2, "sa", -75) for i in range(120)]
+    out = run(e, sightings, until=T0 + 40 + ramp + 90)
+    crossed = T0 + 40 + ramp / 2
+    margin_at = crossed + SETTINGS.switch_margin_db / (40 / ramp)  # B ahead by the margin
+    a_exit = next(d for d in out if d.type is ev.VISIT_EXITED and d.data.zone == "aisle-a")  # type: ignore[attr-defined]
+    b_in = next(d for d in out if d.type is ev.VISIT_ENTERED and d.data.zone == "aisle-b")  # type: ignore[attr-defined]
+    assert b_in.data.entered_at == a_exit.data.exited_at  # type: ignore[attr-defined]
+    assert abs(a_exit.time - crossed) <= 1.5  # at the crossing, not the margin's 4.5 s on
+    assert b_in.time >= margin_at + SETTINGS.zone_min_presence_s - SETTINGS.window_s / 2 - 1

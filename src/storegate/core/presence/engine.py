@@ -44,6 +44,9 @@ class _Visit:
     entered: bool = False
     dwell_index: int = 0
     held_until: float = float("-inf")  # a check-in keeps it open until then (no BLE)
+    # the minimum presence counts from here (a zone visit's start may be dated earlier
+    # than its evidence is clear: to when its levels crossed, before the margin was)
+    counted: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,12 @@ class _Track:
     # the entrance's level at the pass a visit ended through: until the phone is gone,
     # the pavement it stays on is told from the counter against it, as while leaving
     left_level: float = float("-inf")
+    # the strongest zone at each evaluation of the last 2 x window_s, (ts, zone,
+    # seconds it stands for): when a switch happens, since when the new zone has led
+    leads: list[tuple[float, str, float]] = field(default_factory=list)
+    # half the span of the samples the current levels are the medians of: the levels
+    # describe the phone that long ago (a slow phone's window reaches back further)
+    lag: float = 0.0
 
 
 class PresenceEngine:
@@ -490,6 +499,7 @@ class PresenceEngine:
             if len(q.ts) >= enough:
                 filled = max(filled, q.ts[-enough])
         since = min(now - st.window_s, filled)
+        track.lag = (now - since) / 2
         best: dict[str, float] = {}
         offsets = self._correction.offsets_db
         for scanner, q in track.samples.items():
@@ -507,6 +517,7 @@ class PresenceEngine:
     def _assign_zone(self, customer: str, track: _Track, levels: dict[str, float], ts: float,
                      out: list[ev.EventDraft]) -> None:
         leader = max(levels, key=lambda z: levels[z])
+        self._lead(track, leader, ts)
         zv = track.zone
         if zv is not None and zv.zone in levels:
             zv.last = ts
@@ -524,11 +535,13 @@ class PresenceEngine:
         # the window's lag (a median describes the window's middle: the phone was there
         # half a window earlier); the old one ends there too (or at its last evidence,
         # if earlier): no overlap.
-        start = ts
+        start = counted = ts
         if track.challenger == leader:
-            start = track.challenger_since - self.settings.window_s / 2
+            counted = track.challenger_since - self.settings.window_s / 2
+            start = min(counted, self._led_since(track, leader, ts) - track.lag)
             if track.zone is not None:
                 start = max(start, track.zone.first)
+                counted = max(counted, track.zone.first)
         old = track.zone
         if old is not None:
             old.last = max(old.first, min(old.last, start))
@@ -550,9 +563,36 @@ class PresenceEngine:
                     self._close(customer, prev, out)
                 track.prev = old  # ends once the new zone's visit is entered
         track.zone = self._new_visit(leader, start)
+        track.zone.counted = counted
         track.zone.last = ts  # heard there now (its start may be dated back further)
         track.challenger = None
         self._progress(customer, track.zone, self.settings.zone_min_presence_s, out)
+
+    def _lead(self, track: _Track, zone: str, ts: float) -> None:
+        """Note the strongest zone of this evaluation (kept for 2 x ``window_s``)."""
+        leads = track.leads
+        window = self.settings.window_s
+        weight = min(ts - leads[-1][0], window) if leads else 0.0
+        leads.append((ts, zone, weight))
+        n = 0
+        while n < len(leads) and leads[n][0] < ts - 2 * window:
+            n += 1
+        if n:
+            del leads[:n]
+
+    @staticmethod
+    def _led_since(track: _Track, zone: str, ts: float) -> float:
+        """Since when ``zone`` has led: the earliest recent moment after which it was the
+        strongest zone at least half of the time. The challenger's margin is crossed a
+        little after the phone crossed into its zone (the levels cross first)."""
+        since, own, total = ts, 0.0, 0.0
+        for t, z, w in reversed(track.leads):
+            total += w
+            if z == zone:
+                own += w
+            if 2 * own >= total and z == zone:
+                since = t - w
+        return since
 
     def _stash(self, track: _Track, v: _Visit) -> None:
         if v.zone not in self.settings.transits \
@@ -575,7 +615,8 @@ class PresenceEngine:
             store = self._tracks[customer].store
             if store is None or not store.entered:
                 return
-        if not v.entered and v.last - v.first >= min_presence:
+        if not v.entered and v.last - (v.first if v.counted is None else v.counted) \
+                >= min_presence:
             if v.zone is not None:  # the zone before this one ends first (said in order)
                 self._end_prev(customer, v, out)
             v.entered = True
