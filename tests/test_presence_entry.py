@@ -16,6 +16,7 @@ from storegate.app.presence_files import presence_settings
 from storegate.config import PresenceConfig
 from storegate.core import events as ev
 from storegate.core.presence.correction import Correction
+from storegate.core.presence.engine import PresenceEngine
 from storegate.core.presence.settings import PresenceSettings
 from tests.test_presence_door import (
     SETTINGS,
@@ -87,6 +88,22 @@ def doorway() -> Script:
         stretch(8, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})
 
 
+def at_opening(e: PresenceEngine, attr: str) -> list[float]:
+    """Spy on the door: the track's ``attr`` at the first evaluation with a store visit
+    open (when it is set then); the list stays empty if it never is."""
+    seen: list[float] = []
+    original = e._door
+
+    def spy(customer, track, medians, ts, out, *, se):  # type: ignore[no-untyped-def]
+        original(customer, track, medians, ts, out, se=se)
+        value = getattr(track, attr)
+        if track.store is not None and not seen and value is not None:
+            seen.append(value)
+
+    e._door = spy  # type: ignore[method-assign]
+    return seen
+
+
 def test_clear_interior_evidence_is_said_within_a_few_steps() -> None:
     """Through the door, then heard far stronger beyond the front than the entrance
     heard them at any time lately (the phone much nearer the interior scanner, beyond
@@ -94,15 +111,7 @@ def test_clear_interior_evidence_is_said_within_a_few_steps() -> None:
     the interior evidence, not ``entry_confirm_s`` later; dated to the door pass."""
     script = doorway() + stretch(11, 3 * S.window_s, {"s-prod": -48, "s-door": -80})
     e = engine()
-    inside: list[float] = []
-    original = e._door
-
-    def spy(customer, track, medians, ts, out, *, se):  # type: ignore[no-untyped-def]
-        original(customer, track, medians, ts, out, se=se)
-        if track.store is not None and not inside:  # the run of evidence that opened it
-            inside.append(track.interior_since)
-
-    e._door = spy  # type: ignore[method-assign]
+    inside = at_opening(e, "interior_since")  # the run of evidence that opened it
     out = run(e, script, until=200)
     (emitted, entered), = store_events(out, ev.VISIT_ENTERED)
     assert inside, "the interior evidence began"
@@ -120,15 +129,7 @@ def test_clear_evidence_must_outlast_half_a_window() -> None:
     assert S.entry_clear_s >= S.window_s / 2
     script = doorway() + stretch(11, 3 * S.window_s, {"s-prod": -48, "s-door": -80})
     e = engine()
-    clear: list[float] = []
-    original = e._door
-
-    def spy(customer, track, medians, ts, out, *, se):  # type: ignore[no-untyped-def]
-        original(customer, track, medians, ts, out, se=se)
-        if track.store is not None and not clear and track.clear_since is not None:
-            clear.append(track.clear_since)
-
-    e._door = spy  # type: ignore[method-assign]
+    clear = at_opening(e, "clear_since")
     (emitted, _), = store_events(run(e, script, until=200), ev.VISIT_ENTERED)
     assert clear, "opened on clear evidence"
     assert emitted - clear[0] >= S.entry_clear_s

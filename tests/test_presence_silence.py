@@ -237,6 +237,18 @@ def test_heard_but_placed_nowhere_ends_the_zone_visit_not_the_store_visit() -> N
     assert len(zone_events(out, ev.VISIT_EXITED, "produce")) == 2
 
 
+def through_the_door_then_dipping(up: dict[str, int], down: dict[str, int],
+                                  each_s: float) -> tuple[Script, float]:
+    """Under the entrance scanner for 3 s, then ``up`` and ``down`` levels in turn,
+    ``each_s`` each, for 6 x entry_confirm_s; the script and when it ends."""
+    script = stretch(0, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})  # the doorway
+    t = 3.0
+    while t < 6 * S.entry_confirm_s:
+        script += stretch(t, each_s, up) + stretch(t + each_s, each_s, down)
+        t += 2 * each_s
+    return script, t
+
+
 def test_dips_under_the_floor_while_the_entry_is_confirmed_do_not_restart_it() -> None:
     """After a door pass, a weak phone in produce: its median goes under the floor for a
     few seconds now and then (a body turns), never heard at the door or outside in
@@ -247,15 +259,10 @@ def test_dips_under_the_floor_while_the_entry_is_confirmed_do_not_restart_it() -
     assert down["s-prod"] < S.inside_min_rssi_dbm
     up_s = down_s = 0.5 * S.entry_confirm_s
     assert down_s < min(S.window_s, S.outside_after_s)  # a dip, not an absence
-    script = stretch(0, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})  # the doorway
-    t = 3.0
-    while t < 6 * S.entry_confirm_s:
-        script += stretch(t, up_s, up) + stretch(t + up_s, down_s, down)
-        t += up_s + down_s
-    out = run(engine(), script, until=t + S.silence_hold_s)
+    script, end = through_the_door_then_dipping(up, down, up_s)
+    out = run(engine(), script, until=end + S.silence_hold_s)
     (emitted, _), = store_events(out, ev.VISIT_ENTERED)
     assert emitted - T0 <= 3 + S.window_s + S.entry_confirm_s + up_s + down_s
-
 
 
 def test_a_dip_in_which_a_front_zone_leads_restarts_the_confirmation() -> None:
@@ -265,11 +272,6 @@ def test_a_dip_in_which_a_front_zone_leads_restarts_the_confirmation() -> None:
     up = {"s-prod": int(S.inside_min_rssi_dbm) + 4}
     down = {"s-prod": int(S.store_min_rssi_dbm) + 1, "s-c1": int(S.store_min_rssi_dbm) + 3}
     assert down["s-c1"] < S.inside_min_rssi_dbm
-    up_s = down_s = 0.5 * S.entry_confirm_s
-    script = stretch(0, 3, {"s-door": -55, "s-c1": -75, "s-prod": -80})  # the doorway
-    t = 3.0
-    while t < 6 * S.entry_confirm_s:
-        script += stretch(t, up_s, up) + stretch(t + up_s, down_s, down)
-        t += up_s + down_s
-    out = run(engine(), script, until=t + S.silence_hold_s)
+    script, end = through_the_door_then_dipping(up, down, 0.5 * S.entry_confirm_s)
+    out = run(engine(), script, until=end + S.silence_hold_s)
     assert store_events(out, ev.VISIT_ENTERED) == []
