@@ -188,6 +188,7 @@ def test_a_killed_demos_children_stop_with_it(tmp_path: Path) -> None:
                  or first.poll() is not None, 90, "the first demo's gateway connected")
         pids = {name: int(p.read_text().split()[0]) for name, p in (
             ("gateway", state / "gateway.log.pid"),
+            ("central", state / "central" / "central.log.pid"),
             ("broker", state / "broker" / "mosquitto.out.pid"))}
     finally:
         first.kill()
