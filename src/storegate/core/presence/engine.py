@@ -292,17 +292,17 @@ class PresenceEngine:
             # pass was to the door's (the same phone: its transmit power cancels), the
             # pavement is farther from both. A zone beyond the front is inside as ever.
             interior = None
+        # the standard error of the entrance's level (that of its scanner heard best)
+        door_se = 0.0 if at_door is None else max(
+            (se.get(z, 0.0) for z in st.entrances if medians.get(z) == at_door), default=0.0)
         if at_door is not None and (at_door >= track.door_held
                                     or ts - track.door_held_ts > st.window_s):
-            track.door_held, track.door_held_ts = at_door, ts
-            track.door_held_se = max((se.get(z, 0.0) for z in st.entrances
-                                      if medians.get(z) == at_door), default=0.0)
+            track.door_held, track.door_held_ts, track.door_held_se = at_door, ts, door_se
         mem = track.door_mem
         if store is None and at_door is not None:
             while mem and mem[-1][1] <= at_door:
                 mem.pop()
-            mem.append((ts, at_door, max((se.get(z, 0.0) for z in st.entrances
-                                          if medians.get(z) == at_door), default=0.0)))
+            mem.append((ts, at_door, door_se))
         while mem and (store is not None or ts - mem[0][0] > st.entry_confirm_s):
             del mem[0]
         if store is None and ts - track.door_held_ts <= st.window_s:
